@@ -1,0 +1,125 @@
+"""Counter-based randomness keyed by (seed, sample key, stage, stream).
+
+Every random number the engine uses is a pure function of the recipe seed, the sample's
+integer key, the stage it belongs to and a counter. There is no generator state, so the
+draws of a sample never depend on batch size, batch order, worker or device.
+
+The hash is ``lowbias32`` (a splitmix-style 32-bit finaliser) evaluated in int64 tensors:
+values are kept in [0, 2**32) and every product is masked back to 32 bits, which is exact
+on CPU and CUDA alike because only the low 32 bits of a wrapped int64 product are used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """Bijective 32-bit avalanche hash (lowbias32) of an int64 tensor with values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def combine(h: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
+    """Fold ``value`` (int or int64 tensor) into the running hash ``h``."""
+    if isinstance(value, int):
+        value = torch.tensor(value, dtype=torch.int64, device=h.device)
+    lo = value & _MASK32
+    hi = (value >> 32) & _MASK32
+    h = mix32(h ^ lo)
+    return mix32((h + hi * _GOLDEN) & _MASK32)
+
+
+def bits_to_uniform(bits: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Map 32-bit integers to uniforms in the open interval (0, 1), 24 bits of resolution."""
+    return ((bits >> 8).to(dtype) + 0.5) * (1.0 / 16777216.0)
+
+
+def field_bits(seeds: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` hashed 32-bit integers for each seed: (N,) int64 -> (N, count) int64."""
+    counter = torch.arange(count, device=seeds.device, dtype=torch.int64)
+    return mix32((seeds[:, None] + counter[None, :] * _GOLDEN) & _MASK32)
+
+
+def uniform_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniforms in (0, 1): (N,) int64 seeds -> (N, *shape), a pure function of each seed."""
+    count = math.prod(shape)
+    return bits_to_uniform(field_bits(seeds, count), dtype).reshape(len(seeds), *shape)
+
+
+def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal draws (Box-Muller): (N,) int64 seeds -> (N, *shape)."""
+    count = math.prod(shape)
+    half = (count + 1) // 2
+    u = bits_to_uniform(field_bits(seeds, 2 * half), torch.float64)
+    radius = torch.sqrt(-2.0 * torch.log(u[:, :half]))
+    angle = 2.0 * math.pi * u[:, half:]
+    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)[:, :count]
+    return z.to(dtype).reshape(len(seeds), *shape)
+
+
+class KeyedRandom:
+    """Per-sample random draws for one stage of one recipe.
+
+    ``KeyedRandom(seed, keys, stage)`` hands out independent streams: each call of
+    :meth:`uniform`, :meth:`normal`, :meth:`integers` or :meth:`seeds` uses the next stream
+    number, so an op's parameters depend only on (seed, key, stage, call order inside the op).
+
+    Args:
+        seed: recipe seed.
+        keys: (N,) int64 sample keys.
+        stage: stage index (or any integer naming a sub-stream).
+    """
+
+    def __init__(self, seed: int, keys: torch.Tensor, stage: int) -> None:
+        keys = keys.to(torch.int64)
+        base = combine(mix32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=keys.device)), stage)
+        self.keys = keys
+        self._sample_hash = combine(base.expand_as(keys), keys)
+        self._stream = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _next_hash(self) -> torch.Tensor:
+        self._stream += 1
+        return combine(self._sample_hash, self._stream)
+
+    def seeds(self) -> torch.Tensor:
+        """(N,) int64 seeds in [0, 2**32) for noise fields regenerated later from params."""
+        return self._next_hash()
+
+    def uniform(self, low: float = 0.0, high: float = 1.0, count: int | None = None) -> torch.Tensor:
+        """Uniform in (low, high): shape (N,) or (N, count), float32."""
+        u = uniform_field(self._next_hash(), (count or 1,))
+        u = low + (high - low) * u
+        return u if count else u[:, 0]
+
+    def normal(self, count: int | None = None) -> torch.Tensor:
+        """Standard normal: shape (N,) or (N, count), float32."""
+        z = normal_field(self._next_hash(), (count or 1,))
+        return z if count else z[:, 0]
+
+    def integers(self, low: int, high: int) -> torch.Tensor:
+        """Integers in [low, high] inclusive, (N,) int64."""
+        u = self.uniform()
+        return (low + torch.floor(u * (high - low + 1))).to(torch.int64).clamp_(low, high)
+
+    def bernoulli(self, p: float) -> torch.Tensor:
+        """(N,) bool, True with probability p."""
+        return self.uniform() < p
+
+    def choice(self, weights: list[float]) -> torch.Tensor:
+        """(N,) int64 index into ``weights`` (non-negative, need not sum to one)."""
+        w = torch.tensor(weights, dtype=torch.float64, device=self.keys.device)
+        cdf = torch.cumsum(w / w.sum(), 0)
+        idx = torch.searchsorted(cdf, self.uniform().to(torch.float64)[:, None]).squeeze(1)
+        return idx.clamp_(max=len(weights) - 1)

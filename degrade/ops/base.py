@@ -1,0 +1,95 @@
+"""The op protocol: draw per-sample parameters, then apply them to a batch.
+
+An op is a small dataclass whose fields are its configuration (parameter ranges, from a
+recipe). ``sample`` turns sample keys into a dict of per-sample tensors (the params);
+``apply`` turns images and params into degraded images. ``apply`` uses nothing but its
+arguments, so the params recorded with a sample replay its degradation exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+
+from degrade.keyed import KeyedRandom
+
+Params = dict[str, torch.Tensor]
+
+
+class ConfigError(ValueError):
+    """A bad op configuration; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclasses.dataclass
+class Op:
+    """Base class of every degradation op.
+
+    Subclasses set ``name``, declare configuration fields, and implement :meth:`draw`
+    and :meth:`apply`. Images are float (N, C, H, W) in [0, 1] on any device.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a bad configuration."""
+
+    @property
+    def changes_size(self) -> bool:
+        """True when outputs are not the input size (such an op must be a recipe's last stage)."""
+        return False
+
+    def sample(self, keys: torch.Tensor, seed: int = 0, stage: int = 0) -> Params:
+        """Draw this op's params for samples ``keys`` ((N,) int64): each value is (N,) or (N, k)."""
+        return self.draw(KeyedRandom(seed, keys, stage))
+
+    def draw(self, rng: KeyedRandom) -> Params:
+        raise NotImplementedError
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """Degrade ``images`` (N, C, H, W) in [0, 1] with ``params``; returns the same layout."""
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, Params]:
+        params = self.sample(keys.to(images.device), seed)
+        return self.apply(images, params), params
+
+
+def as_range(field: str, value: object, low: float, high: float) -> tuple[float, float]:
+    """Validate a ``[lo, hi]`` pair (or a single number, meaning a fixed value) inside [low, high]."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value, value)
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise ConfigError(field, f"expected a number or a [low, high] pair, got {value!r}")
+    lo, hi = float(value[0]), float(value[1])
+    if lo > hi:
+        raise ConfigError(field, f"low {lo} is above high {hi}")
+    if lo < low or hi > high:
+        raise ConfigError(field, f"[{lo}, {hi}] is outside the allowed [{low}, {high}]")
+    return lo, hi
+
+
+def as_probability(field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(field, f"expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def as_choice(field: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(field, f"expected one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def per_sample(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """(N,) params -> (N, 1, 1, 1) in the images' dtype and device, for broadcasting."""
+    return values.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)

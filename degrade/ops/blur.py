@@ -1,0 +1,169 @@
+"""Blur: isotropic / anisotropic Gaussian, motion and defocus, every sample its own kernel.
+
+Each sample's kernel is evaluated on one fixed (K, K) grid (K = the largest kernel size the
+op allows), masked to the sample's own odd ``kernel_size`` and normalised to sum 1. The
+whole batch is then filtered at once by a grouped convolution (``kornia.filters.filter2d``
+with one kernel per sample), reflect border. K depends on the configuration only, so a
+sample's output does not depend on the other samples of its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from kornia.filters import filter2d
+
+from degrade.keyed import KeyedRandom
+from degrade.ops.base import ConfigError, Op, Params, as_range
+
+
+def kernel_grid(size: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel offsets from the kernel centre: two (1, size, size) tensors, x (columns) and y (rows)."""
+    offsets = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    y, x = torch.meshgrid(offsets, offsets, indexing="ij")
+    return x[None], y[None]
+
+
+def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.to(device=like.device, dtype=like.dtype).view(-1, 1, 1)
+
+
+@dataclasses.dataclass
+class _KernelBlur(Op):
+    """Shared machinery: per-sample odd kernel sizes, masking, normalisation, filtering.
+
+    Config: ``kernel_size``: [low, high] range of odd kernel sizes in pixels.
+    Params: ``kernel_size`` (N,) int64 plus the kernel's own shape params.
+    """
+
+    kernel_size: list[int] = dataclasses.field(default_factory=lambda: [7, 21])
+
+    def validate(self) -> None:
+        lo, hi = as_range("kernel_size", self.kernel_size, 1, 63)
+        if lo % 2 == 0 or hi % 2 == 0 or lo != int(lo) or hi != int(hi):
+            raise ConfigError("kernel_size", f"expected odd integers, got {self.kernel_size!r}")
+        self.kernel_size = [int(lo), int(hi)]
+
+    def draw_size(self, rng: KeyedRandom) -> torch.Tensor:
+        lo, hi = self.kernel_size
+        return 2 * rng.integers(lo // 2, hi // 2) + 1
+
+    def shape(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        """Unnormalised kernel values (N, K, K) at offsets x, y (1, K, K)."""
+        raise NotImplementedError
+
+    def kernels(self, params: Params, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(N, K, K) kernels, each masked to its own size and summing to 1."""
+        x, y = kernel_grid(self.kernel_size[1], device, torch.float64)
+        radius = _column((params["kernel_size"] - 1) // 2, x)
+        inside = (x.abs() <= radius) & (y.abs() <= radius)
+        weights = self.shape(x, y, params) * inside
+        weights = weights / weights.sum(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+        return weights.to(dtype)
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        return filter2d(images, self.kernels(params, images.device, images.dtype), border_type="reflect")
+
+
+@dataclasses.dataclass
+class GaussianBlur(_KernelBlur):
+    """Isotropic Gaussian blur. Config: ``sigma`` [low, high] in pixels. Params: sigma, kernel_size."""
+
+    name = "gaussian_blur"
+    sigma: list[float] = dataclasses.field(default_factory=lambda: [0.2, 3.0])
+
+    def validate(self) -> None:
+        super().validate()
+        self.sigma = list(as_range("sigma", self.sigma, 0.05, 20.0))
+
+    def draw(self, rng: KeyedRandom) -> Params:
+        return {"sigma": rng.uniform(*self.sigma), "kernel_size": self.draw_size(rng)}
+
+    def shape(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        sigma = _column(params["sigma"], x)
+        return torch.exp(-(x * x + y * y) / (2 * sigma * sigma))
+
+
+@dataclasses.dataclass
+class AnisotropicBlur(_KernelBlur):
+    """Anisotropic Gaussian blur, rotated.
+
+    Config: ``sigma_x``, ``sigma_y`` [low, high] in pixels, ``angle`` [low, high] in degrees.
+    Params: sigma_x, sigma_y, angle (degrees), kernel_size.
+    """
+
+    name = "anisotropic_blur"
+    sigma_x: list[float] = dataclasses.field(default_factory=lambda: [0.2, 3.0])
+    sigma_y: list[float] = dataclasses.field(default_factory=lambda: [0.2, 3.0])
+    angle: list[float] = dataclasses.field(default_factory=lambda: [0.0, 180.0])
+
+    def validate(self) -> None:
+        super().validate()
+        self.sigma_x = list(as_range("sigma_x", self.sigma_x, 0.05, 20.0))
+        self.sigma_y = list(as_range("sigma_y", self.sigma_y, 0.05, 20.0))
+        self.angle = list(as_range("angle", self.angle, -360.0, 360.0))
+
+    def draw(self, rng: KeyedRandom) -> Params:
+        return {"sigma_x": rng.uniform(*self.sigma_x), "sigma_y": rng.uniform(*self.sigma_y),
+                "angle": rng.uniform(*self.angle), "kernel_size": self.draw_size(rng)}
+
+    def shape(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        theta = _column(params["angle"], x) * (math.pi / 180)
+        along = x * torch.cos(theta) + y * torch.sin(theta)
+        across = -x * torch.sin(theta) + y * torch.cos(theta)
+        sx, sy = _column(params["sigma_x"], x), _column(params["sigma_y"], x)
+        return torch.exp(-(along ** 2 / (2 * sx ** 2) + across ** 2 / (2 * sy ** 2)))
+
+
+@dataclasses.dataclass
+class MotionBlur(_KernelBlur):
+    """Linear motion blur: an antialiased line segment through the kernel centre.
+
+    Config: ``length`` [low, high] in pixels (clipped to the kernel size), ``angle`` in degrees.
+    Params: length, angle (degrees), kernel_size.
+    """
+
+    name = "motion_blur"
+    length: list[float] = dataclasses.field(default_factory=lambda: [3.0, 15.0])
+    angle: list[float] = dataclasses.field(default_factory=lambda: [0.0, 180.0])
+
+    def validate(self) -> None:
+        super().validate()
+        self.length = list(as_range("length", self.length, 1.0, 63.0))
+        self.angle = list(as_range("angle", self.angle, -360.0, 360.0))
+
+    def draw(self, rng: KeyedRandom) -> Params:
+        return {"length": rng.uniform(*self.length), "angle": rng.uniform(*self.angle),
+                "kernel_size": self.draw_size(rng)}
+
+    def shape(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        theta = _column(params["angle"], x) * (math.pi / 180)
+        half = _column(params["length"], x) / 2
+        along = x * torch.cos(theta) + y * torch.sin(theta)
+        across = -x * torch.sin(theta) + y * torch.cos(theta)
+        beyond_end = (along.abs() - half).clamp(min=0)
+        return (1 - torch.sqrt(across ** 2 + beyond_end ** 2)).clamp(min=0)
+
+
+@dataclasses.dataclass
+class DefocusBlur(_KernelBlur):
+    """Defocus: a uniform disk with an antialiased rim.
+
+    Config: ``radius`` [low, high] in pixels. Params: radius, kernel_size.
+    """
+
+    name = "defocus_blur"
+    radius: list[float] = dataclasses.field(default_factory=lambda: [1.0, 4.0])
+
+    def validate(self) -> None:
+        super().validate()
+        self.radius = list(as_range("radius", self.radius, 0.5, 31.0))
+
+    def draw(self, rng: KeyedRandom) -> Params:
+        return {"radius": rng.uniform(*self.radius), "kernel_size": self.draw_size(rng)}
+
+    def shape(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        radius = _column(params["radius"], x)
+        return (radius + 0.5 - torch.sqrt(x * x + y * y)).clamp(0, 1)

@@ -1,0 +1,101 @@
+"""Occlusion: rectangle erasing with several fills, and crop-and-pad (AdaFace-style crop)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from degrade.keyed import KeyedRandom, normal_field
+from degrade.ops.base import ConfigError, Op, Params, as_range, per_sample
+
+FILLS = ("zero", "mean", "noise")
+
+
+def _draw_box(rng: KeyedRandom, size: int, area: list[float], aspect: list[float]) -> Params:
+    """Per-sample boxes covering a fraction ``area`` of a (size, size) image, log-uniform aspect h/w."""
+    fraction = rng.uniform(*area)
+    log_aspect = rng.uniform(math.log(aspect[0]), math.log(aspect[1]))
+    aspect_ratio = torch.exp(log_aspect)
+    height = torch.round(size * torch.sqrt(fraction * aspect_ratio)).clamp(1, size).long()
+    width = torch.round(size * torch.sqrt(fraction / aspect_ratio)).clamp(1, size).long()
+    top = torch.floor(rng.uniform() * (size - height + 1)).long()
+    left = torch.floor(rng.uniform() * (size - width + 1)).long()
+    return {"top": top, "left": left, "height": height, "width": width}
+
+
+def box_mask(params: Params, images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) bool, True inside each sample's box (params top/left/height/width)."""
+    h, w = images.shape[-2:]
+    rows = torch.arange(h, device=images.device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=images.device).view(1, 1, 1, w)
+    top, left = (per_sample(params[k], images).long() for k in ("top", "left"))
+    bottom = top + per_sample(params["height"], images).long()
+    right = left + per_sample(params["width"], images).long()
+    return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+
+
+@dataclasses.dataclass
+class _BoxOp(Op):
+    area: list[float] = dataclasses.field(default_factory=lambda: [0.02, 0.33])
+    aspect: list[float] = dataclasses.field(default_factory=lambda: [0.3, 3.3])
+    size: int = 112
+
+    def validate(self) -> None:
+        self.area = list(as_range("area", self.area, 1e-4, 1.0))
+        self.aspect = list(as_range("aspect", self.aspect, 0.05, 20.0))
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ConfigError("size", f"expected a positive integer, got {self.size!r}")
+
+
+@dataclasses.dataclass
+class RectangleErase(_BoxOp):
+    """Random erasing of one rectangle per sample.
+
+    Config: ``area`` fraction range, ``aspect`` (height / width) range, ``fill``: the fills to
+    draw from uniformly (``zero``, ``mean`` = the image's channel means, ``noise`` = uniform
+    noise), ``size``: the side boxes are drawn for.
+    Params: top, left, height, width (pixels), fill (index into ``zero, mean, noise``), seed.
+    """
+
+    name = "erase"
+    fill: list[str] = dataclasses.field(default_factory=lambda: list(FILLS))
+
+    def validate(self) -> None:
+        super().validate()
+        if not (isinstance(self.fill, list) and self.fill and all(f in FILLS for f in self.fill)):
+            raise ConfigError("fill", f"expected a list drawn from {', '.join(FILLS)}, got {self.fill!r}")
+
+    def draw(self, rng: KeyedRandom) -> Params:
+        box = _draw_box(rng, self.size, self.area, self.aspect)
+        allowed = torch.tensor([FILLS.index(f) for f in self.fill], device=rng.keys.device)
+        return {**box, "fill": allowed[rng.choice([1.0] * len(self.fill))], "seed": rng.seeds()}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        fill = per_sample(params["fill"], images).long()
+        mean = images.mean(dim=(2, 3), keepdim=True).expand_as(images)
+        noise = normal_field(params["seed"].to(images.device), tuple(images.shape[1:]), images.dtype)
+        noise = (0.5 + 0.25 * noise).clamp(0, 1)
+        filler = torch.where(fill == 0, torch.zeros_like(images), torch.where(fill == 1, mean, noise))
+        return torch.where(box_mask(params, images), filler, images)
+
+
+@dataclasses.dataclass
+class CropPad(_BoxOp):
+    """Keep one random box of the face in place and zero everything around it.
+
+    Alignment is preserved (the kept part stays where it was), as in AdaFace's crop
+    augmentation. Config: ``area`` range of the kept fraction, ``aspect`` range.
+    Params: top, left, height, width of the kept box (pixels).
+    """
+
+    name = "crop_pad"
+    area: list[float] = dataclasses.field(default_factory=lambda: [0.4, 0.9])
+    aspect: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.33])
+
+    def draw(self, rng: KeyedRandom) -> Params:
+        return _draw_box(rng, self.size, self.area, self.aspect)
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        return torch.where(box_mask(params, images), images, torch.zeros_like(images))

@@ -1,0 +1,304 @@
+"""Recipes: YAML data that composes ops into stages with probabilities and one-of groups.
+
+A recipe file::
+
+    name: maug
+    description: one line shown by `degrade recipes`
+    seed: 0            # default seed; `--seed` overrides
+    size: 112          # HQ side in pixels
+    stages:
+      - op: resize     # a stage runs one op ...
+        p: 1.0         # ... on a random fraction p of the samples (default 1)
+        sides: [7, 14, 20]
+        weights: [1, 1, 2]
+      - name: blur     # ... or one option of a one-of group
+        p: 0.5
+        one_of:
+          - {op: gaussian_blur, weight: 2, sigma: [0.2, 3]}
+          - {weight: 1, stages: [{op: motion_blur}, {op: jpeg, quality: [40, 90]}]}
+        split: random  # `random` (by weight) or `key` (option = key mod count: exact halves)
+
+Every random draw of a sample comes from (seed, key, stage path), where the stage path is the
+dotted name of the op inside the recipe (``blur.gaussian_blur``), so adding a stage does not
+change the draws of the others. The params of a batch are one flat dict of (N,) tensors named
+``<stage path>.<field>``, plus ``<stage>.applied`` and, for one-of groups, ``<stage>.choice``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from degrade.keyed import KeyedRandom
+from degrade.ops import OP_NAMES, ConfigError, Op, Params, op_class
+
+STAGE_KEYS = {"op", "name", "p", "one_of", "split"}
+OPTION_KEYS = {"op", "name", "weight", "stages"}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be loaded; the message names the file, the stage and the field."""
+
+
+def _stream_id(path: str) -> int:
+    return zlib.crc32(path.encode())
+
+
+@dataclasses.dataclass
+class Leaf:
+    """One op at a dotted path inside the recipe."""
+
+    path: str
+    op: Op
+
+
+@dataclasses.dataclass
+class Option:
+    """One branch of a one-of group: a chain of leaves, chosen with relative ``weight``."""
+
+    name: str
+    weight: float
+    leaves: list[Leaf]
+
+
+@dataclasses.dataclass
+class Stage:
+    """A stage: runs its single option, or one option of several, on a fraction ``p`` of samples."""
+
+    name: str
+    p: float
+    options: list[Option]
+    split: str = "random"
+
+    @property
+    def is_group(self) -> bool:
+        return len(self.options) > 1 or self.options[0].name != self.name
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A loaded, validated recipe. Call it on (N, 3, S, S) images in [0, 1] with (N,) keys."""
+
+    name: str
+    description: str
+    seed: int
+    size: int
+    stages: list[Stage]
+    text: str = ""
+
+    @property
+    def leaves(self) -> list[Leaf]:
+        return [leaf for stage in self.stages for option in stage.options for leaf in option.leaves]
+
+    @property
+    def output_size(self) -> int:
+        """Side of the LQ tensor: the input size, or the canvas of a native-size resize."""
+        last = self.stages[-1].options[0].leaves[-1].op
+        return max(last.all_sides) if last.changes_size else self.size
+
+    def sample(self, keys: torch.Tensor, seed: int | None = None) -> Params:
+        """All params of samples ``keys`` ((N,) int64): a flat dict of (N,) tensors."""
+        seed = self.seed if seed is None else seed
+        keys = keys.to(torch.int64)
+        params: Params = {}
+        for stage in self.stages:
+            rng = KeyedRandom(seed, keys, _stream_id(stage.name))
+            params[f"{stage.name}.applied"] = rng.bernoulli(stage.p) if stage.p < 1 else torch.ones_like(keys, dtype=torch.bool)
+            if stage.is_group:
+                if stage.split == "key":
+                    params[f"{stage.name}.choice"] = keys % len(stage.options)
+                else:
+                    params[f"{stage.name}.choice"] = rng.choice([o.weight for o in stage.options])
+            for option in stage.options:
+                for leaf in option.leaves:
+                    drawn = leaf.op.sample(keys, seed, _stream_id(leaf.path))
+                    params.update({f"{leaf.path}.{field}": value for field, value in drawn.items()})
+        return params
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """Degrade (N, 3, S, S) images in [0, 1] with recorded params; (N, 3, S', S') out."""
+        images = images.clone()
+        for stage in self.stages:
+            applied = params[f"{stage.name}.applied"].to(images.device)
+            for index, option in enumerate(stage.options):
+                chosen = applied
+                if stage.is_group:
+                    chosen = applied & (params[f"{stage.name}.choice"].to(images.device) == index)
+                images = _apply_chain(option.leaves, images, params, chosen)
+        return images
+
+    def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int | None = None) -> tuple[torch.Tensor, Params]:
+        params = self.sample(keys.to(images.device), seed)
+        return self.apply(images, params), params
+
+
+def _leaf_params(leaf: Leaf, params: Params, rows: torch.Tensor | slice) -> Params:
+    prefix = leaf.path + "."
+    return {k[len(prefix):]: v[rows] for k, v in params.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+
+
+def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chosen: torch.Tensor) -> torch.Tensor:
+    """Run a chain of ops on the chosen rows only; other rows pass through unchanged."""
+    if leaves[-1].op.changes_size:
+        out = images
+        for leaf in leaves:
+            out = leaf.op.apply(out, {k: v.to(images.device) for k, v in _leaf_params(leaf, params, slice(None)).items()})
+        return out
+    rows = torch.nonzero(chosen).squeeze(1)
+    if len(rows) == 0:
+        return images
+    subset = images[rows]
+    for leaf in leaves:
+        subset = leaf.op.apply(subset, {k: v.to(images.device) for k, v in _leaf_params(leaf, params, rows.cpu()).items()})
+    images[rows] = subset
+    return images
+
+
+# ---- loading and validation -------------------------------------------------------------
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Names and files of the recipes shipped in ``recipes/``."""
+    folder = importlib.resources.files("degrade.recipes")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """A built-in recipe name or a path to a YAML file -> the file's path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"{path}: no such recipe file")
+        return path
+    known = builtin_recipes()
+    if str(name_or_path) not in known:
+        raise RecipeError(f"unknown recipe {str(name_or_path)!r}; built-in recipes: {', '.join(sorted(known))} "
+                          "(or give a path to a .yaml file)")
+    return known[str(name_or_path)]
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load and validate a recipe by built-in name or file path; raises :class:`RecipeError`."""
+    path = resolve_recipe(name_or_path)
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    return parse_recipe(data, source=str(path), text=text)
+
+
+def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
+    """Validate recipe data (as loaded from YAML) and build the :class:`Recipe`."""
+
+    def fail(where: str, message: str) -> RecipeError:
+        return RecipeError(f"{source}: {where}: {message}")
+
+    if not isinstance(data, dict):
+        raise fail("top level", "expected a mapping with 'name' and 'stages'")
+    unknown = set(data) - {"name", "description", "seed", "size", "stages"}
+    if unknown:
+        raise fail("top level", f"unknown field(s) {', '.join(sorted(unknown))}")
+    name = data.get("name", Path(source).stem)
+    seed, size = data.get("seed", 0), data.get("size", 112)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise fail("field 'seed'", f"expected a non-negative integer, got {seed!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+        raise fail("field 'size'", f"expected an integer >= 8, got {size!r}")
+    stages_data = data.get("stages")
+    if not isinstance(stages_data, list) or not stages_data:
+        raise fail("field 'stages'", "expected a non-empty list of stages")
+
+    used: set[str] = set()
+
+    def unique(base: str) -> str:
+        candidate, count = base, 1
+        while candidate in used:
+            count += 1
+            candidate = f"{base}_{count}"
+        used.add(candidate)
+        return candidate
+
+    def build_op(entry: Any, where: str, path_prefix: str) -> Leaf:
+        if not isinstance(entry, dict) or "op" not in entry:
+            raise fail(where, "expected a mapping with an 'op' field")
+        op_name = entry["op"]
+        if op_name not in OP_NAMES:
+            raise fail(where, f"unknown op {op_name!r}; known ops: {', '.join(OP_NAMES)}")
+        cls = op_class(op_name)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        config = {k: v for k, v in entry.items() if k not in STAGE_KEYS | OPTION_KEYS}
+        unknown_fields = set(config) - fields
+        if unknown_fields:
+            raise fail(where, f"field {sorted(unknown_fields)[0]!r} is not a field of op {op_name!r} "
+                              f"(its fields: {', '.join(sorted(fields))})")
+        if "size" in fields and "size" not in config:
+            config["size"] = size
+        try:
+            op = cls(**config)
+        except ConfigError as error:
+            raise fail(where, f"field {error.field!r}: {str(error).split(': ', 1)[1]}") from None
+        except TypeError as error:
+            raise fail(where, f"bad configuration: {error}") from None
+        leaf_name = entry.get("name", op_name)
+        return Leaf(path=f"{path_prefix}{leaf_name}" if path_prefix else unique(leaf_name), op=op)
+
+    stages: list[Stage] = []
+    for number, entry in enumerate(stages_data, start=1):
+        label = entry.get("name") or entry.get("op") or "one_of" if isinstance(entry, dict) else "?"
+        where = f"stage {number} ({label})"
+        if not isinstance(entry, dict):
+            raise fail(where, "expected a mapping")
+        p = entry.get("p", 1.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise fail(where, f"field 'p': expected a probability in [0, 1], got {p!r}")
+        split = entry.get("split", "random")
+        if split not in ("random", "key"):
+            raise fail(where, f"field 'split': expected 'random' or 'key', got {split!r}")
+        if ("op" in entry) == ("one_of" in entry):
+            raise fail(where, "a stage has exactly one of 'op' or 'one_of'")
+        if "op" in entry:
+            leaf = build_op(entry, where, "")
+            stages.append(Stage(name=leaf.path, p=float(p), options=[Option(leaf.path, 1.0, [leaf])]))
+            continue
+        group = unique(entry.get("name", "one_of"))
+        options_data = entry["one_of"]
+        if not isinstance(options_data, list) or len(options_data) < 2:
+            raise fail(where, "field 'one_of': expected a list of at least two options")
+        options: list[Option] = []
+        for k, option in enumerate(options_data, start=1):
+            owhere = f"{where}, option {k}"
+            if not isinstance(option, dict):
+                raise fail(owhere, "expected a mapping")
+            weight = option.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                raise fail(owhere, f"field 'weight': expected a non-negative number, got {weight!r}")
+            if "stages" in option:
+                oname = option.get("name", f"option{k}")
+                chain = option["stages"]
+                if not isinstance(chain, list) or not chain:
+                    raise fail(owhere, "field 'stages': expected a non-empty list of ops")
+                leaves = [build_op(e, f"{owhere}, op {j}", f"{group}.{oname}.") for j, e in enumerate(chain, start=1)]
+            else:
+                leaf = build_op(option, owhere, f"{group}.")
+                oname, leaves = leaf.path.split(".")[-1], [leaf]
+            if any(o.name == oname for o in options):
+                raise fail(owhere, f"two options are named {oname!r}; give them distinct 'name's")
+            options.append(Option(oname, float(weight), leaves))
+        stages.append(Stage(name=group, p=float(p), options=options, split=split))
+
+    for number, stage in enumerate(stages, start=1):
+        for option in stage.options:
+            for leaf in option.leaves:
+                if leaf.op.changes_size and (number != len(stages) or stage.is_group or stage.p < 1
+                                             or leaf is not option.leaves[-1]):
+                    raise fail(f"stage {number} ({stage.name})",
+                               "an op with native-size output must be the last stage, with p: 1, outside one_of")
+    return Recipe(name=str(name), description=str(data.get("description", "")), seed=seed, size=size,
+                  stages=stages, text=text)
