@@ -302,3 +302,27 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
                                "an op with native-size output must be the last stage, with p: 1, outside one_of")
     return Recipe(name=str(name), description=str(data.get("description", "")), seed=seed, size=size,
                   stages=stages, text=text)
+
+
+def describe(recipe: Recipe, params: Params, index: int) -> list[str]:
+    """Short lines naming what was applied to sample ``index`` and its key params."""
+    lines = []
+    for stage in recipe.stages:
+        if not bool(params[f"{stage.name}.applied"][index]):
+            continue
+        option = stage.options[int(params[f"{stage.name}.choice"][index])] if stage.is_group else stage.options[0]
+        for leaf in option.leaves:
+            values = [(k.rsplit(".", 1)[1], v[index]) for k, v in params.items()
+                      if k.startswith(leaf.path + ".") and "." not in k[len(leaf.path) + 1:]]
+            shown = [f"{field}={_short(value)}" for field, value in values
+                     if not field.endswith("seed") and field not in ("applied", "choice")]
+            lines.append(f"{leaf.op.name} " + " ".join(shown))
+    return lines
+
+
+def _short(value: torch.Tensor) -> str:
+    if value.dtype == torch.bool:
+        return "y" if bool(value) else "n"
+    if value.dtype.is_floating_point:
+        return f"{float(value):.2g}"
+    return str(int(value))

@@ -1,0 +1,46 @@
+"""The path of a batch: source keys -> HQ uint8 -> recipe on the device -> HQ/LQ pairs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from degrade.ops import Params
+from degrade.recipe import Recipe
+from degrade.sources import Source
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [0, 1]."""
+    return images.to(torch.float32) / 255.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float (N, C, H, W) in [0, 1] -> uint8, rounded to nearest."""
+    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+@dataclasses.dataclass
+class PairBatch:
+    """One batch of pairs. ``lq`` is (N, 3, S', S'): for native-size recipes the small faces sit
+    top-left in a zero canvas and ``params['resize.side']`` gives their extent."""
+
+    key: torch.Tensor       # (N,) int64
+    identity: torch.Tensor  # (N,) int64
+    hq: torch.Tensor        # (N, 3, S, S) uint8
+    lq: torch.Tensor        # (N, 3, S', S') uint8
+    params: Params          # flat dict of (N,) tensors
+
+
+def make_pairs(recipe: Recipe, source: Source, keys: torch.Tensor, device: str | torch.device = "cpu",
+               seed: int | None = None) -> PairBatch:
+    """Decode ``keys`` from ``source`` and degrade them with ``recipe`` on ``device``."""
+    hq, identity = source.load_batch(keys)
+    if hq.shape[-1] != recipe.size or hq.shape[-2] != recipe.size:
+        raise ValueError(f"recipe {recipe.name!r} expects {recipe.size}x{recipe.size} faces, source gives "
+                         f"{hq.shape[-2]}x{hq.shape[-1]}")
+    hq_device = hq.to(device, non_blocking=True)
+    lq, params = recipe(to_float(hq_device), keys.to(device), seed)
+    return PairBatch(key=keys.cpu(), identity=identity.cpu(), hq=hq, lq=to_uint8(lq).cpu(),
+                     params={k: v.cpu() for k, v in params.items()})
