@@ -64,7 +64,8 @@ class _KernelBlur(Op):
         return weights.to(dtype)
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        return filter2d(images, self.kernels(params, images.device, images.dtype), border_type="reflect")
+        kernels = self.kernels(params, images.device, images.dtype)
+        return filter2d(images, kernels, border_type="reflect").clamp(0, 1)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,127 @@
+"""The command line as a user runs it: recipes, preview, build (and its resume), clear errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import datasets
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from degrade.cli import main
+from degrade.engine import make_pairs
+from degrade.recipe import builtin_recipes, load_recipe
+from degrade.sources.demo import DemoSource
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def decode(image: dict) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(image["bytes"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def test_help_explains_every_command():
+    result = subprocess.run([sys.executable, "-m", "degrade", "--help"], capture_output=True, text=True, check=True)
+    for command in ("build", "preview", "recipes"):
+        assert command in result.stdout
+    assert "--recipe" in run("build", "--help").output
+
+
+def test_recipes_lists_each_builtin_recipe_with_its_description():
+    output = run("recipes").output
+    for name in builtin_recipes():
+        line = next(line for line in output.splitlines() if line.startswith(name + " "))
+        assert load_recipe(name).description in line
+
+
+def build(tmp_path: Path, *extra: str) -> Path:
+    out = tmp_path / "ds"
+    result = run("build", "--recipe", "maug", "--limit", "40", "--batch-size", "16", "--shard-size", "16",
+                 "--device", "cpu", "--out", str(out), *extra)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_build_writes_a_dataset_whose_lq_is_the_engines_output(tmp_path):
+    out = build(tmp_path)
+    dataset = datasets.load_from_disk(str(out)).with_format(None)
+    assert len(dataset) == 40
+    assert {"key", "identity", "identity_name", "hq", "lq", "params"} <= set(dataset.column_names)
+    assert sorted(p.name for p in out.glob("data-*.arrow")) == [f"data-0000{i}-of-00003.arrow" for i in range(3)]
+    rows = dataset.cast_column("hq", datasets.Image(decode=False)).cast_column("lq", datasets.Image(decode=False))
+    keys = torch.tensor([0, 17, 39])
+    expected = make_pairs(load_recipe("maug"), DemoSource(), keys)
+    for n, key in enumerate(keys.tolist()):
+        row = rows[key]
+        assert row["key"] == key and row["identity"] == key // 10
+        assert np.array_equal(decode(row["lq"]), expected.lq[n].permute(1, 2, 0).numpy())
+        assert np.array_equal(decode(row["hq"]), expected.hq[n].permute(1, 2, 0).numpy())
+        assert row["params"]["resize"]["side"] == int(expected.params["resize.side"][n])
+
+
+def test_an_interrupted_build_resumes_to_identical_bytes(tmp_path):
+    out = build(tmp_path)
+    finished = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "state.json").unlink()
+    (out / "data-00001-of-00003.arrow").unlink()
+    (out / "data-00002-of-00003.arrow").write_bytes(b"")
+    (out / "data-00002-of-00003.arrow").rename(out / "data-00002-of-00003.arrow.partial")
+    with pytest.raises(FileNotFoundError):
+        datasets.load_from_disk(str(out))
+    result = run("build", "--recipe", "maug", "--limit", "40", "--batch-size", "16", "--shard-size", "16",
+                 "--device", "cpu", "--out", str(out))
+    assert "1 resumed" in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.endswith(".partial")} == finished
+
+
+def test_a_different_build_into_the_same_folder_is_refused(tmp_path):
+    out = build(tmp_path)
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--limit", "41", "--out", str(out)])
+    assert result.exit_code != 0 and "holds a different build" in result.output
+
+
+def test_btnet_build_stores_native_size_lq(tmp_path):
+    out = tmp_path / "bt"
+    assert run("build", "--recipe", "btnet", "--limit", "24", "--out", str(out), "--device", "cpu").exit_code == 0
+    dataset = datasets.load_from_disk(str(out))
+    for row in dataset:
+        side = row["params"]["resize"]["side"]
+        assert row["lq"].size == (side, side) and row["hq"].size == (112, 112)
+
+
+def test_preview_writes_a_grid_of_pairs(tmp_path):
+    out = tmp_path / "grid.png"
+    result = run("preview", "--recipe", "lgaf", "--count", "6", "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    grid = cv2.imread(str(out))
+    assert grid.shape[0] > 2 * 224 and grid.shape[1] == 4 * (2 * 224 + 8)
+    assert grid.std() > 20
+
+
+def test_unknown_recipe_fails_with_one_clear_message():
+    result = CliRunner().invoke(main, ["build", "--recipe", "nope"])
+    assert result.exit_code != 0
+    assert "unknown recipe 'nope'" in result.output and "maug" in result.output
+
+
+def test_a_corrupt_image_is_named_in_the_error(tmp_path):
+    good = np.full((112, 112, 3), 128, np.uint8)
+    (tmp_path / "faces" / "alice").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "faces" / "alice" / "0.png"), good)
+    (tmp_path / "faces" / "alice" / "1.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "faces"),
+                                       "--out", str(tmp_path / "ds"), "--device", "cpu"])
+    assert result.exit_code != 0
+    assert "1.jpg" in result.output and "not a readable image" in result.output
+    assert not (tmp_path / "ds" / "state.json").exists()
+
+
+def test_an_empty_source_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "no images found" in result.output

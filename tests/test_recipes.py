@@ -1,0 +1,195 @@
+"""Recipes: every shipped recipe loads and runs; a sample's LQ depends only on (recipe, seed, key)."""
+
+import textwrap
+
+import pytest
+import torch
+
+from degrade.engine import to_uint8
+from degrade.recipe import RecipeError, builtin_recipes, load_recipe
+
+RECIPES = sorted(builtin_recipes())
+
+
+def test_the_shipped_recipes_are_the_documented_ones():
+    assert {"maug", "btnet", "catface", "lgaf", "realworld", "mixed"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_loads_and_degrades_real_faces(name, faces):
+    recipe = load_recipe(name)
+    lq, params = recipe(faces[:16], torch.arange(16))
+    side = recipe.output_size
+    assert lq.shape == (16, 3, side, side)
+    assert lq.min() >= 0 and lq.max() <= 1
+    assert all(v.shape[0] == 16 for v in params.values())
+    if side == recipe.size:
+        assert (lq - faces[:16]).abs().mean() > 0.01
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_lq_of_a_key_is_identical_for_batch_sizes_1_7_64_and_any_order(name, faces):
+    recipe = load_recipe(name)
+    keys = torch.arange(1000, 1064)
+    full = to_uint8(recipe(faces, keys)[0])
+    sevens = torch.cat([to_uint8(recipe(faces[i:i + 7], keys[i:i + 7])[0]) for i in range(0, 64, 7)])
+    assert torch.equal(sevens, full)
+    singles = torch.cat([to_uint8(recipe(faces[i:i + 1], keys[i:i + 1])[0]) for i in (0, 13, 63)])
+    assert torch.equal(singles, full[[0, 13, 63]])
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    shuffled = to_uint8(recipe(faces[order], keys[order])[0])
+    assert torch.equal(shuffled, full[order])
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recorded_params_replay_the_whole_recipe(name, faces):
+    recipe = load_recipe(name)
+    lq, params = recipe(faces[:16], torch.arange(16), seed=5)
+    assert torch.equal(recipe.apply(faces[:16], params), lq)
+
+
+def assert_rounding_only(a: torch.Tensor, b: torch.Tensor, recipe) -> None:
+    """Two runs of one recipe that differ only in float rounding (float32 vs float64, CPU vs CUDA).
+
+    Without JPEG no pixel moves by more than one 8-bit level. JPEG rounds DCT coefficients, so
+    a rounding difference at a coefficient's rounding boundary moves a whole 8x8 block: measured
+    (float32 vs float64, LFW): mean 0.0004-0.0033 levels, under 0.08 % of pixels off by more
+    than one level. Bound: mean < 0.05 levels and under 0.5 % of pixels.
+    """
+    difference = (to_uint8(a).int() - to_uint8(b.to(a.device, a.dtype)).int()).abs()
+    if any(leaf.op.name == "jpeg" for leaf in recipe.leaves):
+        assert difference.float().mean() < 0.05
+        assert (difference > 1).float().mean() < 0.005
+    else:
+        assert difference.max() <= 1
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_float_rounding_moves_pixels_by_at_most_the_stated_bound(name, faces):
+    """Stand-in for CPU vs CUDA on a machine without a GPU: float64 against float32."""
+    recipe = load_recipe(name)
+    keys = torch.arange(64)
+    assert_rounding_only(recipe(faces, keys)[0], recipe(faces.double(), keys)[0], recipe)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", RECIPES)
+def test_cpu_and_cuda_agree_within_the_stated_bound(name, faces):
+    recipe = load_recipe(name)
+    keys = torch.arange(64)
+    assert_rounding_only(recipe(faces, keys)[0], recipe(faces.cuda(), keys.cuda())[0].cpu(), recipe)
+
+
+def test_seed_changes_the_draws_and_the_default_seed_is_the_recipes():
+    recipe = load_recipe("realworld")
+    keys = torch.arange(8)
+    assert torch.equal(recipe.sample(keys)["jpeg.quality"], recipe.sample(keys, seed=recipe.seed)["jpeg.quality"])
+    assert not torch.equal(recipe.sample(keys, seed=1)["jpeg.quality"], recipe.sample(keys, seed=2)["jpeg.quality"])
+
+
+def test_catface_splits_every_batch_in_half_by_key(faces):
+    params = load_recipe("catface").sample(torch.arange(10, 74))
+    assert torch.equal(params["capture.choice"], torch.arange(10, 74) % 2)
+
+
+def test_btnet_records_native_sides():
+    recipe = load_recipe("btnet")
+    sides = recipe.sample(torch.arange(4000))["resize.side"]
+    assert set(sides.unique().tolist()) == {7, 14, 28, 56}
+    assert recipe.output_size == 56
+
+
+def test_probability_applies_a_stage_to_that_fraction_of_samples(faces):
+    recipe = load_recipe("lgaf")
+    applied = recipe.sample(torch.arange(10000))["elastic.applied"]
+    assert abs(applied.float().mean().item() - 0.5) < 0.02
+    lq, params = recipe(faces[:32], torch.arange(32))
+    untouched = ~(params["occlusion.applied"] | params["elastic.applied"] | params["resize.applied"])
+    assert untouched.any()
+    assert torch.equal(lq[untouched], faces[:32][untouched])
+
+
+def test_adding_a_stage_does_not_change_the_draws_of_the_others(tmp_path):
+    one = tmp_path / "one.yaml"
+    one.write_text("stages:\n  - {op: jpeg}\n")
+    two = tmp_path / "two.yaml"
+    two.write_text("stages:\n  - {op: gaussian_noise}\n  - {op: jpeg}\n")
+    keys = torch.arange(32)
+    assert torch.equal(load_recipe(one).sample(keys)["jpeg.quality"], load_recipe(two).sample(keys)["jpeg.quality"])
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+def _error(tmp_path, text: str) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    return str(error.value)
+
+
+def test_unknown_op_names_the_file_the_stage_and_the_known_ops(tmp_path):
+    message = _error(tmp_path, """
+        stages:
+          - op: resize
+            sides: [7]
+          - op: sharpen
+        """)
+    assert "bad.yaml" in message and "stage 2 (sharpen)" in message and "unknown op 'sharpen'" in message
+    assert "gaussian_blur" in message
+
+
+def test_bad_range_names_the_stage_and_field(tmp_path):
+    message = _error(tmp_path, """
+        stages:
+          - op: gaussian_blur
+            sigma: [3, 1]
+        """)
+    assert "stage 1 (gaussian_blur)" in message and "field 'sigma'" in message and "above high" in message
+
+
+def test_wrong_type_names_the_stage_and_field(tmp_path):
+    message = _error(tmp_path, """
+        stages:
+          - op: jpeg
+            quality: high
+        """)
+    assert "stage 1 (jpeg)" in message and "field 'quality'" in message
+
+
+def test_unknown_field_names_the_ops_fields(tmp_path):
+    message = _error(tmp_path, """
+        stages:
+          - op: jpeg
+            qualty: [30, 40]
+        """)
+    assert "'qualty' is not a field of op 'jpeg'" in message and "quality" in message
+
+
+def test_error_inside_a_one_of_option_names_the_option(tmp_path):
+    message = _error(tmp_path, """
+        stages:
+          - name: blur
+            one_of:
+              - {op: gaussian_blur}
+              - {op: motion_blur, length: -3}
+        """)
+    assert "stage 1 (blur), option 2" in message and "field 'length'" in message
+
+
+def test_bad_probability_and_bad_yaml_and_unknown_recipe(tmp_path):
+    assert "field 'p'" in _error(tmp_path, "stages:\n  - {op: jpeg, p: 2}\n")
+    assert "not valid YAML" in _error(tmp_path, "stages: [\n")
+    assert "expected a non-empty list" in _error(tmp_path, "name: x\n")
+    with pytest.raises(RecipeError, match="unknown recipe 'nope'.*maug"):
+        load_recipe("nope")
+
+
+def test_native_size_must_be_the_last_stage(tmp_path):
+    message = _error(tmp_path, """
+        stages:
+          - {op: resize, sides: [7], output: native}
+          - {op: jpeg}
+        """)
+    assert "must be the last stage" in message
