@@ -86,6 +86,17 @@ class GaussianBlur(_KernelBlur):
         sigma = _column(params["sigma"], x)
         return torch.exp(-(x * x + y * y) / (2 * sigma * sigma))
 
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """Separably: the masked, normalised 2-D kernel is the outer product of two 1-D ones."""
+        offsets = torch.arange(self.kernel_size[1], device=images.device, dtype=torch.float64)
+        offsets = offsets - (self.kernel_size[1] - 1) / 2
+        sigma = params["sigma"].to(images.device, torch.float64)[:, None]
+        radius = ((params["kernel_size"].to(images.device) - 1) // 2)[:, None]
+        taps = torch.exp(-offsets ** 2 / (2 * sigma ** 2)) * (offsets.abs() <= radius)
+        taps = (taps / taps.sum(dim=1, keepdim=True)).to(images.dtype)
+        rows = filter2d(images, taps[:, None, :], border_type="reflect")
+        return filter2d(rows, taps[:, :, None], border_type="reflect").clamp(0, 1)
+
 
 @dataclasses.dataclass
 class AnisotropicBlur(_KernelBlur):

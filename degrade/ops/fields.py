@@ -42,11 +42,11 @@ def filtered_field(
     """
     grid_h, grid_w = 2 * height, 2 * width
     spectrum = power(frequency_radius(grid_h, grid_w, seeds.device))
-    gain = torch.sqrt(spectrum / spectrum.mean())
-    noise = normal_field(seeds, (channels, grid_h, grid_w), torch.float64)
+    gain = torch.sqrt(spectrum / spectrum.mean()).to(torch.float32)
+    noise = normal_field(seeds, (channels, grid_h, grid_w))
     field = torch.fft.ifft2(torch.fft.fft2(noise, norm="ortho") * gain, norm="ortho").real
-    field = field * variance.to(torch.float64).sqrt().view(-1, 1, 1, 1)
-    return field[:, :, :height, :width].to(torch.float32)
+    field = field * variance.to(torch.float32).sqrt().view(-1, 1, 1, 1)
+    return field[:, :, :height, :width]
 
 
 def warp(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:

@@ -73,11 +73,13 @@ class RectangleErase(_BoxOp):
         return {**box, "fill": allowed[rng.choice([1.0] * len(self.fill))], "seed": rng.seeds()}
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        fill = per_sample(params["fill"], images).long()
-        mean = images.mean(dim=(2, 3), keepdim=True).expand_as(images)
-        noise = normal_field(params["seed"].to(images.device), tuple(images.shape[1:]), images.dtype)
-        noise = (0.5 + 0.25 * noise).clamp(0, 1)
-        filler = torch.where(fill == 0, torch.zeros_like(images), torch.where(fill == 1, mean, noise))
+        fill = params["fill"].to(images.device)
+        filler = torch.zeros_like(images)
+        filler[fill == 1] = images[fill == 1].mean(dim=(2, 3), keepdim=True).expand_as(images[fill == 1])
+        noisy = fill == 2
+        if noisy.any():
+            noise = normal_field(params["seed"].to(images.device)[noisy], tuple(images.shape[1:]), images.dtype)
+            filler[noisy] = (0.5 + 0.25 * noise).clamp(0, 1)
         return torch.where(box_mask(params, images), filler, images)
 
 
