@@ -126,3 +126,24 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     resumed = f", {summary.resumed_shards} resumed" if summary.resumed_shards else ""
     click.echo(f"wrote {summary.pairs} pairs in {summary.shards} shards{resumed} to {target} "
                f"in {summary.seconds:.1f} s ({rate:.0f} pairs/s)")
+
+
+@main.command("bench")
+@recipe_option
+@source_option
+@device_option
+@click.option("--batch-size", "-b", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--n", "pairs", default=2048, show_default=True, type=click.IntRange(1), help="Pairs to time.")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Processes for the OpenCV loop (default: every core).")
+def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs: int, workers: int | None) -> None:
+    """Time the engine and a plain per-image OpenCV loop on the same pairs; print both and their ratio.
+
+    Also prints each stage's rate alone and the peak memory. Compare ratios, not absolute
+    rates: shared machines are noisy.
+    """
+    from degrade.bench import run_bench
+
+    loaded = _recipe(recipe)
+    faces = _source(source, loaded.size)
+    click.echo(run_bench(recipe, faces, _device(device), batch_size, pairs, workers).report())

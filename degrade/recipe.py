@@ -123,7 +123,6 @@ class Recipe:
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         """Degrade (N, 3, S, S) images in [0, 1] with recorded params; (N, 3, S', S') out."""
-        images = images.clone()
         for stage in self.stages:
             applied = params[f"{stage.name}.applied"].to(images.device)
             for index, option in enumerate(stage.options):
@@ -144,20 +143,23 @@ def _leaf_params(leaf: Leaf, params: Params, rows: torch.Tensor | slice) -> Para
 
 
 def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chosen: torch.Tensor) -> torch.Tensor:
-    """Run a chain of ops on the chosen rows only; other rows pass through unchanged."""
-    if leaves[-1].op.changes_size:
-        out = images
-        for leaf in leaves:
-            out = leaf.op.apply(out, {k: v.to(images.device) for k, v in _leaf_params(leaf, params, slice(None)).items()})
-        return out
-    rows = torch.nonzero(chosen).squeeze(1)
-    if len(rows) == 0:
+    """Run a chain of ops on the chosen rows only; other rows pass through unchanged.
+
+    The input tensor is never modified. A chain that changes the size runs on every row
+    (validation guarantees they are all chosen)."""
+    every_row = leaves[-1].op.changes_size or bool(chosen.all())
+    rows = slice(None) if every_row else torch.nonzero(chosen).squeeze(1)
+    if not every_row and len(rows) == 0:
         return images
     subset = images[rows]
     for leaf in leaves:
-        subset = leaf.op.apply(subset, {k: v.to(images.device) for k, v in _leaf_params(leaf, params, rows.cpu()).items()})
-    images[rows] = subset
-    return images
+        leaf_rows = rows if every_row else rows.cpu()
+        subset = leaf.op.apply(subset, {k: v.to(images.device) for k, v in _leaf_params(leaf, params, leaf_rows).items()})
+    if every_row:
+        return subset
+    out = images.clone()
+    out[rows] = subset
+    return out
 
 
 # ---- loading and validation -------------------------------------------------------------

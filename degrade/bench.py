@@ -1,0 +1,143 @@
+"""``degrade bench``: the engine against a plain per-image OpenCV loop, in one run.
+
+Both make the same pairs from the same HQ faces with the same params (the engine's keyed
+draws). The OpenCV loop runs in a pool of processes, one per core by default. Absolute rates
+on shared machines are noisy; the ratio is the number to compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import resource
+import time
+
+import numpy as np
+import torch
+
+from degrade.engine import to_float, to_uint8
+from degrade.recipe import Recipe, load_recipe
+from degrade.sources import Source
+
+CHUNK = 32
+
+
+@dataclasses.dataclass
+class BenchResult:
+    recipe: str
+    device: str
+    pairs: int
+    batch_size: int
+    workers: int
+    engine_rate: float
+    opencv_rate: float
+    stage_rates: dict[str, float]
+    peak_memory_mib: float
+
+    @property
+    def ratio(self) -> float:
+        return self.engine_rate / self.opencv_rate
+
+    def report(self) -> str:
+        lines = [
+            f"recipe {self.recipe}, {self.pairs} pairs of 112x112, engine on {self.device} (batch {self.batch_size})",
+            f"  engine                      {self.engine_rate:12,.0f} pairs/s",
+            f"  OpenCV loop, {self.workers:2d} processes   {self.opencv_rate:12,.0f} pairs/s",
+            f"  ratio engine / OpenCV       {self.ratio:12.2f}x",
+            f"  per process of OpenCV       {self.opencv_rate / self.workers:12,.0f} pairs/s",
+            "  engine stages alone (every sample of a batch; pairs/s):",
+        ]
+        lines += [f"    {name:<34} {rate:12,.0f}" for name, rate in self.stage_rates.items()]
+        lines.append(f"  peak memory ({'GPU' if self.device.startswith('cuda') else 'RSS'})"
+                     f"      {self.peak_memory_mib:12,.0f} MiB")
+        return "\n".join(lines)
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_engine(recipe: Recipe, hq: torch.Tensor, pairs: int, device: torch.device) -> float:
+    batch = len(hq)
+    recipe(to_float(hq), torch.arange(batch, device=device))  # warm-up
+    _synchronise(device)
+    started = time.perf_counter()
+    for first in range(0, pairs, batch):
+        keys = torch.arange(first, first + batch, device=device)
+        lq, _ = recipe(to_float(hq), keys)
+        to_uint8(lq)
+    _synchronise(device)
+    return (pairs // batch * batch) / (time.perf_counter() - started)
+
+
+def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict[str, float]:
+    images = to_float(hq)
+    params = recipe.sample(torch.arange(len(hq), device=device))
+    rates = {}
+    for leaf in recipe.leaves:
+        prefix = leaf.path + "."
+        own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        leaf.op.apply(images, own)
+        _synchronise(device)
+        started = time.perf_counter()
+        leaf.op.apply(images, own)
+        _synchronise(device)
+        rates[f"{leaf.path} ({leaf.op.name})"] = len(hq) / (time.perf_counter() - started)
+    return rates
+
+
+_worker_state: dict = {}
+
+
+def _init_worker(recipe_text_source: str, pool: np.ndarray) -> None:
+    torch.set_num_threads(1)
+    _worker_state["recipe"] = load_recipe(recipe_text_source)
+    _worker_state["pool"] = pool
+
+
+def _opencv_chunk(bounds: tuple[int, int]) -> int:
+    from degrade.opencv_reference import degrade_one
+
+    recipe, pool = _worker_state["recipe"], _worker_state["pool"]
+    start, stop = bounds
+    params = {k: v.numpy() for k, v in recipe.sample(torch.arange(start, stop)).items()}
+    for index, key in enumerate(range(start, stop)):
+        degrade_one(recipe, pool[key % len(pool)], params, index)
+    return stop - start
+
+
+def _time_opencv(recipe_source: str, pool: np.ndarray, pairs: int, workers: int) -> float:
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_init_worker, initargs=(recipe_source, pool)) as processes:
+        processes.map(_opencv_chunk, [(k * CHUNK, (k + 1) * CHUNK) for k in range(workers)])  # warm-up
+        chunks = [(first, min(first + CHUNK, pairs)) for first in range(0, pairs, CHUNK)]
+        started = time.perf_counter()
+        done = sum(processes.map(_opencv_chunk, chunks, chunksize=1))
+        return done / (time.perf_counter() - started)
+
+
+def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_size: int = 256, pairs: int = 2048,
+              workers: int | None = None) -> BenchResult:
+    """Measure the engine and the OpenCV loop on ``pairs`` pairs of ``source``'s first ``batch_size`` faces."""
+    recipe = load_recipe(recipe_source)
+    workers = workers or os.cpu_count() or 1
+    hq_cpu, _ = source.load_batch(torch.arange(min(batch_size, len(source))) % len(source))
+    if len(hq_cpu) < batch_size:
+        hq_cpu = hq_cpu[torch.arange(batch_size) % len(hq_cpu)]
+    target = torch.device(device)
+    if target.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(target)
+    hq = hq_cpu.to(target)
+    engine_rate = _time_engine(recipe, hq, max(pairs, batch_size), target)
+    stage_rates = _time_stages(recipe, hq, target)
+    if target.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(target) / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    pool = np.ascontiguousarray(hq_cpu.permute(0, 2, 3, 1).numpy())
+    opencv_rate = _time_opencv(recipe_source, pool, pairs, workers)
+    return BenchResult(recipe=recipe.name, device=str(target), pairs=pairs, batch_size=batch_size, workers=workers,
+                       engine_rate=engine_rate, opencv_rate=opencv_rate, stage_rates=stage_rates,
+                       peak_memory_mib=peak)

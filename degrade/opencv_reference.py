@@ -1,0 +1,153 @@
+"""A plain per-image OpenCV / NumPy pipeline doing the work of a recipe, for benchmarks.
+
+It replays the params the engine drew (so both do the same work on the same samples) the way a
+typical CPU data loader would: one uint8 HxWx3 image at a time, cv2 calls where OpenCV has
+them, NumPy elsewhere. It is a speed baseline, not a bit-exact twin of the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import cv2
+import numpy as np
+
+from degrade.recipe import Leaf, Recipe
+
+_UP = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+_DOWN = {"area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
+
+
+def _offsets(size: int) -> tuple[np.ndarray, np.ndarray]:
+    axis = np.arange(size, dtype=np.float32) - (size - 1) / 2
+    return np.meshgrid(axis, axis)
+
+
+def _kernel(name: str, p: dict, size: int) -> np.ndarray:
+    x, y = _offsets(size)
+    if name == "anisotropic_blur":
+        t = math.radians(p["angle"])
+        along, across = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
+        kernel = np.exp(-(along ** 2 / (2 * p["sigma_x"] ** 2) + across ** 2 / (2 * p["sigma_y"] ** 2)))
+    elif name == "motion_blur":
+        t = math.radians(p["angle"])
+        along, across = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
+        beyond = np.maximum(np.abs(along) - p["length"] / 2, 0)
+        kernel = np.maximum(1 - np.sqrt(across ** 2 + beyond ** 2), 0)
+    else:
+        kernel = np.clip(p["radius"] + 0.5 - np.sqrt(x * x + y * y), 0, 1)
+    return kernel / kernel.sum()
+
+
+@functools.lru_cache(maxsize=8)
+def _tilt_gain(size: int, patch: float) -> np.ndarray:
+    """The turbulence tilt filter on a (2 size)^2 FFT grid, computed once per size (as a loader would)."""
+    from degrade.ops.fields import frequency_radius
+    from degrade.ops.turbulence import aperture_averaged_gradient_power
+
+    spectrum = aperture_averaged_gradient_power(patch)(frequency_radius(2 * size, 2 * size, "cpu")).numpy()
+    return np.sqrt(spectrum / spectrum.mean()).astype(np.float32)
+
+
+def _power_law_field(seed: int, size: int, patch: float, std: float) -> np.ndarray:
+    """Two smooth fields (dx, dy) with the turbulence tilt spectrum, by NumPy FFT."""
+    noise = np.random.default_rng(seed).standard_normal((2, 2 * size, 2 * size), dtype=np.float32)
+    field = np.fft.ifft2(np.fft.fft2(noise) * _tilt_gain(size, patch)).real[:, :size, :size]
+    return (field * std).astype(np.float32)
+
+
+def _remap(image: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    h, w = dx.shape
+    base_x, base_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(image, base_x + dx, base_y + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
+    """One op on one (H, W, 3) uint8 RGB image with this sample's params ``p`` (Python scalars)."""
+    op, name = leaf.op, leaf.op.name
+    h, w = image.shape[:2]
+    if name == "resize":
+        small = cv2.resize(image, (p["side"], p["side"]), interpolation=_DOWN[op.down])
+        return small if op.output == "native" else cv2.resize(small, (w, h), interpolation=_UP[op.up])
+    if name == "gaussian_blur":
+        k = int(p["kernel_size"])
+        return cv2.GaussianBlur(image, (k, k), p["sigma"], borderType=cv2.BORDER_REFLECT_101)
+    if name in ("anisotropic_blur", "motion_blur", "defocus_blur"):
+        return cv2.filter2D(image, -1, _kernel(name, p, int(p["kernel_size"])), borderType=cv2.BORDER_REFLECT_101)
+    if name in ("gaussian_noise", "poisson_noise"):
+        rng = np.random.default_rng(p["seed"])
+        channels = 1 if p["grey"] else 3
+        pixels = image.astype(np.float32)
+        if name == "gaussian_noise":
+            noise = rng.standard_normal((h, w, channels), dtype=np.float32) * p["sigma"]
+        else:
+            rate = (pixels.mean(axis=2, keepdims=True) if p["grey"] else pixels) / 255 * 256
+            noise = (rng.poisson(rate) / 256 - rate / 256) * 255 * p["scale"]
+        return np.clip(pixels + noise, 0, 255).round().astype(np.uint8)
+    if name == "jpeg":
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(p["quality"])])
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if name in ("erase", "crop_pad"):
+        t, l, bh, bw = (int(p[k]) for k in ("top", "left", "height", "width"))
+        if name == "crop_pad":
+            out = np.zeros_like(image)
+            out[t:t + bh, l:l + bw] = image[t:t + bh, l:l + bw]
+            return out
+        out = image.copy()
+        if p["fill"] == 1:
+            out[t:t + bh, l:l + bw] = image.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+        elif p["fill"] == 2:
+            out[t:t + bh, l:l + bw] = np.random.default_rng(p["seed"]).integers(0, 256, (bh, bw, 3), dtype=np.uint8)
+        else:
+            out[t:t + bh, l:l + bw] = 0
+        return out
+    if name == "illumination":
+        pixels = (image.astype(np.float32) / 255) ** p["gamma"]
+        pixels = pixels.mean() + p["contrast"] * (pixels - pixels.mean()) + p["brightness"]
+        x, y = np.meshgrid(np.linspace(-1, 1, w, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32))
+        t = math.radians(p["angle"])
+        ramp = (x * math.cos(t) + y * math.sin(t)) / math.sqrt(2)
+        return (np.clip(pixels * (1 + p["gradient"] * ramp)[:, :, None], 0, 1) * 255).round().astype(np.uint8)
+    if name == "elastic":
+        rng = np.random.default_rng(p["seed"])
+        noise = rng.standard_normal((2, h, w)).astype(np.float32)
+        field = np.stack([cv2.GaussianBlur(n, (0, 0), op.smoothness) for n in noise])
+        field *= p["magnitude"] / max(float(field.std()), 1e-6)
+        return _remap(image, field[0], field[1])
+    if name == "turbulence":
+        from degrade.ops.turbulence import residual_phase_variance, tilt_variance
+
+        std = math.sqrt(tilt_variance(p["strength"], op.sampling))
+        dx, dy = _power_law_field(p["seed"], h, op.patch, std)
+        warped = _remap(image, dx, dy)
+        if not op.blur:
+            return warped
+        sigma = 0.42 * op.sampling * math.sqrt(math.expm1(residual_phase_variance(p["strength"])))
+        variation = cv2.GaussianBlur(np.random.default_rng(p["blur_seed"]).standard_normal((h, w)).astype(np.float32),
+                                     (0, 0), op.patch / 2)
+        local = sigma * np.exp(0.5 * variation / max(float(variation.std()), 1e-6))
+        levels = [warped.astype(np.float32)] + [
+            cv2.GaussianBlur(warped, (0, 0), max(float(local.max()) * k / 4, 0.05)).astype(np.float32) for k in range(1, 5)]
+        position = np.clip(local / max(float(local.max()), 1e-6) * 4, 0, 4)
+        lower = np.minimum(position.astype(np.int64), 3)
+        stack = np.stack(levels)
+        rows, cols = np.indices((h, w))
+        below, above = stack[lower, rows, cols], stack[lower + 1, rows, cols]
+        blend = below + (position - lower)[:, :, None] * (above - below)
+        return np.clip(blend, 0, 255).round().astype(np.uint8)
+    raise KeyError(f"no OpenCV reference for op {name!r}")
+
+
+def degrade_one(recipe: Recipe, image: np.ndarray, params: dict[str, np.ndarray], index: int) -> np.ndarray:
+    """Run the whole recipe on one image with sample ``index``'s entries of the batch params."""
+    for stage in recipe.stages:
+        if not params[f"{stage.name}.applied"][index]:
+            continue
+        option = stage.options[int(params[f"{stage.name}.choice"][index])] if stage.is_group else stage.options[0]
+        for leaf in option.leaves:
+            prefix = leaf.path + "."
+            p = {k[len(prefix):]: v[index].item() for k, v in params.items()
+                 if k.startswith(prefix) and "." not in k[len(prefix):]}
+            image = apply_leaf(leaf, image, p)
+    return image
