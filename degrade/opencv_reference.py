@@ -86,8 +86,9 @@ def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
             noise = (rng.poisson(rate) / 256 - rate / 256) * 255 * p["scale"]
         return np.clip(pixels + noise, 0, 255).round().astype(np.uint8)
     if name == "jpeg":
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(p["quality"])])
-        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(p["quality"])])
+        return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     if name in ("erase", "crop_pad"):
         t, l, bh, bw = (int(p[k]) for k in ("top", "left", "height", "width"))
         if name == "crop_pad":

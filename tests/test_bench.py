@@ -1,0 +1,63 @@
+"""The benchmark's OpenCV loop does the engine's work, and `degrade bench` reports a consistent ratio."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from degrade.cli import main
+from degrade.engine import to_uint8
+from degrade.opencv_reference import degrade_one
+from degrade.recipe import parse_recipe
+
+
+@pytest.mark.parametrize("stage", [
+    {"op": "resize", "sides": [7, 14, 20], "weights": [1, 1, 2]},
+    {"op": "resize", "sides": [7, 28], "output": "native"},
+    {"op": "gaussian_blur", "sigma": [0.5, 3.0]},
+    {"op": "motion_blur"},
+    {"op": "defocus_blur"},
+    {"op": "anisotropic_blur"},
+    {"op": "jpeg", "quality": [30, 90]},
+    {"op": "erase", "fill": ["zero", "mean"]},
+    {"op": "crop_pad"},
+    {"op": "illumination"},
+], ids=lambda stage: stage["op"] + ("_native" if stage.get("output") else ""))
+def test_opencv_reference_makes_the_same_pairs_as_the_engine(stage, faces):
+    recipe = parse_recipe({"stages": [stage]})
+    keys = torch.arange(16)
+    lq, params = recipe(faces[:16], keys)
+    engine = to_uint8(lq).permute(0, 2, 3, 1).numpy().astype(int)
+    hq = to_uint8(faces[:16]).permute(0, 2, 3, 1).numpy()
+    numpy_params = {k: v.numpy() for k, v in params.items()}
+    for i in range(16):
+        reference = degrade_one(recipe, hq[i], numpy_params, i).astype(int)
+        side = reference.shape[0]
+        assert np.abs(reference - engine[i, :side, :side]).mean() < 1.5
+
+
+@pytest.mark.parametrize("stage", [{"op": "gaussian_noise", "sigma": [10, 10], "grey": 0.0},
+                                   {"op": "turbulence", "strength": [1.0, 1.0]},
+                                   {"op": "elastic", "magnitude": [2.0, 2.0]}], ids=lambda s: s["op"])
+def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(stage, faces):
+    recipe = parse_recipe({"stages": [stage]})
+    lq, params = recipe(faces[:16], torch.arange(16))
+    hq = to_uint8(faces[:16]).permute(0, 2, 3, 1).numpy()
+    numpy_params = {k: v.numpy() for k, v in params.items()}
+    reference = np.stack([degrade_one(recipe, hq[i], numpy_params, i) for i in range(16)]).astype(float)
+    engine_change = np.abs(to_uint8(lq).permute(0, 2, 3, 1).numpy() - hq.astype(float)).mean()
+    reference_change = np.abs(reference - hq).mean()
+    assert 0.6 < reference_change / engine_change < 1.6
+
+
+def test_bench_prints_both_rates_and_their_ratio():
+    output = CliRunner().invoke(main, ["bench", "--recipe", "maug", "--n", "64", "--batch-size", "32",
+                                       "--workers", "1", "--device", "cpu"]).output
+    engine = float(re.search(r"engine\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
+    opencv = float(re.search(r"OpenCV loop,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
+    ratio = float(re.search(r"ratio engine / OpenCV\s+([\d.]+)x", output).group(1))
+    assert engine > 0 and opencv > 0
+    assert ratio == pytest.approx(engine / opencv, rel=0.05, abs=0.01)
+    assert "resize (resize)" in output
