@@ -48,7 +48,8 @@ class BenchResult:
             f"  per process of OpenCV       {self.opencv_rate / self.workers:12,.0f} pairs/s",
             "  engine stages alone (every sample of a batch; pairs/s):",
         ]
-        lines += [f"    {name:<34} {rate:12,.0f}" for name, rate in self.stage_rates.items()]
+        width = max(map(len, self.stage_rates))
+        lines += [f"    {name:<{width}} {rate:12,.0f}" for name, rate in self.stage_rates.items()]
         lines.append(f"  peak memory ({'GPU' if self.device.startswith('cuda') else 'RSS'})"
                      f"      {self.peak_memory_mib:12,.0f} MiB")
         return "\n".join(lines)
