@@ -1,15 +1,20 @@
-"""Write pairs as an Arrow dataset in the ``datasets.Dataset.save_to_disk`` layout.
+"""Write pairs as an Arrow dataset in the ``datasets.Dataset.save_to_disk`` layout, and open one.
 
-A finished directory holds ``data-XXXXX-of-YYYYY.arrow`` shards, ``dataset_info.json`` and
-``state.json`` (what ``datasets.load_from_disk`` reads), plus ``degrade.json`` (recipe text,
-seed, source, versions). Each shard is written to a temporary name and renamed into place,
-so a shard on disk is always whole; ``state.json`` is written last, so an unfinished build
-never opens as a dataset. Running the same build again skips finished shards (resume), and
-refuses to mix in shards of a different build.
+A finished folder holds ``data-XXXXX-of-YYYYY.arrow`` shards, ``dataset_info.json`` and
+``state.json`` (what ``datasets.load_from_disk`` reads), ``degrade.json`` (recipe text, seed,
+source, format, versions) and ``summary.json`` (pairs, skipped inputs and why, conversions).
+
+Shard i holds the keys [i * shard_size, (i + 1) * shard_size) that decoded, so its bytes
+depend on nothing but the build's settings. It is written under a temporary name and renamed
+into place, with its ``.json`` account (rows, skipped inputs) renamed just before it; a shard
+on disk is always whole. ``state.json`` is written last, so an unfinished build never opens
+as a dataset. Running the same build again skips finished shards (resume); under torchrun
+each rank writes the shards i with i % world_size == rank.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -23,18 +28,22 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from degrade.engine import PairBatch, make_pairs
+from degrade.engine import PairBatch, degrade_faces
+from degrade.loader import decoded_batches
 from degrade.ops import Params
 from degrade.recipe import Recipe
 from degrade.sources import Source
+from degrade.sources.attributes import Attributes
 
-PNG_LEVEL = 1  # zlib level 1: about 3x faster than the default 3 for under 10 % more bytes
+PNG_LEVEL = 1  # zlib level 1: about 3x faster than OpenCV's default 3 for under 10 % more bytes
+FORMATS = ("png", "raw")
 MANIFEST = "degrade.json"
+SUMMARY = "summary.json"
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 class BuildError(RuntimeError):
-    """A build that cannot proceed (e.g. the output holds a different build)."""
+    """A build that cannot proceed, or a folder that is not a finished build."""
 
 
 def encode_png(image: torch.Tensor) -> bytes:
@@ -44,6 +53,12 @@ def encode_png(image: torch.Tensor) -> bytes:
     if not ok:
         raise BuildError("PNG encoding failed")
     return data.tobytes()
+
+
+def _param_type(value: torch.Tensor) -> pa.DataType:
+    if value.dtype == torch.bool:
+        return pa.bool_()
+    return pa.float32() if value.dtype.is_floating_point else pa.int64()
 
 
 def _nest(flat: dict[str, object]) -> dict[str, object]:
@@ -58,29 +73,29 @@ def _nest(flat: dict[str, object]) -> dict[str, object]:
     return nested
 
 
-def _params_array(params: Params) -> pa.StructArray:
-    """Flat (N,) tensors named 'stage.field' -> a nested Arrow struct column."""
-
-    def to_arrow(value: torch.Tensor) -> pa.Array:
-        if value.dtype == torch.bool:
-            return pa.array(value.numpy(), pa.bool_())
-        if value.dtype.is_floating_point:
-            return pa.array(value.to(torch.float32).numpy(), pa.float32())
-        return pa.array(value.to(torch.int64).numpy(), pa.int64())
-
-    def build(node: dict) -> pa.StructArray:
-        children = {k: build(v) if isinstance(v, dict) else to_arrow(v) for k, v in sorted(node.items())}
-        return pa.StructArray.from_arrays(list(children.values()), names=list(children))
-
-    return build(_nest(params))
+def _struct_type(node: dict) -> pa.StructType:
+    return pa.struct([(k, _struct_type(v) if isinstance(v, dict) else v) for k, v in sorted(node.items())])
 
 
-def _features(schema: pa.Schema) -> dict:
-    """HF ``datasets`` feature description of our schema (images as the ``Image`` feature)."""
+def pair_schema(recipe: Recipe, image_format: str, attribute_names: list[str]) -> pa.Schema:
+    """The Arrow schema of a build, with the HF feature description in its metadata."""
+    sample = recipe.sample(torch.zeros(1, dtype=torch.int64))
+    image_type = _IMAGE if image_format == "png" else pa.binary()
+    fields = [("key", pa.int64()), ("identity", pa.int64()), ("identity_name", pa.string()),
+              ("hq", image_type), ("lq", image_type),
+              ("params", _struct_type(_nest({k: _param_type(v) for k, v in sample.items()})))]
+    if attribute_names:
+        fields.append(("attributes", pa.struct([(name, pa.float32()) for name in attribute_names])))
+    schema = pa.schema(fields)
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": _features(schema, image_format)}})})
+
+
+def _features(schema: pa.Schema, image_format: str) -> dict:
+    """HF ``datasets`` feature description of the schema."""
 
     def describe(name: str, dtype: pa.DataType) -> dict:
         if name in ("hq", "lq"):
-            return {"_type": "Image"}
+            return {"_type": "Image"} if image_format == "png" else {"dtype": "binary", "_type": "Value"}
         if pa.types.is_struct(dtype):
             return {f.name: describe(f.name, f.type) for f in dtype}
         return {"dtype": {"bool": "bool", "float": "float32"}.get(str(dtype), str(dtype)), "_type": "Value"}
@@ -88,18 +103,39 @@ def _features(schema: pa.Schema) -> dict:
     return {f.name: describe(f.name, f.type) for f in schema}
 
 
-def pairs_table(batch: PairBatch, identity_names: list[str], side: torch.Tensor | None) -> pa.Table:
-    """One batch as an Arrow table: key, identity, identity_name, hq, lq (PNG), params."""
-    lq = batch.lq if side is None else [image[:, :s, :s] for image, s in zip(batch.lq, side.tolist())]
-    png = lambda images: pa.array([{"bytes": encode_png(i), "path": None} for i in images], _IMAGE)  # noqa: E731
-    return pa.table({
+def _images_array(images: list[torch.Tensor], image_format: str) -> pa.Array:
+    if image_format == "png":
+        return pa.array([{"bytes": encode_png(i), "path": None} for i in images], _IMAGE)
+    return pa.array([i.permute(1, 2, 0).contiguous().numpy().tobytes() for i in images], pa.binary())
+
+
+def pairs_table(batch: PairBatch, schema: pa.Schema, identity_names: list[str], image_format: str,
+                native_side: torch.Tensor | None, attributes: torch.Tensor | None) -> pa.Table:
+    """One CPU batch as a table of ``schema``: images encoded, params nested, attributes (NaN -> null)."""
+    lq = list(batch.lq) if native_side is None else [i[:, :s, :s] for i, s in zip(batch.lq, native_side.tolist())]
+    columns = {
         "key": pa.array(batch.key.numpy(), pa.int64()),
         "identity": pa.array(batch.identity.numpy(), pa.int64()),
         "identity_name": pa.array(identity_names, pa.string()),
-        "hq": png(batch.hq),
-        "lq": png(lq),
-        "params": _params_array(batch.params),
-    })
+        "hq": _images_array(list(batch.hq), image_format),
+        "lq": _images_array(lq, image_format),
+        "params": _params_array(batch.params, schema.field("params").type),
+    }
+    if attributes is not None:
+        names = [f.name for f in schema.field("attributes").type]
+        values = attributes.numpy()
+        columns["attributes"] = pa.StructArray.from_arrays(
+            [pa.array(values[:, j], pa.float32(), mask=np.isnan(values[:, j])) for j in range(len(names))], names=names)
+    return pa.table(columns, schema=schema)
+
+
+def _params_array(params: Params, struct: pa.StructType) -> pa.StructArray:
+    def build(node: dict, dtype: pa.StructType) -> pa.StructArray:
+        children = [build(node[f.name], f.type) if pa.types.is_struct(f.type)
+                    else pa.array(node[f.name].numpy(), f.type) for f in dtype]
+        return pa.StructArray.from_arrays(children, fields=list(dtype))
+
+    return build(_nest(params), struct)
 
 
 @dataclasses.dataclass
@@ -108,70 +144,157 @@ class BuildSummary:
     shards: int
     resumed_shards: int
     seconds: float
+    skipped: list[tuple[int, str]]
+    fixes: dict[str, int]
+
+    def describe(self) -> str:
+        lines = [f"{self.pairs} pairs in {self.shards} shards"
+                 + (f" ({self.resumed_shards} already done)" if self.resumed_shards else "")
+                 + f", {self.seconds:.1f} s"]
+        if self.skipped:
+            reasons = collections.Counter(reason.split(": ", 1)[-1] for _, reason in self.skipped)
+            lines.append(f"skipped {len(self.skipped)} inputs: "
+                         + "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common()))
+            lines += [f"  {reason}" for _, reason in self.skipped[:5]]
+        if self.fixes:
+            lines.append("converted: " + ", ".join(f"{count} {fix}" for fix, count in sorted(self.fixes.items())))
+        return "\n".join(lines)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun, initialising the process group (gloo) once; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int | None = None, limit: int | None = None,
-                  batch_size: int = 256, shard_size: int = 2048, device: str = "cpu",
+                  batch_size: int = 256, shard_size: int = 2048, device: str = "cpu", num_workers: int = 0,
+                  image_format: str = "png", attributes: Attributes | None = None,
                   progress: bool = True) -> BuildSummary:
     """Degrade the first ``limit`` samples of ``source`` with ``recipe`` into an Arrow dataset at ``out``."""
-    import datasets
-    import pyarrow
-
+    if image_format not in FORMATS:
+        raise BuildError(f"unknown format {image_format!r}; use one of {', '.join(FORMATS)}")
     out = Path(out)
     seed = recipe.seed if seed is None else seed
     total = len(source) if limit is None else min(limit, len(source))
     if total <= 0:
         raise BuildError(f"source {source.name!r} is empty: nothing to build")
+    rank, world = _distributed()
     shards = math.ceil(total / shard_size)
-    manifest = {
+    manifest = _manifest(recipe, source, seed, total, shard_size, image_format, attributes)
+    if rank == 0:
+        _prepare_folder(out, manifest)
+    _barrier(world)
+    names = [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
+    mine = [i for i in range(shards) if i % world == rank]
+    todo = [i for i in mine if not (out / names[i]).exists()]
+    schema = pair_schema(recipe, image_format, attributes.names if attributes else [])
+    started = time.perf_counter()
+    bar = tqdm(total=sum(len(_shard_range(i, shard_size, total)) for i in mine), unit="pair",
+               desc=f"build {recipe.name}" + (f" rank {rank}" if world > 1 else ""), disable=not progress or rank > 0,
+               smoothing=0.1)
+    bar.update(sum(len(_shard_range(i, shard_size, total)) for i in mine if i not in todo))
+    batches = [keys for i in todo for keys in torch.arange(*_shard_bounds(i, shard_size, total)).split(batch_size)]
+    decoded = decoded_batches(source, batches, num_workers, pin_memory=str(device).startswith("cuda"))
+    for index in todo:
+        first, stop = _shard_bounds(index, shard_size, total)
+        tables, skipped, fixes = [], [], collections.Counter()
+        for _ in range(math.ceil((stop - first) / batch_size)):
+            faces = next(decoded)
+            skipped += faces.skipped
+            fixes.update(faces.fixes)
+            bar.update(len(faces.key) + len(faces.skipped))
+            if len(faces.key) == 0:
+                continue
+            batch = degrade_faces(recipe, faces, device, seed).cpu()
+            side = batch.params["resize.side"] if recipe.output_size != recipe.size else None
+            names_of = [source.identity_name(int(i)) for i in batch.identity]
+            values = attributes.lookup(source, batch.key, batch.identity) if attributes else None
+            tables.append(pairs_table(batch, schema, names_of, image_format, side, values))
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        _write_atomic(out / f"{names[index]}.json", json.dumps(
+            {"rows": table.num_rows, "skipped": skipped, "fixes": dict(sorted(fixes.items()))}, sort_keys=True))
+        _write_table(out / names[index], table)
+    bar.close()
+    _barrier(world)
+    return _finish(out, names, total, recipe, seed, schema, image_format, started, len(mine) - len(todo), rank)
+
+
+def _shard_bounds(index: int, shard_size: int, total: int) -> tuple[int, int]:
+    return index * shard_size, min((index + 1) * shard_size, total)
+
+
+def _shard_range(index: int, shard_size: int, total: int) -> range:
+    return range(*_shard_bounds(index, shard_size, total))
+
+
+def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size: int, image_format: str,
+              attributes: Attributes | None) -> dict:
+    import datasets
+
+    from degrade import __version__
+
+    return {
         "recipe": recipe.name, "recipe_text": recipe.text, "seed": seed, "source": str(source.name),
-        "pairs": total, "shard_size": shard_size, "format": "png",
-        "versions": {"degrade": _version(), "torch": torch.__version__, "datasets": datasets.__version__,
-                     "pyarrow": pyarrow.__version__},
+        "pairs": total, "shard_size": shard_size, "format": image_format,
+        "attributes": str(attributes.path) if attributes else None,
+        "versions": {"degrade": __version__, "torch": torch.__version__.split("+")[0],
+                     "datasets": datasets.__version__, "pyarrow": pa.__version__},
     }
+
+
+def _prepare_folder(out: Path, manifest: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
         if previous != manifest:
-            raise BuildError(f"{out}: holds a different build ({manifest_path} differs); use a new --out or delete it")
+            changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
+            raise BuildError(f"{out}: holds a different build ({', '.join(changed)} differ); use a new --out or delete it")
     elif any(out.iterdir()):
         raise BuildError(f"{out}: exists and is not a degrade build; use an empty or new folder")
-    _write_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
     (out / "state.json").unlink(missing_ok=True)
+    _write_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
 
-    names = [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
-    done = [i for i, name in enumerate(names) if (out / name).exists()]
-    started = time.perf_counter()
-    bar = tqdm(total=total, unit="pair", desc=f"build {recipe.name}", disable=not progress)
-    bar.update(sum(min(shard_size, total - i * shard_size) for i in done))
-    schema = None
-    for index, name in enumerate(names):
-        if index in done:
-            continue
-        start, stop = index * shard_size, min((index + 1) * shard_size, total)
-        tables = []
-        for first in range(start, stop, batch_size):
-            keys = torch.arange(first, min(first + batch_size, stop), dtype=torch.int64)
-            batch = make_pairs(recipe, source, keys, device, seed)
-            side = batch.params.get("resize.side") if recipe.output_size != recipe.size else None
-            tables.append(pairs_table(batch, [source.identity_name(int(i)) for i in batch.identity], side))
-            bar.update(len(keys))
-        table = pa.concat_tables(tables)
-        schema = table.schema.with_metadata({"huggingface": json.dumps({"info": {"features": _features(table.schema)}})})
-        _write_table(out / name, table.replace_schema_metadata(schema.metadata))
-    bar.close()
-    if schema is None:
-        with pa.ipc.open_stream(out / names[0]) as reader:
-            schema = reader.schema
+
+def _finish(out: Path, names: list[str], total: int, recipe: Recipe, seed: int, schema: pa.Schema, image_format: str,
+            started: float, resumed: int, rank: int) -> BuildSummary:
+    """Gather the shards' accounts; rank 0 writes the summary and the files that make it a dataset."""
+    rows, skipped, fixes = 0, [], collections.Counter()
+    for name in names:
+        account = json.loads((out / f"{name}.json").read_text())
+        rows += account["rows"]
+        skipped += [tuple(entry) for entry in account["skipped"]]
+        fixes.update(account["fixes"])
+    summary = BuildSummary(pairs=rows, shards=len(names), resumed_shards=resumed,
+                           seconds=time.perf_counter() - started, skipped=skipped, fixes=dict(fixes))
+    if rank != 0:
+        return summary
+    if rows == 0:
+        raise BuildError(f"{out}: every one of the {total} inputs was skipped; nothing usable in the source")
+    _write_atomic(out / SUMMARY, json.dumps({"pairs": rows, "skipped": skipped, "fixes": dict(sorted(fixes.items()))},
+                                            indent=2, sort_keys=True))
     info = {"citation": "", "description": f"degrade build of recipe {recipe.name} (seed {seed})",
-            "features": _features(schema), "homepage": "", "license": ""}
+            "features": _features(schema, image_format), "homepage": "", "license": ""}
     _write_atomic(out / "dataset_info.json", json.dumps(info, indent=2, sort_keys=True))
     state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": f"degrade-{recipe.name}-{seed}-{total}",
              "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
              "_split": None}
     _write_atomic(out / "state.json", json.dumps(state, indent=2, sort_keys=True))
-    return BuildSummary(pairs=total, shards=shards, resumed_shards=len(done), seconds=time.perf_counter() - started)
+    return summary
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
@@ -187,7 +310,22 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def _version() -> str:
-    from degrade import __version__
+def open_dataset(path: str | Path):
+    """``datasets.load_from_disk`` for a degrade build, with a clear error for an unfinished one."""
+    import datasets
 
-    return __version__
+    path = Path(path)
+    manifest = path / MANIFEST
+    if manifest.is_file() and not (path / "state.json").is_file():
+        done = len(list(path.glob("data-*.arrow")))
+        settings = json.loads(manifest.read_text())
+        expected = math.ceil(settings["pairs"] / settings["shard_size"])
+        raise BuildError(f"{path}: this build did not finish ({done} of {expected} shards written); "
+                         "run the same `degrade build` command again to resume it")
+    if not (path / "state.json").is_file():
+        raise BuildError(f"{path}: not a dataset folder (no state.json)")
+    return datasets.load_from_disk(str(path))
+
+
+def read_manifest(path: str | Path) -> dict:
+    return json.loads((Path(path) / MANIFEST).read_text())

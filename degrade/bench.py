@@ -124,7 +124,7 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
     """Measure the engine and the OpenCV loop on ``pairs`` pairs of ``source``'s first ``batch_size`` faces."""
     recipe = load_recipe(recipe_source)
     workers = workers or os.cpu_count() or 1
-    hq_cpu, _ = source.load_batch(torch.arange(min(batch_size, len(source))) % len(source))
+    hq_cpu = source.load(torch.arange(min(batch_size, len(source)))).hq
     if len(hq_cpu) < batch_size:
         hq_cpu = hq_cpu[torch.arange(batch_size) % len(hq_cpu)]
     target = torch.device(device)

@@ -25,19 +25,21 @@ def _recipe(name: str):
         raise click.ClickException(str(error)) from None
 
 
-def _source(spec: str, size: int):
+def _source(spec: str, size: int, strict: bool = False):
     from degrade.sources import SourceError, open_source
 
     try:
-        return open_source(spec, size)
+        return open_source(spec, size, strict)
     except SourceError as error:
         raise click.ClickException(str(error)) from None
 
 
 recipe_option = click.option("--recipe", "-r", required=True, metavar="NAME|FILE",
                              help="Built-in recipe name (see `degrade recipes`) or a recipe YAML file.")
-source_option = click.option("--source", "-s", default="demo", show_default=True, metavar="demo|DIR",
-                             help="`demo` (synthetic faces) or a folder of identity sub-folders of aligned faces.")
+source_option = click.option(
+    "--source", "-s", default="demo", show_default=True, metavar="demo|PATH",
+    help="`demo` (synthetic faces), a folder of identity sub-folders, an insightface train.rec (or its folder), "
+         "a saved HF dataset / .parquet / .arrow with an image column, an LFW-style pairs.txt, or a .bin set.")
 seed_option = click.option("--seed", type=int, default=None, help="Recipe seed (default: the recipe's own).")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="`cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).")
@@ -102,30 +104,59 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
 @click.option("--limit", type=click.IntRange(1), default=None, help="Build only the first N samples.")
 @click.option("--batch-size", "-b", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--shard-size", default=2048, show_default=True, type=click.IntRange(1), help="Pairs per Arrow shard.")
+@click.option("--format", "image_format", type=click.Choice(["png", "raw"]), default="png", show_default=True,
+              help="`png`: HF Image columns; `raw`: uint8 HxWx3 bytes (fastest to write and read).")
+@click.option("--num-workers", "-j", default=0, show_default=True, type=click.IntRange(0),
+              help="DataLoader processes decoding HQ images.")
+@click.option("--attributes", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CSV/TSV of per-sample attributes keyed by 'file' or 'identity' (first column).")
+@click.option("--strict", is_flag=True, help="Fail on unreadable or wrongly sized images instead of skipping / resizing.")
 @seed_option
 @device_option
 def build_command(recipe: str, source: str, out: str | None, limit: int | None, batch_size: int, shard_size: int,
-                  seed: int | None, device: str) -> None:
+                  image_format: str, num_workers: int, attributes: str | None, strict: bool, seed: int | None,
+                  device: str) -> None:
     """Degrade a source into an Arrow dataset (opens with datasets.load_from_disk).
 
-    Columns: key, identity, identity_name, hq, lq (PNG images) and params (what each stage
-    drew). Shards are written atomically; an interrupted build resumes when run again.
+    Columns: key, identity, identity_name, hq, lq, params (what each stage drew) and, with
+    --attributes, attributes. Shards are written atomically: an interrupted build resumes
+    when the same command runs again and ends byte-identical to an uninterrupted one. Under
+    `torchrun --nproc-per-node N -m degrade build ...` the ranks split the shards.
     """
     from degrade.arrow import BuildError, build_dataset
     from degrade.sources import SourceError
+    from degrade.sources.attributes import Attributes
 
     loaded = _recipe(recipe)
-    faces = _source(source, loaded.size)
+    faces = _source(source, loaded.size, strict)
     target = Path(out) if out else Path("out") / loaded.name
     try:
+        table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
-                                shard_size=shard_size, device=_device(device))
+                                shard_size=shard_size, device=_device(device), num_workers=num_workers,
+                                image_format=image_format, attributes=table)
     except (BuildError, SourceError) as error:
         raise click.ClickException(str(error)) from None
-    rate = (summary.pairs / summary.seconds) if summary.seconds > 0 else float("inf")
-    resumed = f", {summary.resumed_shards} resumed" if summary.resumed_shards else ""
-    click.echo(f"wrote {summary.pairs} pairs in {summary.shards} shards{resumed} to {target} "
-               f"in {summary.seconds:.1f} s ({rate:.0f} pairs/s)")
+    rate = summary.pairs / summary.seconds if summary.seconds > 0 else float("inf")
+    click.echo(f"wrote {target}: {summary.describe()} ({rate:.0f} pairs/s)")
+
+
+@main.command("inspect")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also write a PNG grid of pairs.")
+@click.option("--count", "-n", default=16, show_default=True, type=click.IntRange(1, 256), help="Pairs in the grid.")
+def inspect_command(folder: str, grid: str | None, count: int) -> None:
+    """Describe a built dataset: schema, counts, recipe, skipped inputs, param histograms."""
+    from degrade.arrow import BuildError
+    from degrade.inspect import describe_dataset, write_dataset_grid
+
+    try:
+        click.echo(describe_dataset(folder))
+        if grid:
+            write_dataset_grid(folder, grid, count)
+            click.echo(f"wrote {grid}")
+    except BuildError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command("bench")

@@ -1,4 +1,4 @@
-"""The path of a batch: source keys -> HQ uint8 -> recipe on the device -> HQ/LQ pairs."""
+"""The path of a batch: source keys -> decoded HQ uint8 -> recipe on the device -> HQ/LQ pairs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from degrade.ops import Params
 from degrade.recipe import Recipe
-from degrade.sources import Source
+from degrade.sources import Faces, Source
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -23,8 +23,8 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass
 class PairBatch:
-    """One batch of pairs. ``lq`` is (N, 3, S', S'): for native-size recipes the small faces sit
-    top-left in a zero canvas and ``params['resize.side']`` gives their extent."""
+    """One batch of pairs, on ``hq``'s device. ``lq`` is (N, 3, S', S'): for native-size recipes
+    the small faces sit top-left in a zero canvas and ``params['resize.side']`` gives their extent."""
 
     key: torch.Tensor       # (N,) int64
     identity: torch.Tensor  # (N,) int64
@@ -32,15 +32,24 @@ class PairBatch:
     lq: torch.Tensor        # (N, 3, S', S') uint8
     params: Params          # flat dict of (N,) tensors
 
+    def cpu(self) -> PairBatch:
+        return PairBatch(self.key.cpu(), self.identity.cpu(), self.hq.cpu(), self.lq.cpu(),
+                         {k: v.cpu() for k, v in self.params.items()})
+
+
+def degrade_faces(recipe: Recipe, faces: Faces, device: str | torch.device = "cpu",
+                  seed: int | None = None) -> PairBatch:
+    """Degrade decoded faces with ``recipe`` on ``device``; everything returned lives on ``device``."""
+    if faces.hq.shape[-1] != recipe.size or faces.hq.shape[-2] != recipe.size:
+        raise ValueError(f"recipe {recipe.name!r} expects {recipe.size}x{recipe.size} faces, source gives "
+                         f"{faces.hq.shape[-2]}x{faces.hq.shape[-1]}")
+    hq = faces.hq.to(device, non_blocking=True)
+    keys = faces.key.to(device, non_blocking=True)
+    lq, params = recipe(to_float(hq), keys, seed)
+    return PairBatch(key=keys, identity=faces.identity.to(device), hq=hq, lq=to_uint8(lq), params=params)
+
 
 def make_pairs(recipe: Recipe, source: Source, keys: torch.Tensor, device: str | torch.device = "cpu",
                seed: int | None = None) -> PairBatch:
-    """Decode ``keys`` from ``source`` and degrade them with ``recipe`` on ``device``."""
-    hq, identity = source.load_batch(keys)
-    if hq.shape[-1] != recipe.size or hq.shape[-2] != recipe.size:
-        raise ValueError(f"recipe {recipe.name!r} expects {recipe.size}x{recipe.size} faces, source gives "
-                         f"{hq.shape[-2]}x{hq.shape[-1]}")
-    hq_device = hq.to(device, non_blocking=True)
-    lq, params = recipe(to_float(hq_device), keys.to(device), seed)
-    return PairBatch(key=keys.cpu(), identity=identity.cpu(), hq=hq, lq=to_uint8(lq).cpu(),
-                     params={k: v.cpu() for k, v in params.items()})
+    """Decode ``keys`` from ``source`` and degrade them; the pairs come back on the CPU."""
+    return degrade_faces(recipe, source.load(keys), device, seed).cpu()

@@ -26,8 +26,7 @@ def lfw_source():
 def faces(lfw_source) -> torch.Tensor:
     """64 real aligned faces spread over many identities, (64, 3, 112, 112) float in [0, 1]."""
     keys = torch.arange(0, 64 * 97, 97, dtype=torch.int64)
-    images, _ = lfw_source.load_batch(keys)
-    return to_float(images)
+    return to_float(lfw_source.load(keys).hq)
 
 
 @pytest.fixture

@@ -1,37 +1,68 @@
-"""Face sources: ``demo`` (synthetic) or a folder of identity sub-folders."""
+"""Face sources. ``open_source`` picks one from what the user typed after ``--source``:
+
+* ``demo``: built-in synthetic faces;
+* a folder with ``train.rec`` / ``train.idx``, or a ``.rec`` file: insightface RecordIO;
+* a dataset folder saved with ``save_to_disk``, a ``.parquet`` or an ``.arrow`` file: a table;
+* a ``pairs.txt``-style file: the images of an LFW-style verification protocol;
+* a ``.bin`` file: an insightface verification set;
+* any other folder: identity sub-folders of images.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from degrade.sources.folder import SourceError
+from degrade.sources.base import Faces, SourceError
 
 
 class Source(Protocol):
-    """What the engine needs of a source: a length and batched decoding by key."""
+    """What the engine needs of a source: a length, identity names and batched decoding by key."""
 
     name: str
+    size: int
 
     def __len__(self) -> int: ...
 
     def identity_name(self, identity: int) -> str: ...
 
-    def load_batch(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) int64 keys -> ((N, 3, S, S) uint8 RGB, (N,) int64 identity indices)."""
+    def sample_name(self, key: int) -> str: ...
+
+    def load(self, keys: torch.Tensor) -> Faces:
+        """Decode (N,) int64 keys; unreadable ones are skipped (or raise when the source is strict)."""
         ...
 
 
-def open_source(spec: str, size: int = 112) -> Source:
-    """``demo`` for the built-in synthetic faces, otherwise a folder path."""
+def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
+    """The source named by ``spec`` (see the module docstring)."""
     if spec == "demo":
         from degrade.sources.demo import DemoSource
 
         return DemoSource(size=size)
+    path = Path(spec)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder (and not 'demo')")
+    if path.suffix == ".rec" or (path / "train.rec").is_file():
+        from degrade.sources.recordio import RecordIOSource
+
+        return RecordIOSource(path, size, strict)
+    if path.suffix in (".parquet", ".arrow") or (path / "state.json").is_file():
+        from degrade.sources.table import TableSource
+
+        return TableSource(path, size, strict)
+    if path.suffix == ".bin":
+        from degrade.sources.pairs import BinSource
+
+        return BinSource(path, size, strict)
+    if path.is_file() and path.suffix == ".txt":
+        from degrade.sources.pairs import PairsSource
+
+        return PairsSource(path, size, strict)
     from degrade.sources.folder import FolderSource
 
-    return FolderSource(spec, size=size)
+    return FolderSource(path, size, strict)
 
 
-__all__ = ["Source", "SourceError", "open_source"]
+__all__ = ["Faces", "Source", "SourceError", "open_source"]

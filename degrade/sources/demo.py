@@ -15,6 +15,7 @@ import math
 import torch
 
 from degrade.keyed import KeyedRandom
+from degrade.sources.base import Faces
 
 _IDENTITY_STREAM = 0x1D
 _IMAGE_STREAM = 0x1E
@@ -66,13 +67,17 @@ class DemoSource:
     def identity_name(self, identity: int) -> str:
         return f"demo_{identity:05d}"
 
-    def load_batch(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Render faces: (N,) int64 keys -> ((N, 3, S, S) uint8, (N,) int64 identities)."""
+    def sample_name(self, key: int) -> str:
+        return f"{self.identity_name(key // self.images_per_identity)}/{key:07d}.png"
+
+    def load(self, keys: torch.Tensor) -> Faces:
+        """Render faces for (N,) int64 keys: uint8 (N, 3, S, S), nothing ever skipped."""
         keys = keys.to(torch.int64)
         if len(keys) and (int(keys.min()) < 0 or int(keys.max()) >= len(self)):
             raise IndexError(f"demo source has keys 0..{len(self) - 1}, asked for {keys.min()}..{keys.max()}")
         identities = self.identity_of(keys)
-        return (self.render(identities, keys) * 255).round().to(torch.uint8), identities
+        hq = (self.render(identities, keys) * 255).round().to(torch.uint8)
+        return Faces(key=keys, identity=identities, hq=hq)
 
     def render(self, identities: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) float in [0, 1]."""

@@ -1,0 +1,125 @@
+"""Verification sets: LFW-style ``pairs.txt`` (any number of folds) and insightface ``.bin`` files."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import torch
+
+from degrade.sources.base import EncodedSource, SourceError
+
+
+@dataclasses.dataclass
+class VerificationPairs:
+    """P pairs of source keys: ``left``, ``right`` (P,) int64, ``same`` (P,) bool, ``fold`` (P,) int64."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    same: torch.Tensor
+    fold: torch.Tensor
+
+
+def parse_pairs_file(path: Path) -> tuple[list[tuple[str, int, str, int, bool, int]], int]:
+    """Read an LFW View-2 style file: a ``folds<TAB>n`` line, then per fold n same and n different pairs."""
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        folds, per_fold = int(lines[0][0]), int(lines[0][1])
+    except (IndexError, ValueError):
+        raise SourceError(f"{path}:1: expected '<folds><TAB><pairs per half fold>'") from None
+    pairs = []
+    for number, fields in enumerate(lines[1:], start=2):
+        fold = (number - 2) // (2 * per_fold)
+        if len(fields) == 3:
+            pairs.append((fields[0], int(fields[1]), fields[0], int(fields[2]), True, fold))
+        elif len(fields) == 4:
+            pairs.append((fields[0], int(fields[1]), fields[2], int(fields[3]), False, fold))
+        else:
+            raise SourceError(f"{path}:{number}: expected 3 (same) or 4 (different) fields, got {len(fields)}")
+    if len(pairs) != folds * 2 * per_fold:
+        raise SourceError(f"{path}: header promises {folds} folds of 2x{per_fold} pairs, found {len(pairs)} pairs")
+    return pairs, folds
+
+
+class PairsSource(EncodedSource):
+    """The images an LFW-style pairs file refers to, in order of first appearance.
+
+    Images are ``<images>/<name>/<name>_<NNNN>.jpg`` with ``images`` = the folder ``images``
+    beside the pairs file (as in ``../shared/data/lfw112``) unless given. ``pairs`` holds the
+    verification pairs as keys of this source.
+    """
+
+    def __init__(self, path: str | Path, size: int = 112, strict: bool = False, images: str | Path | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise SourceError(f"{path}: no such pairs file")
+        self.root = Path(images) if images else path.parent / "images"
+        self.name, self.size, self.strict = str(path), size, strict
+        entries, self.folds = parse_pairs_file(path)
+        self.files: list[str] = []
+        index_of: dict[str, int] = {}
+        identity_of: dict[str, int] = {}
+        identities: list[int] = []
+
+        def key_of(name: str, number: int) -> int:
+            relative = f"{name}/{name}_{number:04d}.jpg"
+            if relative not in index_of:
+                index_of[relative] = len(self.files)
+                self.files.append(relative)
+                identities.append(identity_of.setdefault(name, len(identity_of)))
+            return index_of[relative]
+
+        left, right = [], []
+        for name_a, a, name_b, b, _, _ in entries:
+            left.append(key_of(name_a, a))
+            right.append(key_of(name_b, b))
+        self.identity_names = list(identity_of)
+        self.identities = torch.tensor(identities, dtype=torch.int64)
+        self.pairs = VerificationPairs(left=torch.tensor(left), right=torch.tensor(right),
+                                       same=torch.tensor([e[4] for e in entries]),
+                                       fold=torch.tensor([e[5] for e in entries]))
+
+    def sample_name(self, key: int) -> str:
+        return self.files[key]
+
+    def read(self, key: int) -> tuple[bytes, str]:
+        path = self.root / self.files[key]
+        if not path.is_file():
+            raise SourceError(f"{path}: image named in {self.name} is missing")
+        return path.read_bytes(), str(path)
+
+
+class BinSource(EncodedSource):
+    """An insightface verification ``.bin``: a pickle of (encoded images, same flags), pairs (2i, 2i+1).
+
+    Identities are unknown (-1); ``pairs`` splits the pairs into 10 consecutive folds as the
+    insightface protocol does.
+    """
+
+    def __init__(self, path: str | Path, size: int = 112, strict: bool = False, folds: int = 10) -> None:
+        path = Path(path)
+        try:
+            with open(path, "rb") as handle:
+                images, same = pickle.load(handle, encoding="bytes")
+        except (OSError, pickle.UnpicklingError, ValueError, EOFError) as error:
+            raise SourceError(f"{path}: not an insightface .bin verification file ({error})") from None
+        if len(images) != 2 * len(same):
+            raise SourceError(f"{path}: {len(images)} images for {len(same)} pairs (expected two per pair)")
+        self.images = [bytes(image) for image in images]
+        self.name, self.size, self.strict, self.folds = str(path), size, strict, folds
+        self.identities = torch.full((len(images),), -1, dtype=torch.int64)
+        self.identity_names = []
+        count = len(same)
+        self.pairs = VerificationPairs(left=torch.arange(0, 2 * count, 2), right=torch.arange(1, 2 * count, 2),
+                                       same=torch.tensor([bool(s) for s in same]),
+                                       fold=torch.arange(count) * folds // max(count, 1))
+
+    def read(self, key: int) -> tuple[bytes, str]:
+        return self.images[key], f"{self.name} image {key}"
+
+
+def write_bin(path: str | Path, images: list[bytes], same: list[bool]) -> None:
+    """Write an insightface-style .bin (for tests and small custom sets)."""
+    with open(path, "wb") as handle:
+        pickle.dump((images, same), handle, protocol=4)

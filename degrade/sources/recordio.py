@@ -1,0 +1,153 @@
+"""insightface RecordIO (``train.rec`` + ``train.idx``, as MS1MV2 / WebFace ship), without mxnet.
+
+The ``.rec`` file is a sequence of records: a uint32 magic 0xCED7230A, a uint32 whose top
+3 bits flag a split record and whose low 29 bits give the length, the payload, and padding
+to 4 bytes. A payload that contained the magic number is split there into parts (flags
+1 start, 2 middle, 3 end) and joined back with the magic between parts. The ``.idx`` file
+maps record index to byte offset, one ``index<TAB>offset`` per line.
+
+Each payload starts with the image record header ``<IfQQ`` (flag, label, id, id2); when
+flag > 0 the label is instead ``flag`` float32 values after the header. The encoded image
+follows. insightface's record 0 is a header whose label is (first identity record, end):
+images are records 1 .. label[0] - 1, and each identity record's label is the (start, end)
+range of its images.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from degrade.sources.base import EncodedSource, SourceError
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_HEADER = struct.Struct("<IfQQ")
+
+
+def _pad(length: int) -> int:
+    return -length % 4
+
+
+class RecordFile:
+    """Random access to the records of a ``.rec`` file through its ``.idx``."""
+
+    def __init__(self, rec: Path, idx: Path) -> None:
+        self.rec, self.idx = rec, idx
+        self.offsets: dict[int, int] = {}
+        for number, line in enumerate(idx.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                index, offset = line.split("\t")
+                self.offsets[int(index)] = int(offset)
+            except ValueError:
+                raise SourceError(f"{idx}:{number}: expected 'index<TAB>offset', got {line[:60]!r}") from None
+        self._file = None
+
+    def __getstate__(self) -> dict:  # a worker process opens its own handle
+        return {**self.__dict__, "_file": None}
+
+    def read(self, index: int) -> bytes:
+        """The payload of record ``index``."""
+        if self._file is None:
+            self._file = open(self.rec, "rb")
+        if index not in self.offsets:
+            raise SourceError(f"{self.rec}: no record {index} in {self.idx}")
+        self._file.seek(self.offsets[index])
+        parts = []
+        while True:
+            head = self._file.read(8)
+            if len(head) < 8:
+                raise SourceError(f"{self.rec}: record {index} is truncated")
+            magic, packed = struct.unpack("<II", head)
+            if magic != MAGIC:
+                raise SourceError(f"{self.rec}: record {index} has no RecordIO magic (corrupt file or wrong .idx)")
+            flag, length = packed >> 29, packed & ((1 << 29) - 1)
+            data = self._file.read(length)
+            if len(data) < length:
+                raise SourceError(f"{self.rec}: record {index} is truncated")
+            self._file.read(_pad(length))
+            parts.append(data)
+            if flag in (0, 3):
+                return _MAGIC_BYTES.join(parts)
+
+
+def unpack_record(payload: bytes) -> tuple[np.ndarray, bytes]:
+    """Split a payload into its label (float32 array) and the encoded image bytes."""
+    flag, label, _, _ = _HEADER.unpack_from(payload)
+    if flag > 0:
+        labels = np.frombuffer(payload, np.float32, count=flag, offset=_HEADER.size)
+        return labels, payload[_HEADER.size + 4 * flag:]
+    return np.array([label], np.float32), payload[_HEADER.size:]
+
+
+def pack_record(label: float | list[float], image: bytes = b"") -> bytes:
+    """The payload for ``label`` (a number, or a list for header / identity records) and image bytes."""
+    if isinstance(label, (list, tuple)):
+        return _HEADER.pack(len(label), 0.0, 0, 0) + np.asarray(label, np.float32).tobytes() + image
+    return _HEADER.pack(0, float(label), 0, 0) + image
+
+
+def write_recordio(prefix: str | Path, payloads: list[bytes]) -> None:
+    """Write ``prefix.rec`` and ``prefix.idx`` holding ``payloads`` as records 0, 1, ..."""
+    prefix = Path(prefix)
+    offsets = []
+    with open(prefix.with_suffix(".rec"), "wb") as rec:
+        for payload in payloads:
+            offsets.append(rec.tell())
+            parts = payload.split(_MAGIC_BYTES)
+            for number, part in enumerate(parts):
+                flag = 0 if len(parts) == 1 else 1 if number == 0 else 3 if number == len(parts) - 1 else 2
+                rec.write(struct.pack("<II", MAGIC, (flag << 29) | len(part)) + part + b"\0" * _pad(len(part)))
+    prefix.with_suffix(".idx").write_text("".join(f"{i}\t{o}\n" for i, o in enumerate(offsets)))
+
+
+def write_insightface_recordio(prefix: str | Path, images: list[bytes], labels: list[int]) -> None:
+    """Write images in insightface's layout: header record 0, image records, identity records."""
+    identities = sorted(set(labels))
+    order = sorted(range(len(images)), key=lambda i: labels[i])
+    first_identity_record = 1 + len(images)
+    payloads = [pack_record([first_identity_record, first_identity_record + len(identities)])]
+    payloads += [pack_record(labels[i], images[i]) for i in order]
+    position = 1
+    for identity in identities:
+        count = sum(1 for label in labels if label == identity)
+        payloads.append(pack_record([position, position + count]))
+        position += count
+    write_recordio(prefix, payloads)
+
+
+class RecordIOSource(EncodedSource):
+    """Faces from an insightface ``train.rec`` / ``train.idx`` pair (a folder or the .rec path)."""
+
+    def __init__(self, path: str | Path, size: int = 112, strict: bool = False) -> None:
+        path = Path(path)
+        rec = path / "train.rec" if path.is_dir() else path
+        idx = rec.with_suffix(".idx")
+        if not rec.is_file() or not idx.is_file():
+            raise SourceError(f"{path}: expected a .rec file with its .idx beside it")
+        self.records = RecordFile(rec, idx)
+        self.name, self.size, self.strict = str(rec), size, strict
+        header_label, _ = unpack_record(self.records.read(min(self.records.offsets)))
+        if len(header_label) >= 2 and min(self.records.offsets) == 0:
+            first, end = int(header_label[0]), int(header_label[1])
+            self.record_of_key = np.arange(1, first)
+            identities = np.empty(first - 1, np.int64)
+            for identity, record in enumerate(range(first, end)):
+                start, stop = (int(v) for v in unpack_record(self.records.read(record))[0][:2])
+                identities[start - 1:stop - 1] = identity
+        else:
+            self.record_of_key = np.array(sorted(self.records.offsets))
+            identities = np.array([int(unpack_record(self.records.read(int(r)))[0][0]) for r in self.record_of_key])
+        if len(self.record_of_key) == 0:
+            raise SourceError(f"{rec}: holds no image records")
+        self.identities = torch.from_numpy(identities)
+        self.identity_names = [str(i) for i in range(int(identities.max()) + 1)]
+
+    def read(self, key: int) -> tuple[bytes, str]:
+        record = int(self.record_of_key[key])
+        return unpack_record(self.records.read(record))[1], f"{self.name} record {record}"

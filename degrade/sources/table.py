@@ -1,0 +1,79 @@
+"""Faces from a table: an HF dataset saved with ``save_to_disk``, or Arrow / Parquet files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from degrade.sources.base import EncodedSource, SourceError
+
+IMAGE_COLUMNS = ("image", "img", "face", "hq")
+LABEL_COLUMNS = ("label", "identity", "labels", "id")
+
+
+def open_table(path: Path):
+    """A ``datasets.Dataset`` for a save_to_disk folder, a ``.parquet`` or an ``.arrow`` file."""
+    import datasets
+
+    if path.is_dir():
+        if not (path / "state.json").is_file():
+            raise SourceError(f"{path}: not a finished dataset folder (no state.json)")
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if "train" not in loaded:
+                raise SourceError(f"{path}: a dataset dictionary without a 'train' split ({', '.join(loaded)})")
+            loaded = loaded["train"]
+        return loaded
+    if path.suffix == ".parquet":
+        return datasets.Dataset.from_parquet(str(path))
+    if path.suffix == ".arrow":
+        return datasets.Dataset.from_file(str(path))
+    raise SourceError(f"{path}: expected a dataset folder, a .parquet or an .arrow file")
+
+
+class TableSource(EncodedSource):
+    """Rows of a table with an image column (HF ``Image`` or raw bytes) and an identity column.
+
+    Args:
+        path: dataset folder, .parquet or .arrow file.
+        image_column, label_column: column names (default: the first of the usual names present).
+    """
+
+    def __init__(self, path: str | Path, size: int = 112, strict: bool = False, image_column: str | None = None,
+                 label_column: str | None = None) -> None:
+        import datasets
+
+        path = Path(path)
+        table = open_table(path)
+        columns = table.column_names
+        image_column = image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
+        label_column = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
+        if image_column not in columns:
+            raise SourceError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}; has {', '.join(columns)})")
+        if label_column not in columns:
+            raise SourceError(f"{path}: no identity column (looked for {', '.join(LABEL_COLUMNS)}; has {', '.join(columns)})")
+        if len(table) == 0:
+            raise SourceError(f"{path}: the table has no rows")
+        if isinstance(table.features[image_column], datasets.Image):
+            table = table.cast_column(image_column, datasets.Image(decode=False))
+        self.table, self.image_column = table, image_column
+        self.name, self.size, self.strict = str(path), size, strict
+        labels = table[label_column]
+        self.identity_names = sorted({str(v) for v in labels}, key=lambda v: (len(v), v))
+        lookup = {name: index for index, name in enumerate(self.identity_names)}
+        self.identities = torch.tensor(np.array([lookup[str(v)] for v in labels]), dtype=torch.int64)
+
+    def read(self, key: int) -> tuple[bytes, str]:
+        value = self.table[key][self.image_column]
+        where = f"{self.name} row {key}"
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                return value["bytes"], where
+            if value.get("path"):
+                return Path(value["path"]).read_bytes(), value["path"]
+            return b"", where
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value), where
+        raise SourceError(f"{where}: image column {self.image_column!r} holds {type(value).__name__}, not image bytes")
