@@ -32,9 +32,18 @@ class PairBatch:
     lq: torch.Tensor        # (N, 3, S', S') uint8
     params: Params          # flat dict of (N,) tensors
 
+    def _map(self, move) -> PairBatch:
+        return PairBatch(move(self.key), move(self.identity), move(self.hq), move(self.lq),
+                         {k: move(v) for k, v in self.params.items()})
+
     def cpu(self) -> PairBatch:
-        return PairBatch(self.key.cpu(), self.identity.cpu(), self.hq.cpu(), self.lq.cpu(),
-                         {k: v.cpu() for k, v in self.params.items()})
+        return self._map(lambda t: t.cpu())
+
+    def to(self, device: str | torch.device) -> PairBatch:
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> PairBatch:
+        return self._map(lambda t: t.pin_memory())
 
 
 def degrade_faces(recipe: Recipe, faces: Faces, device: str | torch.device = "cpu",

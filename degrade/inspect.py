@@ -5,29 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pyarrow as pa
 import torch
-import yaml
 
 from degrade.arrow import SUMMARY, open_dataset, read_manifest
-from degrade.engine import PairBatch
-from degrade.recipe import Recipe, parse_recipe
+from degrade.built import BuiltPairs, flat_params
 
 BAR = 30
-
-
-def _flat(table: pa.Table) -> pa.Table:
-    while any(pa.types.is_struct(field.type) for field in table.schema):
-        table = table.flatten()
-    return table
-
-
-def flat_params(table: pa.Table) -> dict[str, np.ndarray]:
-    """The params column as {'stage.field': (N,) array}."""
-    params = _flat(table.select(["params"]))
-    return {name[len("params."):]: params.column(name).to_numpy(zero_copy_only=False) for name in params.column_names}
 
 
 def histogram(values: np.ndarray) -> list[str]:
@@ -77,35 +61,8 @@ def describe_dataset(folder: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _decode(value, image_format: str, side: int) -> torch.Tensor:
-    if image_format == "png":
-        image = cv2.imdecode(np.frombuffer(value["bytes"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-    else:
-        image = np.frombuffer(value, np.uint8).reshape(side, side, 3)
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-
-
-def load_pairs(folder: str | Path, rows: slice) -> tuple[Recipe, PairBatch]:
-    """Rows of a build as a CPU :class:`PairBatch` (small native LQ placed in a zero canvas), with its recipe."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    recipe = parse_recipe(yaml.safe_load(manifest["recipe_text"]), source=manifest["recipe"])
-    table = open_dataset(folder).data.table.slice(rows.start or 0, (rows.stop or 0) - (rows.start or 0))
-    params = {k: torch.from_numpy(np.array(v)) for k, v in flat_params(table).items()}
-    sides = params.get("resize.side") if recipe.output_size != recipe.size else None
-    canvas = recipe.output_size
-    hq = torch.stack([_decode(v, manifest["format"], recipe.size) for v in table.column("hq").to_pylist()])
-    lq = torch.zeros(len(hq), 3, canvas, canvas, dtype=torch.uint8)
-    for n, value in enumerate(table.column("lq").to_pylist()):
-        side = int(sides[n]) if sides is not None else canvas
-        lq[n, :, :side, :side] = _decode(value, manifest["format"], side)
-    batch = PairBatch(key=torch.from_numpy(table.column("key").to_numpy()),
-                      identity=torch.from_numpy(table.column("identity").to_numpy()), hq=hq, lq=lq, params=params)
-    return recipe, batch
-
-
 def write_dataset_grid(folder: str | Path, out: str | Path, count: int) -> None:
     from degrade.preview import write_preview
 
-    recipe, batch = load_pairs(folder, slice(0, count))
-    write_preview(recipe, batch, out)
+    pairs = BuiltPairs(folder)
+    write_preview(pairs.recipe, pairs.load(torch.arange(min(count, len(pairs)))), out)

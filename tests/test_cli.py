@@ -109,12 +109,24 @@ def test_unknown_recipe_fails_with_one_clear_message():
     assert "unknown recipe 'nope'" in result.output and "maug" in result.output
 
 
-def test_a_corrupt_image_is_named_in_the_error(tmp_path):
-    good = np.full((112, 112, 3), 128, np.uint8)
-    (tmp_path / "faces" / "alice").mkdir(parents=True)
-    cv2.imwrite(str(tmp_path / "faces" / "alice" / "0.png"), good)
-    (tmp_path / "faces" / "alice" / "1.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "faces"),
+def _faces_with_a_corrupt_file(root: Path) -> Path:
+    (root / "faces" / "alice").mkdir(parents=True)
+    cv2.imwrite(str(root / "faces" / "alice" / "0.png"), np.full((112, 112, 3), 128, np.uint8))
+    (root / "faces" / "alice" / "1.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return root / "faces"
+
+
+def test_a_corrupt_image_is_skipped_and_counted(tmp_path):
+    faces = _faces_with_a_corrupt_file(tmp_path)
+    result = run("build", "--recipe", "maug", "--source", str(faces), "--out", str(tmp_path / "ds"), "--device", "cpu")
+    assert result.exit_code == 0
+    assert "1 pairs" in result.output and "skipped 1 inputs" in result.output and "1.jpg" in result.output
+    assert len(datasets.load_from_disk(str(tmp_path / "ds"))) == 1
+
+
+def test_under_strict_a_corrupt_image_fails_the_build_naming_the_file(tmp_path):
+    faces = _faces_with_a_corrupt_file(tmp_path)
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(faces), "--strict",
                                        "--out", str(tmp_path / "ds"), "--device", "cpu"])
     assert result.exit_code != 0
     assert "1.jpg" in result.output and "not a readable image" in result.output

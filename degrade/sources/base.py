@@ -24,6 +24,9 @@ class Faces:
     skipped: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (key, reason)
     fixes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # conversions made
 
+    def pin_memory(self) -> Faces:
+        return dataclasses.replace(self, hq=self.hq.pin_memory())
+
 
 def decode_image(data: bytes, name: str, size: int, strict: bool = False) -> tuple[np.ndarray, list[str]]:
     """Decode one encoded image to (size, size, 3) RGB uint8; also returns the conversions made.

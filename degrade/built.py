@@ -1,0 +1,79 @@
+"""Reading a built dataset back as pairs: rows -> :class:`PairBatch` (uint8, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import torch
+import yaml
+
+from degrade.arrow import open_dataset, read_manifest
+from degrade.engine import PairBatch
+from degrade.recipe import Recipe, parse_recipe
+
+
+def flat_table(table: pa.Table) -> pa.Table:
+    """Struct columns flattened to dotted names ('params.resize.side')."""
+    while any(pa.types.is_struct(field.type) for field in table.schema):
+        table = table.flatten()
+    return table
+
+
+def flat_params(table: pa.Table) -> dict[str, np.ndarray]:
+    """The params column as {'stage.field': (N,) array}."""
+    params = flat_table(table.select(["params"]))
+    return {name[len("params."):]: params.column(name).to_numpy(zero_copy_only=False) for name in params.column_names}
+
+
+def _decode(value, image_format: str, side: int) -> torch.Tensor:
+    """(3, side, side) uint8 RGB from a PNG Image cell or raw HxWx3 bytes."""
+    if image_format == "png":
+        image = cv2.imdecode(np.frombuffer(value["bytes"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    else:
+        image = np.frombuffer(value, np.uint8).reshape(side, side, 3).copy()
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+
+
+class BuiltPairs:
+    """A finished build, read by row: ``load(rows)`` gives the stored pairs as a CPU PairBatch.
+
+    Small native LQ faces (BTNet) are placed top-left in a zero canvas, as the engine makes them.
+    The dataset is opened lazily, so the object can be sent to DataLoader workers.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.recipe: Recipe = parse_recipe(yaml.safe_load(self.manifest["recipe_text"]), source=self.manifest["recipe"])
+        self.name = str(self.folder)
+        self._length = len(open_dataset(self.folder))
+        self._table = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_table": None}
+
+    @property
+    def table(self) -> pa.Table:
+        if self._table is None:
+            self._table = open_dataset(self.folder).data.table
+        return self._table
+
+    def load(self, rows: torch.Tensor) -> PairBatch:
+        table = self.table.take(pa.array(rows.numpy()))
+        recipe, image_format = self.recipe, self.manifest["format"]
+        params = {k: torch.from_numpy(np.array(v)) for k, v in flat_params(table).items()}
+        sides = params.get("resize.side") if recipe.output_size != recipe.size else None
+        canvas = recipe.output_size
+        hq = torch.stack([_decode(v, image_format, recipe.size) for v in table.column("hq").to_pylist()])
+        lq = torch.zeros(len(hq), 3, canvas, canvas, dtype=torch.uint8)
+        for n, value in enumerate(table.column("lq").to_pylist()):
+            side = int(sides[n]) if sides is not None else canvas
+            lq[n, :, :side, :side] = _decode(value, image_format, side)
+        return PairBatch(key=torch.tensor(table.column("key").to_numpy()),
+                         identity=torch.tensor(table.column("identity").to_numpy()), hq=hq, lq=lq, params=params)

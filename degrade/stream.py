@@ -1,0 +1,114 @@
+"""Streaming pairs into training: batches made on the fly (or read from a build), rank-aware.
+
+    stream = PairStream.from_source(load_recipe("maug"), open_source("faces/"), batch_size=512,
+                                    device="cuda", num_workers=8)
+    for epoch in range(epochs):
+        stream.set_epoch(epoch)
+        for batch in stream:          # {"hq", "lq": uint8 (N, 3, S, S) on the device, "identity", "key", "params"}
+            ...
+
+HQ faces are decoded as uint8 by DataLoader worker processes and degraded on the device in
+the consuming process, with no disk in between; ``PairStream.from_dataset`` reads the same
+pairs from a built dataset instead. Under ``torch.distributed`` each rank gets an equal
+number of batches (the remainder of an epoch is dropped), its batch b being global batch
+``b * world_size + rank`` of that epoch's shuffled order; ``start_step`` resumes mid-epoch.
+Because params are keyed by sample, a sample's LQ does not depend on ranks, workers or order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from degrade.engine import PairBatch, degrade_faces
+from degrade.loader import decoded_batches
+from degrade.recipe import Recipe
+from degrade.sources import Source
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class PairStream:
+    """An iterable of batches of pairs on ``device``; see the module docstring.
+
+    Args:
+        recipe: degrades the faces (ignored when reading a build).
+        source: anything with ``__len__`` and ``load(keys)`` (a face source or a built dataset).
+        batch_size: pairs per batch per rank (before skipped inputs).
+        device: where batches are made and yielded.
+        seed: recipe seed (default the recipe's).
+        shuffle, shuffle_seed: epoch order, a permutation drawn from (shuffle_seed, epoch).
+        num_workers: DataLoader processes decoding.
+        rank, world_size: default from torch.distributed when initialised, else 0 and 1.
+    """
+
+    def __init__(self, recipe: Recipe | None, source, *, batch_size: int, device: str | torch.device = "cpu",
+                 seed: int | None = None, shuffle: bool = True, shuffle_seed: int = 0, num_workers: int = 0,
+                 rank: int | None = None, world_size: int | None = None, degrade_on_the_fly: bool = True) -> None:
+        self.recipe, self.source, self.batch_size = recipe, source, batch_size
+        self.device = torch.device(device)
+        self.seed, self.shuffle, self.shuffle_seed, self.num_workers = seed, shuffle, shuffle_seed, num_workers
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        self.degrade_on_the_fly = degrade_on_the_fly
+        self.epoch, self.start_step = 0, 0
+        if len(self) == 0:
+            raise ValueError(f"{len(source)} samples make no full batch of {batch_size} on each of {self.world_size} ranks")
+
+    @classmethod
+    def from_source(cls, recipe: Recipe, source: Source, **options) -> PairStream:
+        """Pairs made on the fly from ``source`` with ``recipe``."""
+        return cls(recipe, source, **options)
+
+    @classmethod
+    def from_dataset(cls, folder: str | Path, **options) -> PairStream:
+        """The pairs stored in a finished ``degrade build`` folder."""
+        from degrade.built import BuiltPairs
+
+        pairs = BuiltPairs(folder)
+        return cls(pairs.recipe, pairs, degrade_on_the_fly=False, **options)
+
+    def __len__(self) -> int:
+        """Batches per rank per epoch."""
+        return len(self.source) // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Choose the epoch (its shuffle) and the first batch to yield (to resume mid-epoch)."""
+        self.epoch, self.start_step = epoch, start_step
+
+    def epoch_order(self) -> torch.Tensor:
+        """(len(source),) int64: the order samples are visited this epoch (same on every rank)."""
+        if not self.shuffle:
+            return torch.arange(len(self.source))
+        generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.source), generator=generator)
+
+    def rank_batches(self) -> list[torch.Tensor]:
+        """This rank's key (or row) batches for the epoch, from ``start_step`` on."""
+        order = self.epoch_order()
+        span = self.batch_size * self.world_size
+        batches = [order[b * span + self.rank * self.batch_size: b * span + (self.rank + 1) * self.batch_size]
+                   for b in range(len(self))]
+        return batches[self.start_step:]
+
+    def __iter__(self) -> Iterator[dict]:
+        pin = self.device.type == "cuda"
+        for item in decoded_batches(self.source, self.rank_batches(), self.num_workers, pin_memory=pin):
+            if self.degrade_on_the_fly:
+                batch = degrade_faces(self.recipe, item, self.device, self.seed)
+            else:
+                batch = item.to(self.device)
+            yield _as_dict(batch)
+
+
+def _as_dict(batch: PairBatch) -> dict:
+    return {"hq": batch.hq, "lq": batch.lq, "identity": batch.identity, "key": batch.key, "params": batch.params}
