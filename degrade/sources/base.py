@@ -35,6 +35,8 @@ def decode_image(data: bytes, name: str, size: int, strict: bool = False) -> tup
     sizes resized (area when shrinking, bicubic when enlarging). With ``strict`` a face of the
     wrong size is refused. Raises :class:`SourceError` naming ``name`` when it cannot be used.
     """
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+        raise SourceError(f"{name}: truncated JPEG (no end-of-image marker)")
     array = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(array, cv2.IMREAD_UNCHANGED) if array.size else None
     if image is None:

@@ -1,0 +1,154 @@
+"""Building Arrow datasets from real faces, resuming, splitting over ranks, and streaming pairs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from degrade.arrow import BuildError, build_dataset, open_dataset
+from degrade.built import BuiltPairs
+from degrade.engine import make_pairs
+from degrade.inspect import describe_dataset
+from degrade.recipe import load_recipe
+from degrade.sources import open_source
+from degrade.sources.attributes import Attributes
+from degrade.stream import PairStream
+
+from .conftest import LFW
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.endswith(".partial")}
+
+
+@pytest.mark.parametrize("image_format", ["png", "raw"])
+@pytest.mark.parametrize("recipe_name", ["realworld", "btnet"])
+def test_lfw_round_trip_gives_the_engines_pairs(tmp_path, lfw_source, image_format, recipe_name):
+    recipe = load_recipe(recipe_name)
+    build_dataset(recipe, lfw_source, tmp_path / "ds", limit=48, batch_size=20, shard_size=32,
+                  image_format=image_format, progress=False)
+    stored = BuiltPairs(tmp_path / "ds").load(torch.tensor([0, 21, 47]))
+    expected = make_pairs(recipe, lfw_source, torch.tensor([0, 21, 47]))
+    assert torch.equal(stored.key, expected.key) and torch.equal(stored.identity, expected.identity)
+    assert torch.equal(stored.hq, expected.hq)
+    assert torch.equal(stored.lq, expected.lq)
+    for name, values in expected.params.items():
+        assert torch.allclose(stored.params[name].to(values.dtype), values), name
+
+
+def test_attributes_become_a_column_with_nulls_where_missing(tmp_path, lfw_source):
+    build_dataset(load_recipe("catface"), lfw_source, tmp_path / "ds", limit=30, attributes=Attributes(LFW / "attributes.tsv"),
+                  progress=False)
+    dataset = open_dataset(tmp_path / "ds")
+    row = dataset[3]
+    assert set(row["attributes"]) >= {"Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"}
+    assert row["attributes"]["Male"] in (0.0, 1.0, None)
+    assert sum(r["Male"] is not None for r in dataset["attributes"]) > 20
+
+
+def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
+    build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=40, shard_size=16, progress=False)
+    (tmp_path / "ds" / "state.json").unlink()
+    (tmp_path / "ds" / "data-00002-of-00003.arrow").unlink()
+    with pytest.raises(BuildError, match="did not finish \\(2 of 3 shards written\\).*run the same"):
+        open_dataset(tmp_path / "ds")
+
+
+def _build_command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "degrade", "build", "--recipe", "lgaf", "--source", str(LFW), "--limit", "640",
+            "--shard-size", "64", "--batch-size", "32", "--device", "cpu", "--out", str(out), *extra]
+
+
+def test_a_build_killed_mid_way_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path, lfw_source):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_build_command(tmp_path / "whole"), check=True, capture_output=True, env=environment)
+    process = subprocess.Popen(_build_command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=environment)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "killed").glob("data-*.arrow"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(list((tmp_path / "killed").glob("data-*.arrow")))
+    assert 3 <= written < 10, "the build should have been stopped part way"
+    with pytest.raises(BuildError, match="did not finish"):
+        open_dataset(tmp_path / "killed")
+    resumed = subprocess.run(_build_command(tmp_path / "killed"), check=True, capture_output=True, text=True,
+                             env=environment)
+    assert f"({written} already done)" in resumed.stdout
+    assert folder_bytes(tmp_path / "killed") == folder_bytes(tmp_path / "whole")
+
+
+def test_two_ranks_under_torchrun_write_the_same_bytes_as_one(tmp_path):
+    command = ["-m", "degrade", "build", "--recipe", "catface", "--source", "demo", "--limit", "200", "--shard-size", "32",
+               "--batch-size", "16", "--device", "cpu"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *command, "--out", str(tmp_path / "one")], check=True, capture_output=True,
+                   env=environment)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                          *command, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=environment)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert folder_bytes(tmp_path / "two") == folder_bytes(tmp_path / "one")
+
+
+def test_inspect_reports_counts_skips_and_histograms(tmp_path):
+    build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=200, progress=False)
+    text = describe_dataset(tmp_path / "ds")
+    assert "200 pairs, 20 identities, 1 shards, format png" in text
+    assert "recipe maug (seed 0)" in text and "skipped inputs: 0" in text
+    lines = text.splitlines()
+    sides = lines.index("  resize.side")
+    counts = {int(line.split()[0]): int(line.split()[1]) for line in lines[sides + 1:sides + 4]}
+    assert set(counts) == {7, 14, 20} and sum(counts.values()) == 200 and counts[20] > counts[7]
+
+
+# ---- streaming ------------------------------------------------------------------------------
+
+
+def test_streamed_pairs_are_the_engines_pairs_for_their_keys(lfw_source):
+    recipe = load_recipe("mixed")
+    stream = PairStream.from_source(recipe, lfw_source, batch_size=16, num_workers=2)
+    batch = next(iter(stream))
+    expected = make_pairs(recipe, lfw_source, batch["key"])
+    assert torch.equal(batch["lq"], expected.lq) and torch.equal(batch["hq"], expected.hq)
+    assert torch.equal(batch["identity"], lfw_source.identities[batch["key"]])
+
+
+def test_ranks_get_equal_disjoint_batches_that_cover_the_epoch():
+    source = open_source("demo")
+    streams = [PairStream.from_source(load_recipe("maug"), source, batch_size=48, rank=r, world_size=3) for r in range(3)]
+    batches = [s.rank_batches() for s in streams]
+    assert len({len(b) for b in batches}) == 1 and len(batches[0]) == 1000 // (48 * 3)
+    keys = torch.cat([k for rank in batches for k in rank])
+    assert len(keys.unique()) == len(keys) == 3 * 48 * len(batches[0])
+
+
+def test_epochs_reshuffle_and_start_step_resumes_the_same_sequence():
+    stream = PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=32)
+    stream.set_epoch(0)
+    epoch_zero = stream.rank_batches()
+    stream.set_epoch(1)
+    assert not torch.equal(stream.rank_batches()[0], epoch_zero[0])
+    stream.set_epoch(0, start_step=5)
+    resumed = stream.rank_batches()
+    assert len(resumed) == len(epoch_zero) - 5 and all(torch.equal(a, b) for a, b in zip(resumed, epoch_zero[5:]))
+
+
+def test_streaming_a_build_gives_the_same_pairs_as_streaming_on_the_fly(tmp_path):
+    recipe, source = load_recipe("lgaf"), open_source("demo")
+    build_dataset(recipe, source, tmp_path / "ds", limit=len(source), progress=False)
+    on_the_fly = PairStream.from_source(recipe, source, batch_size=25, shuffle_seed=3)
+    from_disk = PairStream.from_dataset(tmp_path / "ds", batch_size=25, shuffle_seed=3, num_workers=2)
+    for made, stored in zip(on_the_fly, from_disk):
+        assert torch.equal(made["key"], stored["key"])
+        assert torch.equal(made["lq"], stored["lq"]) and torch.equal(made["hq"], stored["hq"])
+
+
+def test_a_source_too_small_for_one_batch_per_rank_is_refused():
+    with pytest.raises(ValueError, match="make no full batch"):
+        PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=600, world_size=2, rank=0)

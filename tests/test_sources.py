@@ -1,0 +1,189 @@
+"""Sources: each format reads back the pixels and identities it was given; odd inputs are handled."""
+
+import struct
+
+import cv2
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from degrade.sources import SourceError, open_source
+from degrade.sources.attributes import Attributes
+from degrade.sources.base import decode_image
+from degrade.sources.pairs import write_bin
+from degrade.sources.recordio import MAGIC, RecordFile, pack_record, write_insightface_recordio, write_recordio
+
+from .conftest import LFW
+
+
+def jpeg(image_rgb: np.ndarray, quality: int = 95) -> bytes:
+    return cv2.imencode(".jpg", image_rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+@pytest.fixture(scope="module")
+def lfw_jpegs(lfw_source):
+    """12 real LFW files (bytes) and their identity indices."""
+    keys = list(range(0, 1200, 100))
+    return [lfw_source.files[k].read_bytes() for k in keys], [int(lfw_source.identities[k]) for k in keys]
+
+
+def test_recordio_reads_insightface_layout_back(tmp_path, lfw_jpegs):
+    images, labels = lfw_jpegs
+    write_insightface_recordio(tmp_path / "train", images, labels)
+    source = open_source(str(tmp_path))
+    assert len(source) == len(images)
+    faces = source.load(torch.arange(len(images)))
+    order = sorted(range(len(images)), key=lambda i: labels[i])  # insightface stores images by identity
+    for key, original in enumerate(order):
+        assert np.array_equal(faces.hq[key].permute(1, 2, 0).numpy(), decoded(images[original]))
+    names = [source.identity_name(int(i)) for i in faces.identity]
+    assert len(set(names)) == len(set(labels))
+    assert [labels[i] for i in order] == sorted(labels)
+
+
+def test_recordio_rejoins_a_payload_split_at_the_magic_number(tmp_path):
+    payload = pack_record(3.0, b"abc" + struct.pack("<I", MAGIC) + b"defgh" + struct.pack("<I", MAGIC) + b"xy")
+    write_recordio(tmp_path / "split", [pack_record([1.0, 2.0]), payload])
+    records = RecordFile(tmp_path / "split.rec", tmp_path / "split.idx")
+    assert records.read(1) == payload
+    assert (tmp_path / "split.rec").read_bytes().count(struct.pack("<I", MAGIC)) == 1 + 3
+
+
+def test_recordio_without_insightface_header_uses_every_record(tmp_path, lfw_jpegs):
+    images, labels = lfw_jpegs
+    write_recordio(tmp_path / "plain", [pack_record(label, image) for image, label in zip(images, labels)])
+    source = open_source(str(tmp_path / "plain.rec"))
+    assert len(source) == len(images)
+    assert np.array_equal(source.load(torch.tensor([3])).hq[0].permute(1, 2, 0).numpy(), decoded(images[3]))
+
+
+def test_corrupt_recordio_is_named(tmp_path, lfw_jpegs):
+    images, labels = lfw_jpegs
+    write_insightface_recordio(tmp_path / "train", images, labels)
+    data = bytearray((tmp_path / "train.rec").read_bytes())
+    data[0:4] = b"\0\0\0\0"
+    (tmp_path / "train.rec").write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="train.rec: record 0 has no RecordIO magic"):
+        open_source(str(tmp_path))
+
+
+def test_saved_hf_dataset_parquet_and_arrow_sources(tmp_path, lfw_jpegs):
+    images, labels = lfw_jpegs
+    table = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "label": labels})
+    table = table.cast_column("image", datasets.Image())
+    table.save_to_disk(str(tmp_path / "saved"))
+    table.to_parquet(str(tmp_path / "faces.parquet"))
+    for spec in (tmp_path / "saved", tmp_path / "faces.parquet", next((tmp_path / "saved").glob("*.arrow"))):
+        source = open_source(str(spec))
+        faces = source.load(torch.tensor([0, 5]))
+        assert np.array_equal(faces.hq[1].permute(1, 2, 0).numpy(), decoded(images[5]))
+        assert source.identity_name(int(faces.identity[1])) == str(labels[5])
+
+
+def test_table_without_an_image_column_is_a_clear_error(tmp_path):
+    datasets.Dataset.from_dict({"text": ["a"], "label": [0]}).save_to_disk(str(tmp_path / "t"))
+    with pytest.raises(SourceError, match="no image column"):
+        open_source(str(tmp_path / "t"))
+
+
+def test_lfw_pairs_file_gives_folds_and_pairs_of_keys(lfw_source):
+    source = open_source(str(LFW / "pairs.txt"))
+    pairs = source.pairs
+    assert len(pairs.same) == 4800 and source.folds == 8
+    assert pairs.same.sum() == 2400 and torch.equal(torch.bincount(pairs.fold), torch.full((8,), 600))
+    first_same = int(torch.nonzero(pairs.same)[0])
+    left, right = source.load(torch.stack([pairs.left[first_same], pairs.right[first_same]])).identity
+    assert left == right
+    assert set(source.identity_names) <= set(lfw_source.identity_names)
+    fold_identities = [set(int(i) for i in source.identities[pairs.left[pairs.fold == f]]) for f in range(8)]
+    assert all(not (fold_identities[a] & fold_identities[b]) for a in range(8) for b in range(a))
+
+
+def test_insightface_bin_gives_pairs(tmp_path, lfw_jpegs):
+    images, _ = lfw_jpegs
+    write_bin(tmp_path / "set.bin", images, [True, False, True, False, True, False])
+    source = open_source(str(tmp_path / "set.bin"))
+    assert len(source) == 12 and source.pairs.same.tolist() == [True, False] * 3
+    assert np.array_equal(source.load(torch.tensor([7])).hq[0].permute(1, 2, 0).numpy(), decoded(images[7]))
+
+
+# ---- odd inputs -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def face() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return cv2.GaussianBlur(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8), (5, 5), 2)
+
+
+def test_greyscale_rgba_and_16_bit_are_converted(face):
+    grey = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)
+    image, fixes = decode_image(cv2.imencode(".png", grey)[1].tobytes(), "grey.png", 112)
+    assert fixes == ["greyscale to RGB"] and np.array_equal(image[:, :, 0], grey) and np.array_equal(image[:, :, 2], grey)
+    rgba = cv2.cvtColor(face[:, :, ::-1], cv2.COLOR_BGR2BGRA)
+    image, fixes = decode_image(cv2.imencode(".png", rgba)[1].tobytes(), "rgba.png", 112)
+    assert fixes == ["alpha dropped"] and np.array_equal(image, face)
+    deep = face[:, :, ::-1].astype(np.uint16) * 257
+    image, fixes = decode_image(cv2.imencode(".png", deep)[1].tobytes(), "deep.png", 112)
+    assert fixes == ["16-bit to 8-bit"] and np.array_equal(image, face)
+
+
+def test_other_sizes_are_resized_or_refused_when_strict(face):
+    big = cv2.resize(face, (224, 224))
+    image, fixes = decode_image(jpeg(big), "big.jpg", 112)
+    assert image.shape == (112, 112, 3) and fixes == ["resized to 112x112"]
+    with pytest.raises(SourceError, match="big.jpg: is 224x224, expected 112x112"):
+        decode_image(jpeg(big), "big.jpg", 112, strict=True)
+
+
+def test_truncated_and_non_image_files_are_skipped_with_reasons(tmp_path, face):
+    folder = tmp_path / "faces" / "bob"
+    folder.mkdir(parents=True)
+    full = jpeg(face)
+    (folder / "a.jpg").write_bytes(full)
+    (folder / "b.jpg").write_bytes(full[: len(full) // 3])
+    (folder / "c.png").write_bytes(b"hello, not an image")
+    (folder / "d.jpg").write_bytes(b"")
+    source = open_source(str(tmp_path / "faces"))
+    faces = source.load(torch.arange(4))
+    skipped = dict(faces.skipped)
+    assert faces.key.tolist() == [0] and faces.hq.shape == (1, 3, 112, 112)
+    assert "b.jpg: truncated JPEG" in skipped[1]
+    assert "c.png: not a readable image" in skipped[2]
+    assert "d.jpg: not a readable image" in skipped[3]
+    strict = open_source(str(tmp_path / "faces"), strict=True)
+    with pytest.raises(SourceError, match="b.jpg: truncated JPEG"):
+        strict.load(torch.arange(4))
+
+
+def test_empty_and_missing_sources_are_clear_errors(tmp_path):
+    (tmp_path / "empty" / "alice").mkdir(parents=True)
+    with pytest.raises(SourceError, match="no images found"):
+        open_source(str(tmp_path / "empty"))
+    with pytest.raises(SourceError, match="no such file or folder"):
+        open_source(str(tmp_path / "nowhere"))
+
+
+def test_attributes_by_file_and_by_identity(lfw_source):
+    attributes = Attributes(LFW / "attributes.tsv")
+    assert {"Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"} <= set(attributes.names)
+    keys = torch.arange(0, 40)
+    values = attributes.lookup(lfw_source, keys, lfw_source.identities[keys])
+    assert values.shape == (40, len(attributes.names))
+    male, female = attributes.names.index("Male"), attributes.names.index("Female")
+    labelled = ~torch.isnan(values[:, male])
+    assert labelled.sum() > 30
+    assert set(values[labelled, male].unique().tolist()) <= {0.0, 1.0}
+    assert not ((values[labelled, male] == 1) & (values[labelled, female] == 1)).any()
+
+
+def test_attributes_keyed_by_identity(tmp_path):
+    (tmp_path / "a.csv").write_text("identity,Male\ndemo_00000,1\ndemo_00001,0\n")
+    source = open_source("demo")
+    values = Attributes(tmp_path / "a.csv").lookup(source, torch.tensor([0, 10, 20]), torch.tensor([0, 1, 2]))
+    assert values[:2, 0].tolist() == [1.0, 0.0] and torch.isnan(values[2, 0])
