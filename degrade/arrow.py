@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -103,9 +104,12 @@ def _features(schema: pa.Schema, image_format: str) -> dict:
     return {f.name: describe(f.name, f.type) for f in schema}
 
 
+_ENCODERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)  # cv2.imencode releases the GIL
+
+
 def _images_array(images: list[torch.Tensor], image_format: str) -> pa.Array:
     if image_format == "png":
-        return pa.array([{"bytes": encode_png(i), "path": None} for i in images], _IMAGE)
+        return pa.array([{"bytes": data, "path": None} for data in _ENCODERS.map(encode_png, images)], _IMAGE)
     return pa.array([i.permute(1, 2, 0).contiguous().numpy().tobytes() for i in images], pa.binary())
 
 

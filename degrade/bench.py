@@ -11,11 +11,16 @@ import dataclasses
 import multiprocessing
 import os
 import resource
+import tempfile
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
+import pyarrow as pa
 import torch
 
+from degrade.arrow import PNG_LEVEL
 from degrade.engine import to_float, to_uint8
 from degrade.recipe import Recipe, load_recipe
 from degrade.sources import Source
@@ -117,6 +122,78 @@ def _time_opencv(recipe_source: str, pool: np.ndarray, pairs: int, workers: int)
         started = time.perf_counter()
         done = sum(processes.map(_opencv_chunk, chunks, chunksize=1))
         return done / (time.perf_counter() - started)
+
+
+def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, bytes]]:
+    """Decode, degrade and encode one chunk per image, as a plain CPU data pipeline would."""
+    from degrade.opencv_reference import degrade_one
+
+    recipe, source, image_format = (_worker_state[k] for k in ("recipe", "source", "format"))
+    keys = torch.arange(*bounds)
+    faces = source.load(keys)
+    params = {k: v.numpy() for k, v in recipe.sample(faces.key).items()}
+    rows = []
+    for index, (key, identity, image) in enumerate(zip(faces.key.tolist(), faces.identity.tolist(), faces.hq)):
+        hq = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        lq = degrade_one(recipe, hq, params, index)
+        if image_format == "png":
+            encode = lambda a: cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR),  # noqa: E731
+                                            [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])[1].tobytes()
+        else:
+            encode = lambda a: a.tobytes()  # noqa: E731
+        rows.append((key, identity, encode(hq), encode(lq)))
+    return rows
+
+
+def _init_build_worker(recipe_source: str, source_spec: str, image_format: str) -> None:
+    from degrade.sources import open_source
+
+    torch.set_num_threads(1)
+    _worker_state.update(recipe=load_recipe(recipe_source), format=image_format,
+                         source=open_source(source_spec, load_recipe(recipe_source).size))
+
+
+def _time_opencv_build(recipe_source: str, source_spec: str, image_format: str, pairs: int, workers: int,
+                       out: Path) -> float:
+    context = multiprocessing.get_context("fork")
+    started = time.perf_counter()
+    with context.Pool(workers, initializer=_init_build_worker, initargs=(recipe_source, source_spec, image_format)) as pool:
+        chunks = [(first, min(first + CHUNK, pairs)) for first in range(0, pairs, CHUNK)]
+        rows = [row for chunk in pool.imap(_opencv_build_chunk, chunks) for row in chunk]
+    keys, identities, hq, lq = zip(*rows)
+    table = pa.table({"key": pa.array(keys, pa.int64()), "identity": pa.array(identities, pa.int64()),
+                      "hq": pa.array(hq, pa.binary()), "lq": pa.array(lq, pa.binary())})
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return len(rows) / (time.perf_counter() - started)
+
+
+def run_build_bench(recipe_source: str, source_spec: str, device: str = "cpu", batch_size: int = 256,
+                    pairs: int = 2048, workers: int | None = None) -> str:
+    """``degrade build`` end to end (PNG and raw) against an OpenCV loop that decodes, degrades,
+    encodes and writes the same pairs; returns the report."""
+    from degrade.arrow import build_dataset
+    from degrade.sources import open_source
+
+    workers = workers or os.cpu_count() or 1
+    recipe = load_recipe(recipe_source)
+    source = open_source(source_spec, recipe.size)
+    pairs = min(pairs, len(source))
+    lines = [f"degrade build, recipe {recipe.name}, {pairs} pairs from {source_spec}, engine on {device}, "
+             f"{workers} decoding workers / OpenCV processes"]
+    with tempfile.TemporaryDirectory() as scratch:
+        for image_format in ("raw", "png"):
+            started = time.perf_counter()
+            build_dataset(recipe, source, Path(scratch) / image_format, limit=pairs, batch_size=batch_size,
+                          device=device, num_workers=workers, image_format=image_format, progress=False)
+            engine = pairs / (time.perf_counter() - started)
+            opencv = _time_opencv_build(recipe_source, source_spec, image_format, pairs, workers,
+                                        Path(scratch) / f"opencv-{image_format}.arrow")
+            lines.append(f"  {image_format:<4} engine {engine:10,.0f} pairs/s   OpenCV loop {opencv:10,.0f} pairs/s   "
+                         f"ratio {engine / opencv:6.2f}x")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines.append(f"  peak RSS of this process {peak:,.0f} MiB")
+    return "\n".join(lines)
 
 
 def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_size: int = 256, pairs: int = 2048,

@@ -166,15 +166,22 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
 @click.option("--batch-size", "-b", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--n", "pairs", default=2048, show_default=True, type=click.IntRange(1), help="Pairs to time.")
 @click.option("--workers", default=None, type=click.IntRange(1),
-              help="Processes for the OpenCV loop (default: every core).")
-def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs: int, workers: int | None) -> None:
+              help="Processes for the OpenCV loop and decoding workers (default: every core).")
+@click.option("--build", "end_to_end", is_flag=True,
+              help="Time `degrade build` end to end (raw and PNG) against an OpenCV loop that decodes, degrades, "
+                   "encodes and writes the same pairs.")
+def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs: int, workers: int | None,
+                  end_to_end: bool) -> None:
     """Time the engine and a plain per-image OpenCV loop on the same pairs; print both and their ratio.
 
     Also prints each stage's rate alone and the peak memory. Compare ratios, not absolute
     rates: shared machines are noisy.
     """
-    from degrade.bench import run_bench
+    from degrade.bench import run_bench, run_build_bench
 
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size)
-    click.echo(run_bench(recipe, faces, _device(device), batch_size, pairs, workers).report())
+    if end_to_end:
+        click.echo(run_build_bench(recipe, source, _device(device), batch_size, pairs, workers))
+    else:
+        click.echo(run_bench(recipe, faces, _device(device), batch_size, pairs, workers).report())
