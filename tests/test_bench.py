@@ -61,3 +61,14 @@ def test_bench_prints_both_rates_and_their_ratio():
     assert engine > 0 and opencv > 0
     assert ratio == pytest.approx(engine / opencv, rel=0.05, abs=0.01)
     assert "resize (resize)" in output
+
+
+def test_bench_build_reports_both_formats_with_consistent_ratios():
+    output = CliRunner().invoke(main, ["bench", "--build", "--recipe", "maug", "--n", "64", "--batch-size", "32",
+                                       "--workers", "1", "--device", "cpu"]).output
+    rows = re.findall(r"(raw|png)\s+engine\s+([\d,]+) pairs/s\s+OpenCV loop\s+([\d,]+) pairs/s\s+ratio\s+([\d.]+)x",
+                      output)
+    assert [row[0] for row in rows] == ["raw", "png"]
+    for _, engine, opencv, ratio in rows:
+        engine, opencv = float(engine.replace(",", "")), float(opencv.replace(",", ""))
+        assert float(ratio) == pytest.approx(engine / opencv, rel=0.05, abs=0.01)
