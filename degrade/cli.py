@@ -45,7 +45,24 @@ device_option = click.option("--device", default="auto", show_default=True,
                              help="`cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The engine's commands, plus the trainers' (`train`, `eval`), imported only when used."""
+
+    lazy = {"train": ("trainers.cli", "train_group"), "eval": ("trainers.cli", "eval_command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            import importlib
+
+            module, attribute = self.lazy[name]
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="degrade")
 def main() -> None:
     """degrade: paired high-/low-quality faces for low-quality face recognition.

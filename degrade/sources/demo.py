@@ -64,6 +64,11 @@ class DemoSource:
     def identity_of(self, keys: torch.Tensor) -> torch.Tensor:
         return keys // self.images_per_identity
 
+    @property
+    def identities(self) -> torch.Tensor:
+        """(len,) int64 identity of every key."""
+        return self.identity_of(torch.arange(len(self)))
+
     def identity_name(self, identity: int) -> str:
         return f"demo_{identity:05d}"
 

@@ -1,0 +1,53 @@
+"""A source restricted to some of its samples, with keys and identity labels renumbered from 0."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from degrade.sources.base import Faces
+
+
+class SubsetSource:
+    """``source`` seen through ``keys``: key k here is ``keys[k]`` there; identities are renumbered
+    0..C-1 in ascending order of the original identity, so they can serve directly as class labels."""
+
+    def __init__(self, source, keys: torch.Tensor) -> None:
+        self.source, self.keys = source, keys.to(torch.int64)
+        self.name, self.size = f"{source.name} (subset of {len(keys)})", source.size
+        self.original_identity, self.labels = source.identities[self.keys].unique(return_inverse=True)
+
+    @property
+    def identities(self) -> torch.Tensor:
+        return self.labels
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.original_identity)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def identity_name(self, identity: int) -> str:
+        return self.source.identity_name(int(self.original_identity[identity]))
+
+    def sample_name(self, key: int) -> str:
+        return self.source.sample_name(int(self.keys[key]))
+
+    def load(self, keys: torch.Tensor) -> Faces:
+        faces = self.source.load(self.keys[keys])
+        position = {int(k): n for n, k in enumerate(self.keys[keys].tolist())}
+        local = torch.tensor([int(keys[position[int(k)]]) for k in faces.key], dtype=torch.int64)
+        skipped = [(int(keys[position[k]]), reason) for k, reason in faces.skipped]
+        return dataclasses.replace(faces, key=local, identity=self.labels[local], skipped=skipped)
+
+
+def identities_outside_pairs(source, pairs_source, folds: list[int]) -> torch.Tensor:
+    """Keys of ``source`` whose identity names do not appear in ``folds`` (from 1) of a pairs protocol."""
+    pairs = pairs_source.pairs
+    chosen = torch.isin(pairs.fold, torch.tensor(folds) - 1)
+    used = {pairs_source.identity_name(int(i))
+            for i in torch.cat([pairs_source.identities[pairs.left[chosen]], pairs_source.identities[pairs.right[chosen]]])}
+    keep = [k for k in range(len(source)) if source.identity_name(int(source.identities[k])) not in used]
+    return torch.tensor(keep, dtype=torch.int64)

@@ -1,0 +1,209 @@
+"""Trainer core: heads, losses and the k-fold protocol against hand-computed values; the teacher
+loads exactly and verifies LFW; a CPU smoke run learns and resumes as the same run."""
+
+import math
+
+import pytest
+import torch
+
+from degrade.ops.resize import Resize
+from degrade.recipe import load_recipe
+from degrade.sources import open_source
+from degrade.sources.subset import SubsetSource
+from degrade.stream import PairStream
+from trainers.backbones import build_backbone, checkpoint_state
+from trainers.evaluate import kfold_accuracy, probe, roc_auc, tar_at_far
+from trainers.heads import AdaFace, ArcFace, CosFace
+from trainers.losses import log_exp_contrast
+from trainers.loop import TrainConfig, learning_rate_factor, train
+from trainers.lrfr import LRFR
+
+from .conftest import SHARED_DATA
+
+TEACHER = SHARED_DATA / "weights" / "mobilefacenet" / "068.ckpt"
+
+
+def two_class_head(head_class, **options):
+    head = head_class(2, 2, **options)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+    return head
+
+
+def at_angle(angle: float, norm: float = 3.0) -> torch.Tensor:
+    return norm * torch.tensor([[math.cos(angle), math.sin(angle)]])
+
+
+# ---- heads ----------------------------------------------------------------------------------
+
+
+def test_arcface_adds_the_angular_margin_to_the_own_class_only():
+    logits = two_class_head(ArcFace)(at_angle(0.6), torch.tensor([0]))
+    assert logits[0, 0].item() == pytest.approx(64 * math.cos(0.6 + 0.5), abs=1e-4)
+    assert logits[0, 1].item() == pytest.approx(64 * math.sin(0.6), abs=1e-4)
+
+
+def test_arcface_past_pi_falls_back_to_a_monotonic_logit():
+    logits = two_class_head(ArcFace)(at_angle(3.0), torch.tensor([0]))
+    assert logits[0, 0].item() == pytest.approx(64 * (math.cos(3.0) - math.sin(math.pi - 0.5) * 0.5), abs=1e-3)
+
+
+def test_cosface_subtracts_the_margin_from_the_own_cosine():
+    logits = two_class_head(CosFace)(at_angle(0.6), torch.tensor([1]))
+    assert logits[0, 1].item() == pytest.approx(64 * (math.sin(0.6) - 0.35), abs=1e-4)
+    assert logits[0, 0].item() == pytest.approx(64 * math.cos(0.6), abs=1e-4)
+
+
+@pytest.mark.parametrize("norm, r", [(10.0, -1.0), (20.0, 0.0), (30.0, 1.0)])
+def test_adaface_margin_follows_the_feature_norm(norm, r):
+    head = two_class_head(AdaFace).eval()
+    head.norm_mean.fill_(20.0)
+    head.norm_std.fill_(3.33 - 1e-3)  # so that (norm - 20) / (std + eps) * 0.333 = (norm - 20) / 10
+    theta = 0.9
+    logit = head(at_angle(theta, norm), torch.tensor([0]))[0, 0].item() / 64
+    assert logit == pytest.approx(math.cos(theta - 0.4 * r) - (0.4 + 0.4 * r), abs=1e-3)
+
+
+def test_adaface_low_norm_is_arcface_and_middle_norm_is_cosface():
+    head = two_class_head(AdaFace).eval()
+    head.norm_mean.fill_(20.0)
+    head.norm_std.fill_(1.0)
+    low = head(at_angle(0.7, 1.0), torch.tensor([0]))[0, 0].item() / 64
+    middle = head(at_angle(0.7, 20.0), torch.tensor([0]))[0, 0].item() / 64
+    assert low == pytest.approx(math.cos(0.7 + 0.4), abs=1e-4)
+    assert middle == pytest.approx(math.cos(0.7) - 0.4, abs=1e-4)
+
+
+def test_adaface_keeps_norm_statistics_by_moving_average():
+    head = AdaFace(2, 2).train()
+    embeddings = torch.tensor([[40.0, 0.0], [0.0, 40.0]])
+    head(embeddings, torch.tensor([0, 1]))
+    assert head.norm_mean.item() == pytest.approx(0.99 * 20 + 0.01 * 40)
+    assert head.norm_std.item() == pytest.approx(0.99 * 100 + 0.01 * 0.0)
+
+
+# ---- L_LogExp -------------------------------------------------------------------------------
+
+
+def test_log_exp_value_and_gradient_p1():
+    x = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    y = torch.tensor([[1.0, 2.0]])
+    loss = log_exp_contrast(x, y, p=1)
+    assert loss.item() == pytest.approx(0.5 * math.log(math.e + math.e ** 2 - 1))
+    loss.backward()
+    total = math.e + math.e ** 2 - 1
+    assert x.grad[0].tolist() == pytest.approx([-0.5 * math.e / total, -0.5 * math.e ** 2 / total])
+
+
+def test_log_exp_value_and_gradient_p2():
+    x = torch.tensor([[0.5, -1.0]], requires_grad=True)
+    y = torch.zeros(1, 2)
+    loss = log_exp_contrast(x, y, p=2)
+    inside = math.exp(0.25) + math.exp(1.0) - 1
+    assert loss.item() == pytest.approx(math.log(inside) / 4)
+    loss.backward()
+    assert x.grad[0].tolist() == pytest.approx([math.exp(0.25) * 2 * 0.5 / (4 * inside),
+                                                math.exp(1.0) * 2 * -1.0 / (4 * inside)])
+
+
+def test_log_exp_is_zero_for_equal_embeddings_and_averages_over_the_batch():
+    y = torch.randn(4, 16)
+    assert log_exp_contrast(y, y).item() == 0
+    x = y + 0.1
+    assert log_exp_contrast(x, y).item() == pytest.approx(log_exp_contrast(x[:1], y[:1]).item())
+
+
+# ---- protocol -------------------------------------------------------------------------------
+
+
+def synthetic_scores():
+    """10 folds of 10 same (score 0.8) and 10 different pairs (0.2), one different pair per fold at 0.9."""
+    same = torch.tensor(([True] * 10 + [False] * 10) * 10)
+    scores = torch.where(same, 0.8, 0.2)
+    fold = torch.arange(200) // 20
+    scores[torch.arange(10) * 20 + 10] = 0.9
+    return scores, same, fold
+
+
+def test_kfold_accuracy_has_the_known_answer():
+    scores, same, fold = synthetic_scores()
+    mean, std = kfold_accuracy(scores, same, fold)
+    assert mean == pytest.approx(0.95, abs=1e-6) and std == pytest.approx(0.0, abs=1e-6)
+
+
+def test_tar_at_far_and_auc_have_the_known_answers():
+    scores, same, _ = synthetic_scores()
+    assert tar_at_far(scores, same, 0.01) == 0.0   # the ten 0.9 negatives must stay rejected
+    assert tar_at_far(scores, same, 0.1) == 1.0
+    assert roc_auc(scores, same) == pytest.approx(0.9)
+
+
+def test_probe_resolution_is_the_engines_resize(faces):
+    assert torch.equal(probe(faces[:4], 14), Resize(sides=[14]).apply(faces[:4], {"side": torch.full((4,), 14)}))
+    assert torch.equal(probe(faces[:4], 112), faces[:4])
+
+
+def test_learning_rate_schedules():
+    config = TrainConfig(out=".", steps=100, warmup_steps=10, schedule="cosine")
+    assert learning_rate_factor(0, config) == pytest.approx(0.1)
+    assert learning_rate_factor(10, config) == pytest.approx(1.0)
+    assert learning_rate_factor(55, config) == pytest.approx(0.5)
+    step = TrainConfig(out=".", steps=100, schedule="step", milestones=(0.5, 0.75))
+    assert [learning_rate_factor(s, step) for s in (10, 60, 90)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+# ---- teacher --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    if not TEACHER.is_file():
+        pytest.skip(f"pretrained MobileFaceNet not found at {TEACHER}")
+    return build_backbone("mobilefacenet", TEACHER)
+
+
+def test_teacher_state_dict_matches_the_module_exactly(teacher):
+    stored = checkpoint_state(TEACHER)
+    assert set(stored) == set(teacher.state_dict())
+    assert len(stored) == 333
+    assert all(stored[k].shape == v.shape for k, v in teacher.state_dict().items())
+
+
+def test_teacher_verifies_lfw_at_98_5_percent(teacher, lfw_source):
+    from trainers.evaluate import evaluate_pairs
+
+    protocol = open_source(str(SHARED_DATA / "lfw112" / "pairs.txt"))
+    results = evaluate_pairs(teacher, protocol, [112])
+    assert len(protocol.pairs.same) == 4800
+    assert results["same"]["112"]["accuracy"] >= 0.985
+
+
+# ---- smoke training -------------------------------------------------------------------------
+
+
+def smoke_stream():
+    demo = open_source("demo")
+    faces = SubsetSource(demo, torch.arange(40))  # 4 identities x 10 images
+    return PairStream.from_source(load_recipe("maug"), faces, batch_size=8), faces.num_identities
+
+
+def smoke_trainer(classes: int) -> LRFR:
+    torch.manual_seed(0)
+    return LRFR(build_backbone("mobilefacenet"), classes, head="arcface", p=2.0)
+
+
+def test_smoke_training_learns_and_resumes_as_the_same_run(tmp_path):
+    stream, classes = smoke_stream()
+    config = dict(steps=16, lr=0.05, log_every=1, checkpoint_every=8, progress=False)
+    straight = smoke_trainer(classes)
+    rows = train(straight, stream, TrainConfig(out=tmp_path / "straight", **config))
+    first, last = sum(r["loss"] for r in rows[:4]) / 4, sum(r["loss"] for r in rows[-4:]) / 4
+    assert last < 0.8 * first
+
+    stream, _ = smoke_stream()
+    train(smoke_trainer(classes), stream, TrainConfig(out=tmp_path / "split", max_steps=8, **config))
+    resumed = smoke_trainer(classes)
+    later_rows = train(resumed, smoke_stream()[0], TrainConfig(out=tmp_path / "split", **config))
+    assert [r["step"] for r in later_rows] == list(range(9, 17))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name

@@ -1,0 +1,188 @@
+"""``degrade train NAME`` and ``degrade eval``: the trainers' command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from trainers.backbones import BACKBONES, build_backbone
+
+
+def parse_resolutions(text: str) -> list[int]:
+    try:
+        sides = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise click.BadParameter(f"expected sides like 7,14,20,112, got {text!r}") from None
+    if not sides or min(sides) < 1:
+        raise click.BadParameter(f"expected positive sides, got {text!r}")
+    return sides
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return sorted({int(s) for s in text.split(",")})
+    except ValueError:
+        raise click.BadParameter(f"expected fold numbers like 7,8, got {text!r}") from None
+
+
+def training_source(source: str, size: int, exclude_pairs: str | None, exclude_folds: str | None):
+    """The training faces: the source, minus identities in the excluded folds, labels renumbered."""
+    from degrade.sources import open_source
+    from degrade.sources.subset import SubsetSource, identities_outside_pairs
+
+    faces = open_source(source, size)
+    keys = torch.arange(len(faces))
+    if exclude_pairs:
+        keys = identities_outside_pairs(faces, open_source(exclude_pairs, size), parse_folds(exclude_folds) or [])
+    return SubsetSource(faces, keys)
+
+
+def common_training_options(command):
+    options = [
+        click.option("--source", "-s", default="demo", show_default=True, help="Training faces (any degrade source)."),
+        click.option("--recipe", "-r", default=None, help="Recipe making the LQ views (default: the trainer's)."),
+        click.option("--from-dataset", type=click.Path(file_okay=False, exists=True), default=None,
+                     help="Read pairs from a finished `degrade build` instead of making them on the fly."),
+        click.option("--exclude-pairs", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="A pairs.txt whose identities (in --exclude-folds) are left out of training."),
+        click.option("--exclude-folds", default=None, help="Folds of --exclude-pairs to leave out, e.g. 7,8."),
+        click.option("--backbone", default="mobilefacenet", show_default=True, type=click.Choice(sorted(BACKBONES))),
+        click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="Start the backbone from this checkpoint."),
+        click.option("--head", default="arcface", show_default=True, type=click.Choice(["arcface", "cosface", "adaface"])),
+        click.option("--steps", default=1000, show_default=True, type=click.IntRange(1)),
+        click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (smoke runs)."),
+        click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(1)),
+        click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"])),
+        click.option("--lr", default=0.01, show_default=True, type=float),
+        click.option("--weight-decay", default=5e-4, show_default=True, type=float),
+        click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"])),
+        click.option("--warmup", default=0, show_default=True, type=click.IntRange(0), help="Warm-up steps."),
+        click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"])),
+        click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1)),
+        click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+                     help="Run folder: log.csv, last.pt (resumed when present), step-*.pt backbones."),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--num-workers", "-j", default=0, show_default=True, type=click.IntRange(0)),
+        click.option("--seed", default=0, show_default=True, type=int),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@click.group("train")
+def train_group() -> None:
+    """Train a model on HQ/LQ pairs streamed from the engine (or read from a build)."""
+
+
+@train_group.command("lrfr")
+@common_training_options
+@click.option("--p", "power", default=2.0, show_default=True, type=click.Choice(["1", "2"]),
+              callback=lambda _c, _p, v: float(v), help="Exponent of L_LogExp.")
+@click.option("--contrast-weight", default=1.0, show_default=True, type=float, help="Weight of L_LogExp (0: off).")
+@click.option("--hq-only", is_flag=True, help="Fine-tune on HQ faces only (no LQ loss, no contrast).")
+@click.option("--teacher", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Frozen teacher checkpoint for the HQ target (default: the network itself, stop-gradient).")
+def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str | None, **options) -> None:
+    """LRFR: MAug pairs, margin softmax on HQ and LQ, L_LogExp between LQ and HQ embeddings."""
+    from trainers.lrfr import LRFR
+
+    teacher_model = build_backbone(options["backbone"], teacher) if teacher else None
+    run(lambda backbone, classes: LRFR(backbone, classes, head=options["head"], use_lq=not hq_only,
+                                       contrast_weight=0.0 if hq_only else contrast_weight, p=power,
+                                       teacher=teacher_model),
+        default_recipe="maug", **options)
+
+
+def run(make_trainer, default_recipe: str, **options) -> None:
+    """Shared by every `degrade train NAME`: data, model, loop."""
+    from degrade.recipe import RecipeError, load_recipe
+    from degrade.sources import SourceError
+    from degrade.stream import PairStream
+    from trainers.loop import TrainConfig, train
+
+    device = _device(options["device"])
+    stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
+                          shuffle_seed=options["seed"])
+    try:
+        if options["from_dataset"]:
+            stream = PairStream.from_dataset(options["from_dataset"], **stream_options)
+            classes = int(stream.source.table.column("identity").to_numpy().max()) + 1
+        else:
+            recipe = load_recipe(options["recipe"] or default_recipe)
+            faces = training_source(options["source"], recipe.size, options["exclude_pairs"], options["exclude_folds"])
+            stream = PairStream.from_source(recipe, faces, **stream_options)
+            classes = faces.num_identities
+    except (RecipeError, SourceError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    backbone = build_backbone(options["backbone"], options["init"])
+    trainer = make_trainer(backbone, classes)
+    config = TrainConfig(out=Path(options["out"]), steps=options["steps"], max_steps=options["max_steps"], optimizer=options["optimizer"], lr=options["lr"],
+                         weight_decay=options["weight_decay"], schedule=options["schedule"],
+                         warmup_steps=options["warmup"], precision=options["precision"],
+                         checkpoint_every=options["checkpoint_every"], seed=options["seed"])
+    (config.out).mkdir(parents=True, exist_ok=True)
+    (config.out / "command.json").write_text(json.dumps({k: v for k, v in options.items()}, indent=2, default=str))
+    rows = train(trainer, stream, config, device)
+    if rows:
+        click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
+                   f"checkpoints in {config.out}")
+
+
+@click.command("eval")
+@click.option("--model", "models", multiple=True, required=True, metavar="NAME=BACKBONE:CHECKPOINT",
+              help="A model to evaluate, e.g. teacher=mobilefacenet:068.ckpt (repeatable).")
+@click.option("--pairs", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="LFW-style pairs.txt (images in an images/ folder beside it) or an insightface .bin.")
+@click.option("--folds", default=None, help="Only these folds of the pairs file, e.g. 7,8 (default: all).")
+@click.option("--resolutions", default="7,14,20,112", show_default=True, help="Probe sides in pixels.")
+@click.option("--identification", "gallery", type=click.Path(exists=True), default=None,
+              help="Also rank-1/5 identification on this folder source (first image of each identity is the gallery).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Folder for results.json and accuracy.png.")
+@click.option("--device", default="auto", show_default=True)
+def eval_command(models: tuple[str, ...], pairs: str, folds: str | None, resolutions: str, gallery: str | None,
+                 out: str | None, device: str) -> None:
+    """Verification (k-fold accuracy, TAR@FAR, AUC) same- and cross-resolution, and identification."""
+    from degrade.sources import SourceError, open_source
+    from trainers.evaluate import evaluate_pairs, format_table, identification, plot_accuracy, write_results
+
+    sides = parse_resolutions(resolutions)
+    try:
+        protocol = open_source(pairs)
+        gallery_source = open_source(gallery) if gallery else None
+    except SourceError as error:
+        raise click.ClickException(str(error)) from None
+    if not hasattr(protocol, "pairs"):
+        raise click.ClickException(f"{pairs}: not a pairs protocol (.txt pairs file or .bin)")
+    runs = {}
+    for spec in models:
+        name, _, model_spec = spec.partition("=")
+        backbone_name, _, checkpoint = model_spec.partition(":")
+        if not name or backbone_name not in BACKBONES:
+            raise click.BadParameter(f"expected NAME=BACKBONE[:CHECKPOINT] with a backbone of "
+                                     f"{', '.join(sorted(BACKBONES))}, got {spec!r}", param_hint="--model")
+        model = build_backbone(backbone_name, checkpoint or None)
+        results = evaluate_pairs(model, protocol, sides, parse_folds(folds), _device(device))
+        if gallery_source is not None:
+            results["identification"] = identification(model, gallery_source, torch.arange(len(gallery_source)),
+                                                       sides, _device(device))
+        runs[name] = results
+        click.echo(format_table(name, results))
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_results(runs, Path(out) / "results.json")
+        plot_accuracy(runs, Path(out) / "accuracy.png")
+        click.echo(f"wrote {out}/results.json and {out}/accuracy.png")

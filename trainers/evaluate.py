@@ -1,0 +1,177 @@
+"""Evaluation at chosen probe resolutions: verification (k-fold accuracy, TAR@FAR, ROC AUC) on a
+pairs protocol, same-resolution and cross-resolution, and rank-1/5 identification.
+
+Probe images are made with the engine's own resize op (area down to ``r`` px, bicubic back
+to 112), which draws nothing at random, so every model sees exactly the same probes.
+Embeddings are the usual flip-concatenation, L2-normalised, compared by cosine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from degrade.engine import to_float
+from degrade.ops.resize import Resize
+
+FARS = (1e-2, 1e-3)
+
+
+def probe(images: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, 3, S, S) in [0, 1] -> the same faces reduced to ``side`` px and brought back to S."""
+    size = images.shape[-1]
+    if side >= size:
+        return images
+    op = Resize(sides=[side], size=size)
+    return op.apply(images, {"side": torch.full((len(images),), side, device=images.device)})
+
+
+@torch.no_grad()
+def embed(model: nn.Module, images: torch.Tensor, device: str | torch.device = "cpu", batch_size: int = 256) -> torch.Tensor:
+    """Flip-concatenated, L2-normalised embeddings: (N, 3, S, S) in [0, 1] -> (N, 2 D) on the CPU."""
+    model.eval()
+    model.to(device, memory_format=torch.channels_last)  # about 1.4x faster for depth-wise convs on CPU
+    out = []
+    for chunk in images.split(batch_size):
+        chunk = chunk.to(device).contiguous(memory_format=torch.channels_last)
+        both = model(torch.cat([chunk, chunk.flip(-1)])).float()
+        out.append(nn.functional.normalize(torch.cat(both.chunk(2), dim=1), dim=1).cpu())
+    return torch.cat(out)
+
+
+def kfold_accuracy(scores: torch.Tensor, same: torch.Tensor, fold: torch.Tensor) -> tuple[float, float]:
+    """Verification accuracy, each fold tested at the threshold best on the other folds: (mean, std)."""
+    folds = fold.unique()
+    if len(folds) < 2:
+        raise ValueError("k-fold accuracy needs at least two folds")
+    accuracies = []
+    for k in folds:
+        train, test = fold != k, fold == k
+        candidates = torch.cat([scores[train], scores[train].max()[None] + 1e-6])
+        correct = ((scores[train][None, :] >= candidates[:, None]) == same[train][None, :]).float().mean(dim=1)
+        threshold = candidates[correct.argmax()]
+        accuracies.append(((scores[test] >= threshold) == same[test]).float().mean())
+    accuracies = torch.stack(accuracies)
+    return accuracies.mean().item(), accuracies.std(unbiased=False).item()
+
+
+def tar_at_far(scores: torch.Tensor, same: torch.Tensor, far: float) -> float:
+    """True-accept rate at the threshold where at most ``far`` of the different pairs are accepted."""
+    negatives = scores[~same].sort(descending=True).values
+    allowed = int(far * len(negatives))
+    threshold = negatives[allowed] if allowed < len(negatives) else negatives[-1] - 1e-6
+    return (scores[same] > threshold).float().mean().item()
+
+
+def roc_auc(scores: torch.Tensor, same: torch.Tensor) -> float:
+    """Probability that a same pair scores above a different pair (ties count half)."""
+    positives, negatives = scores[same], scores[~same]
+    above = (positives[:, None] > negatives[None, :]).float().mean()
+    ties = (positives[:, None] == negatives[None, :]).float().mean()
+    return (above + 0.5 * ties).item()
+
+
+def verification_metrics(scores: torch.Tensor, same: torch.Tensor, fold: torch.Tensor) -> dict[str, float]:
+    mean, std = kfold_accuracy(scores, same, fold)
+    metrics = {"accuracy": mean, "accuracy_std": std, "auc": roc_auc(scores, same)}
+    metrics.update({f"tar@far={far:g}": tar_at_far(scores, same, far) for far in FARS})
+    return metrics
+
+
+def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list[int] | None = None,
+                   device: str | torch.device = "cpu") -> dict[str, dict[str, dict[str, float]]]:
+    """Verification on ``source.pairs`` (optionally only ``folds``, numbered from 1) at each resolution.
+
+    Returns {"same": {r: metrics}, "cross": {r: metrics}}: ``same`` degrades both faces of a
+    pair, ``cross`` compares the HQ left face with the degraded right face.
+    """
+    pairs = source.pairs
+    chosen = torch.ones_like(pairs.same) if not folds else torch.isin(pairs.fold, torch.tensor(folds) - 1)
+    left, right, same, fold = pairs.left[chosen], pairs.right[chosen], pairs.same[chosen], pairs.fold[chosen]
+    keys = torch.cat([left, right]).unique()
+    faces = source.load(keys)
+    if faces.skipped:
+        raise ValueError(f"{len(faces.skipped)} evaluation images could not be read: {faces.skipped[0][1]}")
+    position = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
+    position[keys] = torch.arange(len(keys))
+    hq = to_float(faces.hq)
+    hq_embedding = embed(model, hq, device)
+    results: dict[str, dict[str, dict[str, float]]] = {"same": {}, "cross": {}}
+    for side in resolutions:
+        lq_embedding = hq_embedding if side >= hq.shape[-1] else embed(model, probe(hq, side), device)
+        a, b = position[left], position[right]
+        results["same"][str(side)] = verification_metrics((lq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
+        results["cross"][str(side)] = verification_metrics((hq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
+    return results
+
+
+def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: list[int],
+                   device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """Rank-1 / rank-5 identification: each identity's first image (HQ) is the gallery, its
+    other images are probes at each resolution. ``keys`` chooses the samples used."""
+    faces = source.load(keys)
+    identity = faces.identity
+    first = torch.zeros(len(identity), dtype=torch.bool)
+    seen: set[int] = set()
+    for n, i in enumerate(identity.tolist()):
+        if i not in seen:
+            seen.add(i)
+            first[n] = True
+    has_probe = torch.isin(identity, identity[~first])
+    gallery = first & has_probe
+    probes = ~first
+    hq = to_float(faces.hq)
+    gallery_embedding = embed(model, hq[gallery], device)
+    gallery_identity = identity[gallery]
+    results = {}
+    for side in resolutions:
+        probe_embedding = embed(model, probe(hq[probes], side), device)
+        ranking = (probe_embedding @ gallery_embedding.T).argsort(dim=1, descending=True)
+        hits = gallery_identity[ranking] == identity[probes][:, None]
+        results[str(side)] = {"rank1": hits[:, :1].any(1).float().mean().item(),
+                              "rank5": hits[:, :5].any(1).float().mean().item()}
+    return results
+
+
+def format_table(name: str, results: dict) -> str:
+    """Accuracy table: one row per mode, one column per resolution."""
+    sides = list(results["same"])
+    lines = [f"{name:<24}" + "".join(f"{s + ' px':>16}" for s in sides)]
+    for mode in ("same", "cross"):
+        cells = [f"{100 * results[mode][s]['accuracy']:6.2f} ± {100 * results[mode][s]['accuracy_std']:4.2f}"
+                 for s in sides]
+        lines.append(f"  {mode + '-resolution':<22}" + "".join(f"{c:>16}" for c in cells))
+    if "identification" in results:
+        lines.append(f"  {'rank-1 identification':<22}" + "".join(
+            f"{100 * results['identification'][s]['rank1']:>16.2f}" for s in sides))
+    return "\n".join(lines)
+
+
+def plot_accuracy(runs: dict[str, dict], out: str | Path) -> None:
+    """PNG: accuracy against probe resolution, one line per model and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, results in runs.items():
+        for mode, style in (("same", "-o"), ("cross", "--s")):
+            sides = [int(s) for s in results[mode]]
+            axes.plot(sides, [100 * results[mode][str(s)]["accuracy"] for s in sides], style, label=f"{name} ({mode})")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(sides, [str(s) for s in sides])
+    axes.set_xlabel("probe resolution (px)")
+    axes.set_ylabel("verification accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out)
+    plt.close(figure)
+
+
+def write_results(runs: dict[str, dict], out: str | Path) -> None:
+    Path(out).write_text(json.dumps(runs, indent=2, sort_keys=True))

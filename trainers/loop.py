@@ -1,0 +1,174 @@
+"""One training loop for every trainer.
+
+A trainer is an ``nn.Module`` whose ``forward(batch)`` returns ``(loss, metrics)`` for a
+batch of pairs from :class:`degrade.stream.PairStream` (made on the fly or read from a build).
+The loop adds the optimiser (SGD or AdamW), warm-up then cosine or step schedule, bf16 / fp16
+autocast, DDP under ``torchrun``, a tqdm bar, a CSV log (and TensorBoard when installed), and
+checkpoints every N steps that resume the same run, also on a different number of ranks: the
+checkpoint counts samples seen, and the stream restarts at that sample's epoch and batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from degrade.stream import PairStream
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    out: Path
+    steps: int                      # length of the schedule
+    max_steps: int | None = None    # stop earlier (smoke runs); the schedule still spans ``steps``
+    optimizer: str = "sgd"          # sgd | adamw
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"        # cosine | step
+    warmup_steps: int = 0
+    milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the run where lr drops 10x
+    precision: str = "fp32"         # fp32 | bf16 | fp16
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    progress: bool = True
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 0.1 ** sum(progress >= m for m in config.milestones)
+
+
+def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
+    trainable = [p for p in parameters if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; use sgd or adamw")
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save(path: Path, state: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+class _Log:
+    """CSV rows (and TensorBoard scalars when the package is there), rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool) -> None:
+        self.path, self.enabled, self.fields, self.board = out / "log.csv", enabled, None, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                self.board = None
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        if self.fields is None:
+            self.fields = list(row)
+            if not self.path.exists():
+                with open(self.path, "w", newline="") as handle:
+                    csv.DictWriter(handle, self.fields).writeheader()
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, self.fields, extrasaction="ignore").writerow(row)
+        if self.board is not None:
+            for name, value in row.items():
+                if name != "step":
+                    self.board.add_scalar(name, value, row["step"])
+
+
+def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: str | torch.device = "cpu") -> list[dict]:
+    """Train ``trainer`` for ``config.steps`` steps (resuming from ``config.out/last.pt`` if present).
+
+    Returns the logged rows of this call.
+    """
+    device = torch.device(device)
+    rank, world = _distributed()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    trainer.to(device)
+    optimizer = make_optimizer(trainer.parameters(), config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    step, samples_seen = 0, 0
+    last = out / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        trainer.load_state_dict(state["trainer"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, samples_seen = state["step"], state["samples_seen"]
+    model = trainer
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast_type = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    per_batch = stream.batch_size * stream.world_size
+    per_epoch = len(stream) * per_batch
+    log = _Log(out, rank == 0)
+    rows: list[dict] = []
+    end = min(config.steps, config.max_steps or config.steps)
+    bar = tqdm(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
+    started, started_samples = time.perf_counter(), samples_seen
+    trainer.train()
+    while step < end:
+        stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
+        for batch in stream:
+            with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
+                loss, metrics = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            samples_seen += per_batch
+            bar.update(1)
+            if step % config.log_every == 0 or step == end:
+                rate = (samples_seen - started_samples) / (time.perf_counter() - started)
+                row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
+                       **{k: float(v) for k, v in metrics.items()}}
+                rows.append(row)
+                log.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
+                state = {"trainer": trainer.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                         "samples_seen": samples_seen, "config": dataclasses.asdict(config)}
+                _save(last, state)
+                _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(), "step": step})
+            if step >= end:
+                break
+    bar.close()
+    return rows
