@@ -89,7 +89,7 @@ def train_group() -> None:
 
 @train_group.command("lrfr")
 @common_training_options
-@click.option("--p", "power", default=2.0, show_default=True, type=click.Choice(["1", "2"]),
+@click.option("--p", "power", default="2", show_default=True, type=click.Choice(["1", "2"]),
               callback=lambda _c, _p, v: float(v), help="Exponent of L_LogExp.")
 @click.option("--contrast-weight", default=1.0, show_default=True, type=float, help="Weight of L_LogExp (0: off).")
 @click.option("--hq-only", is_flag=True, help="Fine-tune on HQ faces only (no LQ loss, no contrast).")
