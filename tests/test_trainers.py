@@ -207,3 +207,13 @@ def test_smoke_training_learns_and_resumes_as_the_same_run(tmp_path):
     assert [r["step"] for r in later_rows] == list(range(9, 17))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_frozen_backbone_steps_train_only_the_head(tmp_path):
+    stream, classes = smoke_stream()
+    trainer = smoke_trainer(classes)
+    backbone_before = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
+    head_before = trainer.head.weight.detach().clone()
+    train(trainer, stream, TrainConfig(out=tmp_path, steps=2, lr=0.05, frozen_backbone_steps=2, progress=False))
+    assert all(torch.equal(v, backbone_before[k]) for k, v in trainer.backbone.state_dict().items())
+    assert not torch.equal(trainer.head.weight.detach(), head_before)

@@ -63,6 +63,8 @@ def common_training_options(command):
         click.option("--weight-decay", default=5e-4, show_default=True, type=float),
         click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"])),
         click.option("--warmup", default=0, show_default=True, type=click.IntRange(0), help="Warm-up steps."),
+        click.option("--frozen-backbone-steps", default=0, show_default=True, type=click.IntRange(0),
+                     help="First steps train only the heads (warms a new head up on a pretrained backbone)."),
         click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"])),
         click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1)),
         click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
@@ -131,7 +133,8 @@ def run(make_trainer, default_recipe: str, **options) -> None:
     trainer = make_trainer(backbone, classes)
     config = TrainConfig(out=Path(options["out"]), steps=options["steps"], max_steps=options["max_steps"], optimizer=options["optimizer"], lr=options["lr"],
                          weight_decay=options["weight_decay"], schedule=options["schedule"],
-                         warmup_steps=options["warmup"], precision=options["precision"],
+                         warmup_steps=options["warmup"], frozen_backbone_steps=options["frozen_backbone_steps"],
+                         precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
     (config.out).mkdir(parents=True, exist_ok=True)
     (config.out / "command.json").write_text(json.dumps({k: v for k, v in options.items()}, indent=2, default=str))

@@ -37,6 +37,7 @@ class TrainConfig:
     warmup_steps: int = 0
     milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the run where lr drops 10x
     precision: str = "fp32"         # fp32 | bf16 | fp16
+    frozen_backbone_steps: int = 0  # first steps train everything but ``trainer.backbone`` (head warm-up)
     checkpoint_every: int = 500
     log_every: int = 10
     seed: int = 0
@@ -142,9 +143,15 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     bar = tqdm(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
     started, started_samples = time.perf_counter(), samples_seen
     trainer.train()
+
+    def freeze_backbone(frozen: bool) -> None:
+        trainer.backbone.requires_grad_(not frozen)
+        trainer.backbone.train(not frozen)  # keep its BatchNorm statistics too
+
     while step < end:
         stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
         for batch in stream:
+            freeze_backbone(step < config.frozen_backbone_steps)
             with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
                 loss, metrics = model(batch)
             optimizer.zero_grad(set_to_none=True)
