@@ -75,5 +75,11 @@ class BuiltPairs:
         for n, value in enumerate(table.column("lq").to_pylist()):
             side = int(sides[n]) if sides is not None else canvas
             lq[n, :, :side, :side] = _decode(value, image_format, side)
+        attributes = None
+        if "attributes" in table.column_names:
+            columns = flat_table(table.select(["attributes"]))
+            attributes = torch.stack([torch.tensor(columns.column(c).to_numpy(zero_copy_only=False).astype("float32"))
+                                      for c in columns.column_names], dim=1)
         return PairBatch(key=torch.tensor(table.column("key").to_numpy()),
-                         identity=torch.tensor(table.column("identity").to_numpy()), hq=hq, lq=lq, params=params)
+                         identity=torch.tensor(table.column("identity").to_numpy()), hq=hq, lq=lq, params=params,
+                         attributes=attributes)

@@ -31,10 +31,12 @@ class PairBatch:
     hq: torch.Tensor        # (N, 3, S, S) uint8
     lq: torch.Tensor        # (N, 3, S', S') uint8
     params: Params          # flat dict of (N,) tensors
+    attributes: torch.Tensor | None = None  # (N, A) float32, NaN where unknown
 
     def _map(self, move) -> PairBatch:
         return PairBatch(move(self.key), move(self.identity), move(self.hq), move(self.lq),
-                         {k: move(v) for k, v in self.params.items()})
+                         {k: move(v) for k, v in self.params.items()},
+                         None if self.attributes is None else move(self.attributes))
 
     def cpu(self) -> PairBatch:
         return self._map(lambda t: t.cpu())

@@ -50,16 +50,20 @@ class PairStream:
         shuffle, shuffle_seed: epoch order, a permutation drawn from (shuffle_seed, epoch).
         num_workers: DataLoader processes decoding.
         rank, world_size: default from torch.distributed when initialised, else 0 and 1.
+        attributes: an Attributes table whose values join each on-the-fly batch as ``attributes``
+            (N, A), NaN where unknown; a build's own attributes column is used when present.
     """
 
     def __init__(self, recipe: Recipe | None, source, *, batch_size: int, device: str | torch.device = "cpu",
                  seed: int | None = None, shuffle: bool = True, shuffle_seed: int = 0, num_workers: int = 0,
-                 rank: int | None = None, world_size: int | None = None, degrade_on_the_fly: bool = True) -> None:
+                 rank: int | None = None, world_size: int | None = None, degrade_on_the_fly: bool = True,
+                 attributes=None) -> None:
         self.recipe, self.source, self.batch_size = recipe, source, batch_size
         self.device = torch.device(device)
         self.seed, self.shuffle, self.shuffle_seed, self.num_workers = seed, shuffle, shuffle_seed, num_workers
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.degrade_on_the_fly = degrade_on_the_fly
+        self.attributes = attributes
         self.epoch, self.start_step = 0, 0
         if len(self) == 0:
             raise ValueError(f"{len(source)} samples make no full batch of {batch_size} on each of {self.world_size} ranks")
@@ -105,10 +109,15 @@ class PairStream:
         for item in decoded_batches(self.source, self.rank_batches(), self.num_workers, pin_memory=pin):
             if self.degrade_on_the_fly:
                 batch = degrade_faces(self.recipe, item, self.device, self.seed)
+                if self.attributes is not None:
+                    batch.attributes = self.attributes.lookup(self.source, item.key, item.identity).to(self.device)
             else:
                 batch = item.to(self.device)
             yield _as_dict(batch)
 
 
 def _as_dict(batch: PairBatch) -> dict:
-    return {"hq": batch.hq, "lq": batch.lq, "identity": batch.identity, "key": batch.key, "params": batch.params}
+    out = {"hq": batch.hq, "lq": batch.lq, "identity": batch.identity, "key": batch.key, "params": batch.params}
+    if batch.attributes is not None:
+        out["attributes"] = batch.attributes
+    return out

@@ -199,6 +199,15 @@ def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
+@torch.no_grad()
+def feature_shape(backbone: nn.Module, size: int = 112) -> tuple[int, int, int]:
+    """(C, H, W) of ``backbone.features`` for (size, size) input."""
+    was_training = backbone.training
+    shape = backbone.eval().features(torch.zeros(1, 3, size, size)).shape[1:]
+    backbone.train(was_training)
+    return tuple(shape)
+
+
 def build_backbone(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     """A registered backbone, with weights from ``checkpoint`` when given (all keys must match)."""
     if name not in BACKBONES:

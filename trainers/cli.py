@@ -108,7 +108,59 @@ def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str
         default_recipe="maug", **options)
 
 
-def run(make_trainer, default_recipe: str, **options) -> None:
+@train_group.command("lgaf")
+@common_training_options
+@click.option("--mode", default="lgf", show_default=True, type=click.Choice(["local", "global", "concat", "lgf"]),
+              help="Embedding: MHMS local only, global only, plain concatenation, or LGF fusion.")
+@click.option("--heads", "mhms_heads", default=4, show_default=True, type=click.IntRange(1), help="MHMS heads b.")
+def train_lgaf(mode: str, mhms_heads: int, **options) -> None:
+    """LGAF: MHMS local features, the global embedding, and their norm-weighted fusion (LGF)."""
+    from trainers.backbones import feature_shape
+    from trainers.lgaf import LGAF
+
+    run(lambda backbone, classes: LGAF(backbone, classes, feature_shape(backbone), mode=mode, heads=mhms_heads,
+                                       head=options["head"]),
+        default_recipe="lgaf", **options)
+
+
+@train_group.command("catface")
+@common_training_options
+@click.option("--stage", type=click.Choice(["1", "2"]), default="1", show_default=True)
+@click.option("--attributes", "attribute_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Stage 1: CSV/TSV of soft-biometric labels keyed by file or identity.")
+@click.option("--stage1", "stage1_checkpoint", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Stage 2: the stage-1 run's last.pt.")
+@click.option("--fusion", default="catf", show_default=True, type=click.Choice(["none", "concat", "add", "catf"]))
+def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str | None, fusion: str, **options) -> None:
+    """CATFace: stage 1 (AdaFace + attributes + self-attention distillation), stage 2 (fusion)."""
+    from degrade.sources.attributes import Attributes
+    from trainers.backbones import feature_shape
+    from trainers.catface import CATFACE_ATTRIBUTES, CATFaceStage1, CATFaceStage2
+
+    if stage == "1" and not attribute_file:
+        raise click.UsageError("stage 1 needs --attributes")
+    if stage == "2" and not stage1_checkpoint:
+        raise click.UsageError("stage 2 needs --stage1 (the stage-1 run's last.pt)")
+    columns = CATFACE_ATTRIBUTES
+    attributes = None
+    if attribute_file:
+        table = Attributes(attribute_file)
+        columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in table.names else ())
+        attributes = table.select(columns)
+
+    def make(backbone, classes):
+        shape = feature_shape(backbone)
+        stage1 = CATFaceStage1(backbone, classes, shape, columns)
+        if stage == "1":
+            return stage1
+        state = torch.load(stage1_checkpoint, map_location="cpu", weights_only=False)["trainer"]
+        stage1.load_state_dict(state)
+        return CATFaceStage2(stage1, classes, shape, fusion)
+
+    run(make, default_recipe="catface", attributes=attributes, **options)
+
+
+def run(make_trainer, default_recipe: str, attributes=None, **options) -> None:
     """Shared by every `degrade train NAME`: data, model, loop."""
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
@@ -125,7 +177,7 @@ def run(make_trainer, default_recipe: str, **options) -> None:
         else:
             recipe = load_recipe(options["recipe"] or default_recipe)
             faces = training_source(options["source"], recipe.size, options["exclude_pairs"], options["exclude_folds"])
-            stream = PairStream.from_source(recipe, faces, **stream_options)
+            stream = PairStream.from_source(recipe, faces, attributes=attributes, **stream_options)
             classes = faces.num_identities
     except (RecipeError, SourceError, ValueError) as error:
         raise click.ClickException(str(error)) from None

@@ -143,15 +143,21 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     bar = tqdm(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
     started, started_samples = time.perf_counter(), samples_seen
     trainer.train()
+    trainable = {name: p.requires_grad for name, p in trainer.backbone.named_parameters()}
 
     def freeze_backbone(frozen: bool) -> None:
-        trainer.backbone.requires_grad_(not frozen)
-        trainer.backbone.train(not frozen)  # keep its BatchNorm statistics too
+        """Head warm-up: the backbone takes no gradient and keeps its BatchNorm statistics."""
+        for name, parameter in trainer.backbone.named_parameters():
+            parameter.requires_grad_(trainable[name] and not frozen)
+        trainer.train()
+        if frozen:
+            trainer.backbone.eval()
 
     while step < end:
         stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
         for batch in stream:
-            freeze_backbone(step < config.frozen_backbone_steps)
+            if step < config.frozen_backbone_steps or step == config.frozen_backbone_steps > 0:
+                freeze_backbone(step < config.frozen_backbone_steps)
             with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
                 loss, metrics = model(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -174,7 +180,8 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                          "samples_seen": samples_seen, "config": dataclasses.asdict(config)}
                 _save(last, state)
-                _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(), "step": step})
+                _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
+                                                    "trainer": trainer.state_dict(), "step": step})
             if step >= end:
                 break
     bar.close()

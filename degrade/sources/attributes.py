@@ -41,6 +41,17 @@ class Attributes:
             except ValueError:
                 raise SourceError(f"{path}:{number}: attribute values must be numbers") from None
 
+    def select(self, names: list[str] | tuple[str, ...]) -> Attributes:
+        """The same table restricted to ``names`` (in that order)."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise SourceError(f"{self.path}: no column {missing[0]!r} (has {', '.join(self.names[:8])}, ...)")
+        index = [self.names.index(n) for n in names]
+        chosen = object.__new__(Attributes)
+        chosen.path, chosen.keyed_by, chosen.names = self.path, self.keyed_by, list(names)
+        chosen.values = {k: v[index] for k, v in self.values.items()}
+        return chosen
+
     def lookup(self, source, keys: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         """(M, A) float32 attributes of the samples ``keys`` of ``source`` (NaN where missing)."""
         missing = np.full(len(self.names), np.nan, np.float32)

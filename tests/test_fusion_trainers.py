@@ -1,0 +1,128 @@
+"""LGAF and CATFace building blocks against their equations, and short CPU runs of both trainers."""
+
+import math
+
+import pytest
+import torch
+
+from degrade.recipe import load_recipe
+from degrade.sources import open_source
+from degrade.sources.attributes import Attributes
+from degrade.sources.subset import SubsetSource
+from degrade.stream import PairStream
+from trainers.backbones import build_backbone, feature_shape
+from trainers.catface import (CAF, CATF, MFFNL, CATFaceStage1, CATFaceStage2, TokenSelfAttention, attribute_targets,
+                              sad_loss, weighted_bce)
+from trainers.lgaf import LGAF, MHMS, LocalGlobalFusion
+from trainers.loop import TrainConfig, train
+
+
+def test_lgf_weights_favour_the_stronger_feature_and_sum_to_one():
+    fusion = LocalGlobalFusion().train()
+    local = torch.tensor([10.0, 1.0, 5.0, 5.0])[:, None] * torch.ones(4, 8) / math.sqrt(8)
+    global_ = torch.tensor([1.0, 10.0, 5.0, 5.0])[:, None] * torch.ones(4, 8) / math.sqrt(8)
+    weights = fusion.weights(local, global_)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(4))
+    assert weights[0, 0] > 0.7 and weights[1, 0] < 0.3
+    assert torch.allclose(fusion(local, global_), weights[:, :1] * local + weights[:, 1:] * global_)
+
+
+def test_mhms_splits_its_width_over_b_heads():
+    features = torch.randn(2, 64, 7, 6)
+    two, four = MHMS(64, 7, 6, 32, heads=2), MHMS(64, 7, 6, 32, heads=4)
+    assert two(features).shape == four(features).shape == (2, 32)
+    assert len(four.heads) == 4 and four.heads[0].near[0].out_channels == 8
+    assert len(two.heads) == 2 and two.heads[0].near[0].out_channels == 16
+
+
+@pytest.mark.parametrize("mode, size", [("local", 128), ("global", 128), ("concat", 256), ("lgf", 128)])
+def test_lgaf_modes_embed_to_their_size(mode, size):
+    backbone = build_backbone("mobilefacenet")
+    model = LGAF(backbone, 5, feature_shape(backbone), mode=mode, heads=2)
+    assert model.embed(torch.rand(2, 3, 112, 112)).shape == (2, size)
+
+
+def test_self_attention_mixes_values_convexly():
+    attention = TokenSelfAttention(16)
+    a, v = attention(torch.randn(2, 16, 4, 4))
+    assert a.shape == v.shape == (2, 16, 16)
+    assert (a <= v.max(dim=1, keepdim=True).values + 1e-5).all() and (a >= v.min(dim=1, keepdim=True).values - 1e-5).all()
+
+
+def test_sad_loss_is_zero_for_matching_views_and_four_for_opposite_ones():
+    a, v = torch.randn(3, 16, 8), torch.randn(3, 16, 8)
+    assert sad_loss((a, v), (a, v)).item() == pytest.approx(0.0, abs=1e-6)
+    assert sad_loss((a, v), (-a, -v)).item() == pytest.approx(4.0, abs=1e-6)
+
+
+def test_weighted_bce_weights_male_and_bald_by_one_others_by_half_and_skips_unknowns():
+    names = ("Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes")
+    labels = torch.tensor([[1.0, 0.0, 1.0, float("nan"), 0.0]])
+    loss = weighted_bce(torch.zeros(1, 5), labels, names)
+    assert loss.item() == pytest.approx((1 + 1 + 0.5 + 0.5) * math.log(2) / 4)
+
+
+def test_lfw_gender_labels_resolve_male_from_male_and_female():
+    names = ("Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes", "Female")
+    values = torch.tensor([[1.0, 0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0, 1], [0.0, 1, 0, 0, 0, 0]])
+    targets = attribute_targets(values, names)
+    assert targets.shape == (3, 5)
+    assert targets[0, 0] == 1 and targets[1, 0] == 0 and torch.isnan(targets[2, 0]) and targets[2, 1] == 1
+
+
+def test_mffnl_has_depthwise_3x3_1x7_7x1_streams_and_keeps_the_shape():
+    block = MFFNL(16)
+    assert [tuple(s.kernel_size) for s in block.streams] == [(3, 3), (1, 7), (7, 1)]
+    assert all(s.groups == s.in_channels for s in block.streams)
+    assert block(torch.randn(2, 16, 7, 6)).shape == (2, 16, 7, 6)
+
+
+def test_caf_attends_only_within_a_channel_group():
+    caf = CAF(16, groups=4)
+    with torch.no_grad():
+        caf.gamma.fill_(1.0)
+    x = torch.randn(1, 16, 7, 6)
+    changed = x.clone()
+    changed[:, 0] += 1.0  # a channel of group 0
+    difference = (caf(changed) - caf(x)).abs().flatten(2).sum(dim=2)[0]
+    assert difference[:4].sum() > 0 and difference[4:].sum() == 0
+
+
+def test_catf_recognition_output_depends_on_the_attribute_branch():
+    catf = CATF(16, heads=4, groups=4).eval()
+    recognition, attribute = torch.randn(2, 16, 7, 6), torch.randn(2, 16, 7, 6)
+    out = catf(recognition, attribute)
+    assert out.shape == (2, 16, 7, 6)
+    assert not torch.allclose(out, catf(recognition, attribute + 1.0))
+
+
+def demo_stream(attributes=None):
+    faces = SubsetSource(open_source("demo"), torch.arange(40))
+    return PairStream.from_source(load_recipe("catface"), faces, batch_size=8, attributes=attributes), faces
+
+
+def test_catface_stages_train_on_streamed_pairs_with_attributes(tmp_path):
+    table = tmp_path / "attributes.csv"
+    table.write_text("identity,Male,Bald,Big Nose,Chubby,Narrow Eyes\n"
+                     + "".join(f"demo_{i:05d},{i % 2},0,1,0,{i % 3 == 0:d}\n" for i in range(4)))
+    stream, faces = demo_stream(Attributes(table))
+    assert next(iter(stream))["attributes"].shape == (8, 5)
+    torch.manual_seed(0)
+    backbone = build_backbone("mobilefacenet")
+    stage1 = CATFaceStage1(backbone, faces.num_identities, feature_shape(backbone))
+    rows = train(stage1, stream, TrainConfig(out=tmp_path / "one", steps=2, log_every=1, progress=False))
+    assert all(math.isfinite(r["loss"]) for r in rows) and {"identity", "attributes", "sad"} <= set(rows[0])
+    before = {k: v.clone() for k, v in stage1.state_dict().items()}
+    for fusion in ("none", "catf"):
+        stage2 = CATFaceStage2(stage1, faces.num_identities, feature_shape(backbone), fusion=fusion)
+        rows = train(stage2, demo_stream()[0], TrainConfig(out=tmp_path / fusion, steps=1, log_every=1, progress=False))
+        assert math.isfinite(rows[0]["loss"])
+    assert all(torch.equal(v, before[k]) for k, v in stage1.state_dict().items())  # stage 1 stays frozen
+
+
+def test_lgaf_trains_on_streamed_pairs(tmp_path):
+    stream, faces = demo_stream()
+    backbone = build_backbone("mobilefacenet")
+    model = LGAF(backbone, faces.num_identities, feature_shape(backbone), mode="lgf", heads=2)
+    rows = train(model, stream, TrainConfig(out=tmp_path, steps=2, log_every=1, progress=False))
+    assert all(math.isfinite(r["loss"]) for r in rows)
