@@ -207,16 +207,17 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     todo = [i for i in mine if not (out / names[i]).exists()]
     schema = pair_schema(recipe, image_format, attributes.names if attributes else [])
     started = time.perf_counter()
-    bar = tqdm(total=sum(len(_shard_range(i, shard_size, total)) for i in mine), unit="pair",
+    bounds = {i: _shard_bounds(i, shard_size, total) for i in mine}
+    bar = tqdm(total=sum(stop - first for first, stop in bounds.values()), unit="pair",
                desc=f"build {recipe.name}" + (f" rank {rank}" if world > 1 else ""), disable=not progress or rank > 0,
                smoothing=0.1)
-    bar.update(sum(len(_shard_range(i, shard_size, total)) for i in mine if i not in todo))
-    batches = [keys for i in todo for keys in torch.arange(*_shard_bounds(i, shard_size, total)).split(batch_size)]
+    bar.update(sum(stop - first for i, (first, stop) in bounds.items() if i not in todo))
+    key_batches = {i: torch.arange(*bounds[i]).split(batch_size) for i in todo}
+    batches = [keys for i in todo for keys in key_batches[i]]
     decoded = decoded_batches(source, batches, num_workers, pin_memory=str(device).startswith("cuda"))
     for index in todo:
-        first, stop = _shard_bounds(index, shard_size, total)
         tables, skipped, fixes = [], [], collections.Counter()
-        for _ in range(math.ceil((stop - first) / batch_size)):
+        for _ in key_batches[index]:
             faces = next(decoded)
             skipped += faces.skipped
             fixes.update(faces.fixes)
@@ -224,7 +225,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
             if len(faces.key) == 0:
                 continue
             batch = degrade_faces(recipe, faces, device, seed).cpu()
-            side = batch.params["resize.side"] if recipe.output_size != recipe.size else None
+            side = recipe.native_sides(batch.params)
             names_of = [source.identity_name(int(i)) for i in batch.identity]
             values = attributes.lookup(source, batch.key, batch.identity) if attributes else None
             tables.append(pairs_table(batch, schema, names_of, image_format, side, values))
@@ -240,9 +241,6 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
 def _shard_bounds(index: int, shard_size: int, total: int) -> tuple[int, int]:
     return index * shard_size, min((index + 1) * shard_size, total)
 
-
-def _shard_range(index: int, shard_size: int, total: int) -> range:
-    return range(*_shard_bounds(index, shard_size, total))
 
 
 def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size: int, image_format: str,

@@ -22,7 +22,7 @@ import torch
 
 from degrade.arrow import PNG_LEVEL
 from degrade.engine import to_float, to_uint8
-from degrade.recipe import Recipe, load_recipe
+from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Source
 
 CHUNK = 32
@@ -83,8 +83,7 @@ def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict
     params = recipe.sample(torch.arange(len(hq), device=device))
     rates = {}
     for leaf in recipe.leaves:
-        prefix = leaf.path + "."
-        own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        own = leaf_params(params, leaf)
         leaf.op.apply(images, own)
         _synchronise(device)
         started = time.perf_counter()

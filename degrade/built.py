@@ -68,7 +68,7 @@ class BuiltPairs:
         table = self.table.take(pa.array(rows.numpy()))
         recipe, image_format = self.recipe, self.manifest["format"]
         params = {k: torch.from_numpy(np.array(v)) for k, v in flat_params(table).items()}
-        sides = params.get("resize.side") if recipe.output_size != recipe.size else None
+        sides = recipe.native_sides(params)
         canvas = recipe.output_size
         hq = torch.stack([_decode(v, image_format, recipe.size) for v in table.column("hq").to_pylist()])
         lq = torch.zeros(len(hq), 3, canvas, canvas, dtype=torch.uint8)

@@ -10,7 +10,8 @@ import torch
 from degrade.recipe import RecipeError, builtin_recipes, load_recipe
 
 
-def _device(name: str) -> str:
+def resolve_device(name: str) -> str:
+    """`auto` -> cuda when available, else cpu; a CUDA name on a machine without CUDA is a usage error."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -106,7 +107,7 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
     if len(keys) == 0:
         raise click.ClickException(f"source {faces.name} has {len(faces)} samples; --start {start} is past the end")
     try:
-        batch = make_pairs(loaded, faces, keys, _device(device), seed)
+        batch = make_pairs(loaded, faces, keys, resolve_device(device), seed)
     except SourceError as error:
         raise click.ClickException(str(error)) from None
     write_preview(loaded, batch, out)
@@ -150,7 +151,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     try:
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
-                                shard_size=shard_size, device=_device(device), num_workers=num_workers,
+                                shard_size=shard_size, device=resolve_device(device), num_workers=num_workers,
                                 image_format=image_format, attributes=table)
     except (BuildError, SourceError) as error:
         raise click.ClickException(str(error)) from None
@@ -199,6 +200,6 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size)
     if end_to_end:
-        click.echo(run_build_bench(recipe, source, _device(device), batch_size, pairs, workers))
+        click.echo(run_build_bench(recipe, source, resolve_device(device), batch_size, pairs, workers))
     else:
-        click.echo(run_bench(recipe, faces, _device(device), batch_size, pairs, workers).report())
+        click.echo(run_bench(recipe, faces, resolve_device(device), batch_size, pairs, workers).report())

@@ -13,7 +13,7 @@ import math
 import cv2
 import numpy as np
 
-from degrade.recipe import Leaf, Recipe
+from degrade.recipe import Leaf, Recipe, leaf_params
 
 _UP = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 _DOWN = {"area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
@@ -142,13 +142,6 @@ def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
 
 def degrade_one(recipe: Recipe, image: np.ndarray, params: dict[str, np.ndarray], index: int) -> np.ndarray:
     """Run the whole recipe on one image with sample ``index``'s entries of the batch params."""
-    for stage in recipe.stages:
-        if not params[f"{stage.name}.applied"][index]:
-            continue
-        option = stage.options[int(params[f"{stage.name}.choice"][index])] if stage.is_group else stage.options[0]
-        for leaf in option.leaves:
-            prefix = leaf.path + "."
-            p = {k[len(prefix):]: v[index].item() for k, v in params.items()
-                 if k.startswith(prefix) and "." not in k[len(prefix):]}
-            image = apply_leaf(leaf, image, p)
+    for leaf in recipe.leaves_applied(params, index):
+        image = apply_leaf(leaf, image, {field: value[index].item() for field, value in leaf_params(params, leaf).items()})
     return image

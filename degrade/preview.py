@@ -25,7 +25,7 @@ def _display(image: torch.Tensor, side: int, size: int) -> np.ndarray:
 def preview_grid(recipe: Recipe, batch: PairBatch) -> np.ndarray:
     """BGR uint8 image: one cell per pair (HQ left, LQ right, params below)."""
     size = recipe.size
-    sides = batch.params.get("resize.side") if recipe.output_size != size else None
+    sides = recipe.native_sides(batch.params)
     lines = [[f"key {int(k)} id {int(i)}"] + describe(recipe, batch.params, n)
              for n, (k, i) in enumerate(zip(batch.key, batch.identity))]
     text_rows = max(len(entry) for entry in lines)

@@ -97,10 +97,29 @@ class Recipe:
         return [leaf for stage in self.stages for option in stage.options for leaf in option.leaves]
 
     @property
+    def _last_leaf(self) -> Leaf:
+        return self.stages[-1].options[0].leaves[-1]
+
+    @property
     def output_size(self) -> int:
         """Side of the LQ tensor: the input size, or the canvas of a native-size resize."""
-        last = self.stages[-1].options[0].leaves[-1].op
+        last = self._last_leaf.op
         return max(last.all_sides) if last.changes_size else self.size
+
+    def native_sides(self, params: Params) -> torch.Tensor | None:
+        """(N,) side of each native-size LQ inside its canvas, or None when LQ keeps the input size."""
+        last = self._last_leaf
+        return params[f"{last.path}.side"] if last.op.changes_size else None
+
+    def leaves_applied(self, params: Params, index: int) -> list[Leaf]:
+        """The ops that ran on sample ``index``, in order (stage probability and one-of choice)."""
+        leaves = []
+        for stage in self.stages:
+            if not bool(params[f"{stage.name}.applied"][index]):
+                continue
+            option = stage.options[int(params[f"{stage.name}.choice"][index])] if stage.is_group else stage.options[0]
+            leaves += option.leaves
+        return leaves
 
     def sample(self, keys: torch.Tensor, seed: int | None = None) -> Params:
         """All params of samples ``keys`` ((N,) int64): a flat dict of (N,) tensors."""
@@ -137,9 +156,10 @@ class Recipe:
         return self.apply(images, params), params
 
 
-def _leaf_params(leaf: Leaf, params: Params, rows: torch.Tensor | slice) -> Params:
+def leaf_params(params: Params, leaf: Leaf) -> Params:
+    """One op's params out of a recipe's flat dict: '<leaf path>.<field>' -> {field: value}."""
     prefix = leaf.path + "."
-    return {k[len(prefix):]: v[rows] for k, v in params.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
 
 
 def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chosen: torch.Tensor) -> torch.Tensor:
@@ -152,9 +172,9 @@ def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chose
     if not every_row and len(rows) == 0:
         return images
     subset = images[rows]
+    leaf_rows = rows if every_row else rows.cpu()
     for leaf in leaves:
-        leaf_rows = rows if every_row else rows.cpu()
-        subset = leaf.op.apply(subset, {k: v.to(images.device) for k, v in _leaf_params(leaf, params, leaf_rows).items()})
+        subset = leaf.op.apply(subset, {k: v[leaf_rows].to(images.device) for k, v in leaf_params(params, leaf).items()})
     if every_row:
         return subset
     out = images.clone()
@@ -309,16 +329,10 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
 def describe(recipe: Recipe, params: Params, index: int) -> list[str]:
     """Short lines naming what was applied to sample ``index`` and its key params."""
     lines = []
-    for stage in recipe.stages:
-        if not bool(params[f"{stage.name}.applied"][index]):
-            continue
-        option = stage.options[int(params[f"{stage.name}.choice"][index])] if stage.is_group else stage.options[0]
-        for leaf in option.leaves:
-            values = [(k.rsplit(".", 1)[1], v[index]) for k, v in params.items()
-                      if k.startswith(leaf.path + ".") and "." not in k[len(leaf.path) + 1:]]
-            shown = [f"{field}={_short(value)}" for field, value in values
-                     if not field.endswith("seed") and field not in ("applied", "choice")]
-            lines.append(f"{leaf.op.name} " + " ".join(shown))
+    for leaf in recipe.leaves_applied(params, index):
+        shown = [f"{field}={_short(value[index])}" for field, value in leaf_params(params, leaf).items()
+                 if not field.endswith("seed") and field not in ("applied", "choice")]
+        lines.append(f"{leaf.op.name} " + " ".join(shown))
     return lines
 
 

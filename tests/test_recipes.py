@@ -193,3 +193,12 @@ def test_native_size_must_be_the_last_stage(tmp_path):
           - {op: jpeg}
         """)
     assert "must be the last stage" in message
+
+
+def test_native_sides_come_from_the_native_stage_whatever_its_name(tmp_path):
+    path = tmp_path / "named.yaml"
+    path.write_text("stages:\n  - {op: resize, name: shrink, sides: [7, 14], output: native}\n")
+    recipe = load_recipe(path)
+    params = recipe.sample(torch.arange(8))
+    assert torch.equal(recipe.native_sides(params), params["shrink.side"])
+    assert load_recipe("maug").native_sides(load_recipe("maug").sample(torch.arange(8))) is None

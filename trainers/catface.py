@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainers.heads import AdaFace
+from trainers.loop import both_views
 
 CATFACE_ATTRIBUTES = ("Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes")
 ATTRIBUTE_WEIGHTS = {"Male": 1.0, "Bald": 1.0}  # the others 0.5
@@ -106,8 +107,7 @@ class CATFaceStage1(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = len(batch["identity"])
-        images = torch.cat([batch["hq"], batch["lq"]]).float() / 255
-        labels = torch.cat([batch["identity"], batch["identity"]])
+        images, labels = both_views(batch)
         recognition, attribute = self.branches(images)
         identity_loss = F.cross_entropy(self.head(self.embed(recognition), labels), labels)
         targets = attribute_targets(batch["attributes"], self.columns)
@@ -212,7 +212,6 @@ class CATFaceStage2(nn.Module):
         return self.catf(recognition, attribute)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        images = torch.cat([batch["hq"], batch["lq"]]).float() / 255
-        labels = torch.cat([batch["identity"], batch["identity"]])
+        images, labels = both_views(batch)
         loss = F.cross_entropy(self.head(self.embed(self.fused(images)), labels), labels)
         return loss, {"identity": loss.detach()}

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import torch
 
+from degrade.cli import resolve_device
 from trainers.backbones import BACKBONES, build_backbone
 
 
@@ -76,12 +77,6 @@ def common_training_options(command):
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @click.group("train")
@@ -167,7 +162,7 @@ def run(make_trainer, default_recipe: str, attributes=None, **options) -> None:
     from degrade.stream import PairStream
     from trainers.loop import TrainConfig, train
 
-    device = _device(options["device"])
+    device = torch.device(resolve_device(options["device"]))
     stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
                           shuffle_seed=options["seed"])
     try:
@@ -230,10 +225,10 @@ def eval_command(models: tuple[str, ...], pairs: str, folds: str | None, resolut
             raise click.BadParameter(f"expected NAME=BACKBONE[:CHECKPOINT] with a backbone of "
                                      f"{', '.join(sorted(BACKBONES))}, got {spec!r}", param_hint="--model")
         model = build_backbone(backbone_name, checkpoint or None)
-        results = evaluate_pairs(model, protocol, sides, parse_folds(folds), _device(device))
+        results = evaluate_pairs(model, protocol, sides, parse_folds(folds), resolve_device(device))
         if gallery_source is not None:
             results["identification"] = identification(model, gallery_source, torch.arange(len(gallery_source)),
-                                                       sides, _device(device))
+                                                       sides, resolve_device(device))
         runs[name] = results
         click.echo(format_table(name, results))
     if out:

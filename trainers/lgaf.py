@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainers.heads import build_head
+from trainers.loop import both_views
 
 MODES = ("local", "global", "concat", "lgf")
 
@@ -128,7 +129,6 @@ class LGAF(nn.Module):
         return torch.cat([local, global_], dim=1) if self.mode == "concat" else self.fusion(local, global_)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        images = torch.cat([batch["hq"], batch["lq"]]).float() / 255
-        labels = torch.cat([batch["identity"], batch["identity"]])
+        images, labels = both_views(batch)
         loss = F.cross_entropy(self.head(self.embed(images), labels), labels)
         return loss, {"loss_id": loss.detach()}

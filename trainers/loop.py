@@ -44,6 +44,12 @@ class TrainConfig:
     progress: bool = True
 
 
+def both_views(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """HQ then LQ images of a batch as one float tensor in [0, 1] (2N, 3, S, S), and their (2N,) labels."""
+    images = torch.cat([batch["hq"], batch["lq"]]).float() / 255
+    return images, torch.cat([batch["identity"], batch["identity"]])
+
+
 def learning_rate_factor(step: int, config: TrainConfig) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based)."""
     if step < config.warmup_steps:

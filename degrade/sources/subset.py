@@ -37,9 +37,9 @@ class SubsetSource:
 
     def load(self, keys: torch.Tensor) -> Faces:
         faces = self.source.load(self.keys[keys])
-        position = {int(k): n for n, k in enumerate(self.keys[keys].tolist())}
-        local = torch.tensor([int(keys[position[int(k)]]) for k in faces.key], dtype=torch.int64)
-        skipped = [(int(keys[position[k]]), reason) for k, reason in faces.skipped]
+        local_of = dict(zip(self.keys[keys].tolist(), keys.tolist()))
+        local = torch.tensor([local_of[k] for k in faces.key.tolist()], dtype=torch.int64)
+        skipped = [(local_of[k], reason) for k, reason in faces.skipped]
         return dataclasses.replace(faces, key=local, identity=self.labels[local], skipped=skipped)
 
 
