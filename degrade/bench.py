@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from degrade.arrow import PNG_LEVEL
-from degrade.engine import to_float, to_uint8
+from degrade.engine import CPU_CHUNK, degrade_uint8, to_float
 from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Source
 
@@ -67,27 +67,32 @@ def _synchronise(device: torch.device) -> None:
 
 def _time_engine(recipe: Recipe, hq: torch.Tensor, pairs: int, device: torch.device) -> float:
     batch = len(hq)
-    recipe(to_float(hq), torch.arange(batch, device=device))  # warm-up
+    degrade_uint8(recipe, hq, torch.arange(batch, device=device))  # warm-up
     _synchronise(device)
     started = time.perf_counter()
     for first in range(0, pairs, batch):
-        keys = torch.arange(first, first + batch, device=device)
-        lq, _ = recipe(to_float(hq), keys)
-        to_uint8(lq)
+        degrade_uint8(recipe, hq, torch.arange(first, first + batch, device=device))
     _synchronise(device)
     return (pairs // batch * batch) / (time.perf_counter() - started)
 
 
 def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Each op alone on every sample of the batch, in the engine's CPU chunks on a CPU."""
     images = to_float(hq)
     params = recipe.sample(torch.arange(len(hq), device=device))
+    chunk = CPU_CHUNK if device.type == "cpu" else len(hq)
     rates = {}
     for leaf in recipe.leaves:
         own = leaf_params(params, leaf)
-        leaf.op.apply(images, own)
+
+        def run() -> None:
+            for start in range(0, len(hq), chunk):
+                leaf.op.apply(images[start:start + chunk], {k: v[start:start + chunk] for k, v in own.items()})
+
+        run()
         _synchronise(device)
         started = time.perf_counter()
-        leaf.op.apply(images, own)
+        run()
         _synchronise(device)
         rates[f"{leaf.path} ({leaf.op.name})"] = len(hq) / (time.perf_counter() - started)
     return rates

@@ -5,6 +5,7 @@
     for epoch in range(epochs):
         stream.set_epoch(epoch)
         for batch in stream:          # {"hq", "lq": uint8 (N, 3, S, S) on the device, "identity", "key", "params"}
+            ...                       # native-size recipes add "lq_side": (N,) side of each LQ in its canvas
             ...
 
 HQ faces are decoded as uint8 by DataLoader worker processes and degraded on the device in
@@ -113,11 +114,13 @@ class PairStream:
                     batch.attributes = self.attributes.lookup(self.source, item.key, item.identity).to(self.device)
             else:
                 batch = item.to(self.device)
-            yield _as_dict(batch)
+            yield self._as_dict(batch)
 
-
-def _as_dict(batch: PairBatch) -> dict:
-    out = {"hq": batch.hq, "lq": batch.lq, "identity": batch.identity, "key": batch.key, "params": batch.params}
-    if batch.attributes is not None:
-        out["attributes"] = batch.attributes
-    return out
+    def _as_dict(self, batch: PairBatch) -> dict:
+        out = {"hq": batch.hq, "lq": batch.lq, "identity": batch.identity, "key": batch.key, "params": batch.params}
+        if batch.attributes is not None:
+            out["attributes"] = batch.attributes
+        sides = self.recipe.native_sides(batch.params) if self.recipe is not None else None
+        if sides is not None:
+            out["lq_side"] = sides
+        return out

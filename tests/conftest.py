@@ -11,6 +11,7 @@ from degrade.engine import to_float
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LFW = SHARED_DATA / "lfw112"
+TEACHER = SHARED_DATA / "weights" / "mobilefacenet" / "068.ckpt"
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,23 @@ def faces(lfw_source) -> torch.Tensor:
     """64 real aligned faces spread over many identities, (64, 3, 112, 112) float in [0, 1]."""
     keys = torch.arange(0, 64 * 97, 97, dtype=torch.int64)
     return to_float(lfw_source.load(keys).hq)
+
+
+@pytest.fixture(scope="session")
+def small_pairs(lfw_source, tmp_path_factory) -> Path:
+    """An LFW-style pairs.txt of 2 folds x (15 same + 15 different) pairs from the official
+    folds 1 and 2, beside a link to the real images."""
+    folds, per_fold = (LFW / "pairs.txt").read_text().splitlines()[0].split()
+    lines = (LFW / "pairs.txt").read_text().splitlines()[1:]
+    per_fold = int(per_fold)
+    chosen = []
+    for fold in range(2):
+        start = 2 * per_fold * fold
+        chosen += lines[start:start + 15] + lines[start + per_fold:start + per_fold + 15]
+    folder = tmp_path_factory.mktemp("pairs")
+    (folder / "images").symlink_to(LFW / "images")
+    (folder / "pairs.txt").write_text("2\t15\n" + "\n".join(chosen) + "\n")
+    return folder / "pairs.txt"
 
 
 @pytest.fixture

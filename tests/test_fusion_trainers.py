@@ -39,7 +39,7 @@ def test_mhms_splits_its_width_over_b_heads():
 def test_lgaf_modes_embed_to_their_size(mode, size):
     backbone = build_backbone("mobilefacenet")
     model = LGAF(backbone, 5, feature_shape(backbone), mode=mode, heads=2)
-    assert model.embed(torch.rand(2, 3, 112, 112)).shape == (2, size)
+    assert model.embedding(torch.rand(2, 3, 112, 112)).shape == (2, size)
 
 
 def test_self_attention_mixes_values_convexly():

@@ -18,9 +18,7 @@ from trainers.losses import log_exp_contrast
 from trainers.loop import TrainConfig, learning_rate_factor, train
 from trainers.lrfr import LRFR
 
-from .conftest import SHARED_DATA
-
-TEACHER = SHARED_DATA / "weights" / "mobilefacenet" / "068.ckpt"
+from .conftest import SHARED_DATA, TEACHER
 
 
 def two_class_head(head_class, **options):

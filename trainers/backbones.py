@@ -5,6 +5,9 @@ normalised): it normalises to (255 x - 127.5) / 128 itself, and MobileFaceNet cr
 112x96 input (columns 8:104) itself, so callers never care which backbone they hold.
 Backbones are registered by name with :func:`register` (timm style) and built by
 :func:`build_backbone`, optionally from a checkpoint.
+
+Each backbone is ``prepare`` (normalise, crop) then a pyramid of ``stages`` giving the last
+convolutional map (``features``), then ``embed``; BTNet implants its branches between stages.
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ def register(name: str):
     return decorate
 
 
-def _normalise(images: torch.Tensor) -> torch.Tensor:
+def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images * 255.0 - 127.5) / 128.0
+
+
+def run_stages(stages: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for stage in stages:
+        x = stage(x)
+    return x
 
 
 # ---- MobileFaceNet (Chen et al. 2018), parameter names as ../shared/data/weights/mobilefacenet ----
@@ -73,6 +82,7 @@ class MobileFaceNet(nn.Module):
 
     embedding_size = 128
     feature_channels = 512
+    crop_columns = (8, 104)  # of a 112-px face: the input is its central 96 columns
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,9 +98,14 @@ class MobileFaceNet(nn.Module):
         self.linear7 = ConvBlock(512, 512, (7, 6), 1, 0, dw=True, linear=True)
         self.linear1 = ConvBlock(512, 128, 1, 1, 0, linear=True)
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return normalise(images[:, :, :, 8:104])
+
+    def stages(self) -> list[nn.Module]:
+        return [self.conv1, self.dw_conv1, *self.blocks, self.conv2]
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = _normalise(images[:, :, :, 8:104])
-        return self.conv2(self.blocks(self.dw_conv1(self.conv1(x))))
+        return run_stages(self.stages(), self.prepare(images))
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear1(self.linear7(features)).flatten(1)
@@ -131,6 +146,7 @@ class IResNet(nn.Module):
 
     embedding_size = 512
     feature_channels = 512
+    crop_columns = (0, 112)
 
     def __init__(self, layers: list[int], dropout: float = 0.0) -> None:
         super().__init__()
@@ -156,9 +172,14 @@ class IResNet(nn.Module):
         layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return normalise(images)
+
+    def stages(self) -> list[nn.Module]:
+        return [nn.Sequential(self.conv1, self.bn1, self.prelu), self.layer1, self.layer2, self.layer3, self.layer4]
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.prelu(self.bn1(self.conv1(_normalise(images))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return run_stages(self.stages(), self.prepare(images))
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.bn2(features).flatten(1))
@@ -206,6 +227,19 @@ def feature_shape(backbone: nn.Module, size: int = 112) -> tuple[int, int, int]:
     shape = backbone.eval().features(torch.zeros(1, 3, size, size)).shape[1:]
     backbone.train(was_training)
     return tuple(shape)
+
+
+@torch.no_grad()
+def stage_shapes(backbone: nn.Module, size: int = 112) -> list[tuple[int, int, int]]:
+    """(C, H, W) after each of ``backbone.stages()`` for (size, size) input."""
+    was_training = backbone.training
+    backbone.eval()
+    x, shapes = backbone.prepare(torch.zeros(1, 3, size, size)), []
+    for stage in backbone.stages():
+        x = stage(x)
+        shapes.append(tuple(x.shape[1:]))
+    backbone.train(was_training)
+    return shapes
 
 
 def build_backbone(name: str, checkpoint: str | Path | None = None) -> nn.Module:

@@ -105,6 +105,9 @@ class CATFaceStage1(nn.Module):
         features = self.backbone.features(images)
         return self.recognition_branch(features), self.attribute_branch(features)
 
+    def embedding(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.recognition_branch(self.backbone.features(images)))
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = len(batch["identity"])
         images, labels = both_views(batch)
@@ -211,7 +214,10 @@ class CATFaceStage2(nn.Module):
             return recognition + attribute
         return self.catf(recognition, attribute)
 
+    def embedding(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.fused(images))
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, labels = both_views(batch)
-        loss = F.cross_entropy(self.head(self.embed(self.fused(images)), labels), labels)
+        loss = F.cross_entropy(self.head(self.embedding(images), labels), labels)
         return loss, {"identity": loss.detach()}

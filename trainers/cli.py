@@ -9,7 +9,7 @@ import click
 import torch
 
 from degrade.cli import resolve_device
-from trainers.backbones import BACKBONES, build_backbone
+from trainers.backbones import BACKBONES, build_backbone, checkpoint_state
 
 
 def parse_resolutions(text: str) -> list[int]:
@@ -94,13 +94,14 @@ def train_group() -> None:
               help="Frozen teacher checkpoint for the HQ target (default: the network itself, stop-gradient).")
 def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str | None, **options) -> None:
     """LRFR: MAug pairs, margin softmax on HQ and LQ, L_LogExp between LQ and HQ embeddings."""
-    from trainers.lrfr import LRFR
+    spec = {"trainer": "lrfr", "use_lq": not hq_only, "contrast_weight": 0.0 if hq_only else contrast_weight,
+            "p": power, "teacher": teacher is not None}
 
-    teacher_model = build_backbone(options["backbone"], teacher) if teacher else None
-    run(lambda backbone, classes: LRFR(backbone, classes, head=options["head"], use_lq=not hq_only,
-                                       contrast_weight=0.0 if hq_only else contrast_weight, p=power,
-                                       teacher=teacher_model),
-        default_recipe="maug", **options)
+    def load_teacher(trainer) -> None:
+        if teacher:
+            trainer.teacher.load_state_dict(checkpoint_state(teacher))
+
+    run(spec, "maug", load_teacher, **options)
 
 
 @train_group.command("lgaf")
@@ -110,12 +111,7 @@ def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str
 @click.option("--heads", "mhms_heads", default=4, show_default=True, type=click.IntRange(1), help="MHMS heads b.")
 def train_lgaf(mode: str, mhms_heads: int, **options) -> None:
     """LGAF: MHMS local features, the global embedding, and their norm-weighted fusion (LGF)."""
-    from trainers.backbones import feature_shape
-    from trainers.lgaf import LGAF
-
-    run(lambda backbone, classes: LGAF(backbone, classes, feature_shape(backbone), mode=mode, heads=mhms_heads,
-                                       head=options["head"]),
-        default_recipe="lgaf", **options)
+    run({"trainer": "lgaf", "mode": mode, "heads": mhms_heads}, "lgaf", **options)
 
 
 @train_group.command("catface")
@@ -129,38 +125,63 @@ def train_lgaf(mode: str, mhms_heads: int, **options) -> None:
 def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str | None, fusion: str, **options) -> None:
     """CATFace: stage 1 (AdaFace + attributes + self-attention distillation), stage 2 (fusion)."""
     from degrade.sources.attributes import Attributes
-    from trainers.backbones import feature_shape
-    from trainers.catface import CATFACE_ATTRIBUTES, CATFaceStage1, CATFaceStage2
+    from trainers.catface import CATFACE_ATTRIBUTES
 
     if stage == "1" and not attribute_file:
         raise click.UsageError("stage 1 needs --attributes")
     if stage == "2" and not stage1_checkpoint:
         raise click.UsageError("stage 2 needs --stage1 (the stage-1 run's last.pt)")
-    columns = CATFACE_ATTRIBUTES
-    attributes = None
-    if attribute_file:
+    attributes, stage1 = None, None
+    if stage == "1":
         table = Attributes(attribute_file)
         columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in table.names else ())
         attributes = table.select(columns)
+    else:
+        stage1 = torch.load(stage1_checkpoint, map_location="cpu", weights_only=False)
+        if stage1.get("spec", {}).get("trainer") != "catface":
+            raise click.BadParameter(f"{stage1_checkpoint} is not a CATFace stage-1 checkpoint", param_hint="--stage1")
+        columns = tuple(stage1["spec"]["columns"])
 
-    def make(backbone, classes):
-        shape = feature_shape(backbone)
-        stage1 = CATFaceStage1(backbone, classes, shape, columns)
-        if stage == "1":
-            return stage1
-        state = torch.load(stage1_checkpoint, map_location="cpu", weights_only=False)["trainer"]
-        stage1.load_state_dict(state)
-        return CATFaceStage2(stage1, classes, shape, fusion)
+    def load_stage1(trainer) -> None:
+        if stage1 is not None:
+            trainer.stage1.load_state_dict(stage1["trainer"])
 
-    run(make, default_recipe="catface", attributes=attributes, **options)
+    run({"trainer": "catface", "stage": int(stage), "columns": list(columns), "fusion": fusion}, "catface", load_stage1,
+        attributes=attributes, **options)
 
 
-def run(make_trainer, default_recipe: str, attributes=None, **options) -> None:
-    """Shared by every `degrade train NAME`: data, model, loop."""
+@train_group.command("btnet")
+@common_training_options
+@click.option("--sides", default="7,14,28,56", show_default=True, help="Branch sides (native LQ inputs).")
+@click.option("--selection", default="nearest", show_default=True, type=click.Choice(["floor", "nearest", "ceil"]),
+              help="Which branch a face of another side goes to (saved with the model; eval can override).")
+@click.option("--branch-blocks", default=1, show_default=True, type=click.IntRange(0), help="Residual blocks per branch.")
+@click.option("--loss-weights", default="1,1,1", show_default=True,
+              help="Weights of feature MSE, embedding (1 - cos) and fixed-classifier ArcFace.")
+def train_btnet(sides: str, selection: str, branch_blocks: int, loss_weights: str, **options) -> None:
+    """BTNet: branches for native small faces, implanted into the frozen trunk (--init), distilled from it."""
+    try:
+        weights = [float(w) for w in loss_weights.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != 3:
+        raise click.BadParameter(f"expected three numbers like 1,1,1, got {loss_weights!r}", param_hint="--loss-weights")
+    if not options["init"]:
+        click.echo("warning: no --init: the trunk is untrained; BTNet distils from a trunk trained on HQ faces", err=True)
+    run({"trainer": "btnet", "sides": parse_resolutions(sides), "selection": selection, "blocks": branch_blocks,
+         "loss_weights": weights}, "btnet", **options)
+
+
+def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, **options) -> None:
+    """Shared by every `degrade train NAME`: data, the trainer ``spec`` describes, loop.
+
+    ``load_weights(trainer)`` fills weights that come from other files (a teacher, a stage 1).
+    """
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
     from degrade.stream import PairStream
     from trainers.loop import TrainConfig, train
+    from trainers.registry import build_trainer
 
     device = torch.device(resolve_device(options["device"]))
     stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
@@ -176,24 +197,53 @@ def run(make_trainer, default_recipe: str, attributes=None, **options) -> None:
             classes = faces.num_identities
     except (RecipeError, SourceError, ValueError) as error:
         raise click.ClickException(str(error)) from None
-    backbone = build_backbone(options["backbone"], options["init"])
-    trainer = make_trainer(backbone, classes)
-    config = TrainConfig(out=Path(options["out"]), steps=options["steps"], max_steps=options["max_steps"], optimizer=options["optimizer"], lr=options["lr"],
-                         weight_decay=options["weight_decay"], schedule=options["schedule"],
-                         warmup_steps=options["warmup"], frozen_backbone_steps=options["frozen_backbone_steps"],
-                         precision=options["precision"],
+    spec = {**spec, "backbone": options["backbone"], "head": options["head"], "classes": classes}
+    try:
+        trainer = build_trainer(spec, build_backbone(options["backbone"], options["init"]))
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    if load_weights is not None:
+        load_weights(trainer)
+    config = TrainConfig(out=Path(options["out"]), steps=options["steps"], max_steps=options["max_steps"],
+                         optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
+                         schedule=options["schedule"], warmup_steps=options["warmup"],
+                         frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
     (config.out).mkdir(parents=True, exist_ok=True)
-    (config.out / "command.json").write_text(json.dumps({k: v for k, v in options.items()}, indent=2, default=str))
+    (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
     rows = train(trainer, stream, config, device)
     if rows:
         click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
                    f"checkpoints in {config.out}")
 
 
+def open_model(text: str, selection: str | None):
+    """``NAME=BACKBONE[:WEIGHTS]`` (a plain backbone) or ``NAME=CHECKPOINT`` (a `degrade train` run's
+    last.pt or step-*.pt, rebuilt with its own head, fusion or branches) -> (name, model)."""
+    from trainers.registry import load_trained
+
+    name, _, model_spec = text.partition("=")
+    backbone_name, _, weights = model_spec.partition(":")
+    if name and backbone_name in BACKBONES:
+        return name, build_backbone(backbone_name, weights or None)
+    if not (name and Path(model_spec).is_file()):
+        raise click.BadParameter(f"expected NAME=BACKBONE[:WEIGHTS] with a backbone of {', '.join(sorted(BACKBONES))}, "
+                                 f"or NAME=CHECKPOINT of a training run; got {text!r}", param_hint="--model")
+    try:
+        model = load_trained(model_spec)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--model") from None
+    if selection is not None and hasattr(model.trainer.backbone, "selection"):
+        model.trainer.backbone.selection = selection
+    return name, model
+
+
 @click.command("eval")
-@click.option("--model", "models", multiple=True, required=True, metavar="NAME=BACKBONE:CHECKPOINT",
-              help="A model to evaluate, e.g. teacher=mobilefacenet:068.ckpt (repeatable).")
+@click.option("--model", "models", multiple=True, required=True, metavar="NAME=BACKBONE[:WEIGHTS] | NAME=CHECKPOINT",
+              help="A model to evaluate (repeatable): a backbone with weights, e.g. teacher=mobilefacenet:068.ckpt, "
+                   "or a training run's checkpoint, e.g. lgf=runs/lgaf/last.pt.")
+@click.option("--selection", type=click.Choice(["floor", "nearest", "ceil"]), default=None,
+              help="BTNet models: route probes to branches this way (default: as trained).")
 @click.option("--pairs", required=True, type=click.Path(dir_okay=False, exists=True),
               help="LFW-style pairs.txt (images in an images/ folder beside it) or an insightface .bin.")
 @click.option("--folds", default=None, help="Only these folds of the pairs file, e.g. 7,8 (default: all).")
@@ -203,8 +253,8 @@ def run(make_trainer, default_recipe: str, attributes=None, **options) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Folder for results.json and accuracy.png.")
 @click.option("--device", default="auto", show_default=True)
-def eval_command(models: tuple[str, ...], pairs: str, folds: str | None, resolutions: str, gallery: str | None,
-                 out: str | None, device: str) -> None:
+def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, folds: str | None, resolutions: str,
+                 gallery: str | None, out: str | None, device: str) -> None:
     """Verification (k-fold accuracy, TAR@FAR, AUC) same- and cross-resolution, and identification."""
     from degrade.sources import SourceError, open_source
     from trainers.evaluate import evaluate_pairs, format_table, identification, plot_accuracy, write_results
@@ -218,13 +268,8 @@ def eval_command(models: tuple[str, ...], pairs: str, folds: str | None, resolut
     if not hasattr(protocol, "pairs"):
         raise click.ClickException(f"{pairs}: not a pairs protocol (.txt pairs file or .bin)")
     runs = {}
-    for spec in models:
-        name, _, model_spec = spec.partition("=")
-        backbone_name, _, checkpoint = model_spec.partition(":")
-        if not name or backbone_name not in BACKBONES:
-            raise click.BadParameter(f"expected NAME=BACKBONE[:CHECKPOINT] with a backbone of "
-                                     f"{', '.join(sorted(BACKBONES))}, got {spec!r}", param_hint="--model")
-        model = build_backbone(backbone_name, checkpoint or None)
+    for text in models:
+        name, model = open_model(text, selection)
         results = evaluate_pairs(model, protocol, sides, parse_folds(folds), resolve_device(device))
         if gallery_source is not None:
             results["identification"] = identification(model, gallery_source, torch.arange(len(gallery_source)),

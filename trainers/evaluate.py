@@ -2,7 +2,8 @@
 pairs protocol, same-resolution and cross-resolution, and rank-1/5 identification.
 
 Probe images are made with the engine's own resize op (area down to ``r`` px, bicubic back
-to 112), which draws nothing at random, so every model sees exactly the same probes.
+to 112), which draws nothing at random, so every model sees exactly the same probes. Models
+with ``native_input = True`` (BTNet) get the r x r probes themselves, not up-sampled.
 Embeddings are the usual flip-concatenation, L2-normalised, compared by cosine.
 """
 
@@ -20,12 +21,13 @@ from degrade.ops.resize import Resize
 FARS = (1e-2, 1e-3)
 
 
-def probe(images: torch.Tensor, side: int) -> torch.Tensor:
-    """(N, 3, S, S) in [0, 1] -> the same faces reduced to ``side`` px and brought back to S."""
+def probe(images: torch.Tensor, side: int, native: bool = False) -> torch.Tensor:
+    """(N, 3, S, S) in [0, 1] -> the same faces reduced to ``side`` px and brought back to S
+    (or left at side x side when ``native``)."""
     size = images.shape[-1]
     if side >= size:
         return images
-    op = Resize(sides=[side], size=size)
+    op = Resize(sides=[side], size=size, output="native" if native else "input")
     return op.apply(images, {"side": torch.full((len(images),), side, device=images.device)})
 
 
@@ -99,9 +101,10 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
     position[keys] = torch.arange(len(keys))
     hq = to_float(faces.hq)
     hq_embedding = embed(model, hq, device)
+    native = getattr(model, "native_input", False)
     results: dict[str, dict[str, dict[str, float]]] = {"same": {}, "cross": {}}
     for side in resolutions:
-        lq_embedding = hq_embedding if side >= hq.shape[-1] else embed(model, probe(hq, side), device)
+        lq_embedding = hq_embedding if side >= hq.shape[-1] else embed(model, probe(hq, side, native), device)
         a, b = position[left], position[right]
         results["same"][str(side)] = verification_metrics((lq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
         results["cross"][str(side)] = verification_metrics((hq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
@@ -128,7 +131,7 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
     gallery_identity = identity[gallery]
     results = {}
     for side in resolutions:
-        probe_embedding = embed(model, probe(hq[probes], side), device)
+        probe_embedding = embed(model, probe(hq[probes], side, getattr(model, "native_input", False)), device)
         ranking = (probe_embedding @ gallery_embedding.T).argsort(dim=1, descending=True)
         hits = gallery_identity[ranking] == identity[probes][:, None]
         results[str(side)] = {"rank1": hits[:, :1].any(1).float().mean().item(),

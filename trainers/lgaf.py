@@ -117,7 +117,7 @@ class LGAF(nn.Module):
         self.embedding_size = 2 * size if mode == "concat" else size
         self.head = build_head(head, self.embedding_size, classes)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embedding(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, 112, 112) in [0, 1] -> the mode's embedding."""
         features = self.backbone.features(images)
         if self.mode == "local":
@@ -130,5 +130,5 @@ class LGAF(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, labels = both_views(batch)
-        loss = F.cross_entropy(self.head(self.embed(images), labels), labels)
+        loss = F.cross_entropy(self.head(self.embedding(images), labels), labels)
         return loss, {"loss_id": loss.detach()}

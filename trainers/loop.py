@@ -1,7 +1,8 @@
 """One training loop for every trainer.
 
 A trainer is an ``nn.Module`` whose ``forward(batch)`` returns ``(loss, metrics)`` for a
-batch of pairs from :class:`degrade.stream.PairStream` (made on the fly or read from a build).
+batch of pairs (its ``spec``, when it has one, goes into every checkpoint; see
+:mod:`trainers.registry`) from :class:`degrade.stream.PairStream` (made on the fly or read from a build).
 The loop adds the optimiser (SGD or AdamW), warm-up then cosine or step schedule, bf16 / fp16
 autocast, DDP under ``torchrun``, a tqdm bar, a CSV log (and TensorBoard when installed), and
 checkpoints every N steps that resume the same run, also on a different number of ranks: the
@@ -150,6 +151,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     started, started_samples = time.perf_counter(), samples_seen
     trainer.train()
     trainable = {name: p.requires_grad for name, p in trainer.backbone.named_parameters()}
+    spec = getattr(trainer, "spec", None)
 
     def freeze_backbone(frozen: bool) -> None:
         """Head warm-up: the backbone takes no gradient and keeps its BatchNorm statistics."""
@@ -184,10 +186,10 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
             if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
                 state = {"trainer": trainer.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                         "samples_seen": samples_seen, "config": dataclasses.asdict(config)}
+                         "samples_seen": samples_seen, "config": dataclasses.asdict(config), "spec": spec}
                 _save(last, state)
                 _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
-                                                    "trainer": trainer.state_dict(), "step": step})
+                                                    "trainer": trainer.state_dict(), "step": step, "spec": spec})
             if step >= end:
                 break
     bar.close()

@@ -43,6 +43,9 @@ class LRFR(nn.Module):
             self.teacher.eval()
         return self
 
+    def embedding(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hq = batch["hq"].float() / 255
         labels = batch["identity"]

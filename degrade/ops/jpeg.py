@@ -34,13 +34,16 @@ _YCBCR_TO_RGB = [[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.
 
 
 @functools.lru_cache(maxsize=8)
-def _dct_matrix() -> torch.Tensor:
-    """Orthonormal 8-point DCT-II matrix, (8, 8) float64."""
+def _dct_2d(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Orthonormal 8x8 DCT-II of row-major flattened blocks as one (64, 64) matrix: kron(D, D).
+
+    One (blocks, 64) x (64, 64) product runs as a single GEMM, far faster on a CPU than
+    batches of 8x8 products."""
     k = torch.arange(8, dtype=torch.float64)[:, None]
     n = torch.arange(8, dtype=torch.float64)[None, :]
     matrix = torch.cos((2 * n + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
     matrix[0] /= math.sqrt(2)
-    return matrix
+    return torch.kron(matrix, matrix).to(device=device, dtype=dtype)
 
 
 def quantisation_tables(quality: torch.Tensor) -> torch.Tensor:
@@ -52,23 +55,23 @@ def quantisation_tables(quality: torch.Tensor) -> torch.Tensor:
 
 
 def _blocks(plane: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) -> (N, H/8, W/8, 8, 8)."""
+    """(N, H, W) -> (N, H/8 * W/8, 64): row-major flattened 8x8 blocks."""
     n, h, w = plane.shape
-    return plane.view(n, h // 8, 8, w // 8, 8).transpose(2, 3)
+    return plane.view(n, h // 8, 8, w // 8, 8).transpose(2, 3).reshape(n, -1, 64)
 
 
-def _unblocks(blocks: torch.Tensor) -> torch.Tensor:
-    n, bh, bw = blocks.shape[:3]
-    return blocks.transpose(2, 3).reshape(n, bh * 8, bw * 8)
+def _unblocks(blocks: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    n = blocks.shape[0]
+    return blocks.view(n, h // 8, w // 8, 8, 8).transpose(2, 3).reshape(n, h, w)
 
 
 def _round_trip_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Level shift, DCT, quantise, dequantise, inverse DCT: (N, H, W) in 0..255, table (N, 8, 8)."""
-    dct = _dct_matrix().to(device=plane.device, dtype=plane.dtype)
-    table = table.to(plane.dtype)[:, None, None]
-    coefficients = dct @ _blocks(plane - 128) @ dct.T
-    restored = dct.T @ (torch.round(coefficients / table) * table) @ dct
-    return _unblocks(restored) + 128
+    dct = _dct_2d(plane.device, plane.dtype)
+    table = table.to(plane.dtype).reshape(-1, 1, 64)
+    coefficients = _blocks(plane - 128) @ dct.T
+    restored = (torch.round(coefficients / table) * table) @ dct
+    return _unblocks(restored, *plane.shape[1:]) + 128
 
 
 def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
@@ -90,7 +93,7 @@ def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor
     tables = quantisation_tables(quality.to(images.device))
     luma = _round_trip_plane(ycbcr[:, 0], tables[:, 0])
     chroma = F.avg_pool2d(ycbcr[:, 1:], 2)
-    chroma = torch.stack([_round_trip_plane(chroma[:, c], tables[:, 1]) for c in range(2)], dim=1)
+    chroma = _round_trip_plane(chroma.flatten(0, 1), tables[:, 1].repeat_interleave(2, dim=0)).view_as(chroma)
     chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False) - 128
     decoded = torch.cat([luma[:, None], chroma], dim=1)
     to_rgb = torch.tensor(_YCBCR_TO_RGB, device=images.device, dtype=images.dtype)

@@ -1,6 +1,6 @@
 """Face sources. ``open_source`` picks one from what the user typed after ``--source``:
 
-* ``demo``: built-in synthetic faces;
+* ``demo`` or ``demo:IDENTITIES``: built-in synthetic faces, 10 per identity (100 identities by default);
 * a folder with ``train.rec`` / ``train.idx``, or a ``.rec`` file: insightface RecordIO;
 * a dataset folder saved with ``save_to_disk``, a ``.parquet`` or an ``.arrow`` file: a table;
 * a ``pairs.txt``-style file: the images of an LFW-style verification protocol;
@@ -37,10 +37,13 @@ class Source(Protocol):
 
 def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
     """The source named by ``spec`` (see the module docstring)."""
-    if spec == "demo":
+    if spec == "demo" or spec.startswith("demo:"):
         from degrade.sources.demo import DemoSource
 
-        return DemoSource(size=size)
+        identities = spec.partition(":")[2] or "100"
+        if not identities.isdigit() or int(identities) < 1:
+            raise SourceError(f"{spec}: expected 'demo' or 'demo:IDENTITIES' (10 faces each), e.g. demo:20000")
+        return DemoSource(identities=int(identities), size=size)
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder (and not 'demo')")
