@@ -126,3 +126,21 @@ def test_lgaf_trains_on_streamed_pairs(tmp_path):
     model = LGAF(backbone, faces.num_identities, feature_shape(backbone), mode="lgf", heads=2)
     rows = train(model, stream, TrainConfig(out=tmp_path, steps=2, log_every=1, progress=False))
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+@pytest.mark.parametrize("spec", [
+    {"trainer": "lgaf", "mode": "lgf", "heads": 2},
+    {"trainer": "catface", "stage": 2, "columns": ["Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"], "fusion": "catf"},
+])
+def test_a_training_checkpoint_evaluates_as_the_model_it_trained(tmp_path, spec):
+    from trainers.registry import build_trainer, load_trained
+
+    stream, faces = demo_stream()
+    spec = {**spec, "backbone": "mobilefacenet", "head": "arcface", "classes": faces.num_identities}
+    trainer = build_trainer(spec)
+    train(trainer, stream, TrainConfig(out=tmp_path, steps=2, log_every=1, progress=False))
+    rebuilt = load_trained(tmp_path / "step-0000002.pt")
+    images = torch.rand(3, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(images), trainer.eval().embedding(images), atol=1e-5)
+    assert rebuilt(images).shape == (3, 512 if spec["trainer"] == "catface" else 128)

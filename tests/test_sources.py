@@ -187,3 +187,11 @@ def test_attributes_keyed_by_identity(tmp_path):
     source = open_source("demo")
     values = Attributes(tmp_path / "a.csv").lookup(source, torch.tensor([0, 10, 20]), torch.tensor([0, 1, 2]))
     assert values[:2, 0].tolist() == [1.0, 0.0] and torch.isnan(values[2, 0])
+
+
+def test_demo_takes_a_number_of_identities_of_ten_faces_each():
+    source = open_source("demo:2000")
+    assert len(source) == 20_000 and source.num_identities == 2000
+    assert source.load(torch.tensor([19_999])).identity.tolist() == [1999]
+    with pytest.raises(SourceError, match="demo:many"):
+        open_source("demo:many")

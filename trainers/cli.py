@@ -156,8 +156,8 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
 @click.option("--selection", default="nearest", show_default=True, type=click.Choice(["floor", "nearest", "ceil"]),
               help="Which branch a face of another side goes to (saved with the model; eval can override).")
 @click.option("--branch-blocks", default=1, show_default=True, type=click.IntRange(0), help="Residual blocks per branch.")
-@click.option("--loss-weights", default="1,1,1", show_default=True,
-              help="Weights of feature MSE, embedding (1 - cos) and fixed-classifier ArcFace.")
+@click.option("--loss-weights", default="1,1,0", show_default=True,
+              help="Weights of feature MSE, embedding (1 - cos) and the fixed trunk-centre ArcFace classifier.")
 def train_btnet(sides: str, selection: str, branch_blocks: int, loss_weights: str, **options) -> None:
     """BTNet: branches for native small faces, implanted into the frozen trunk (--init), distilled from it."""
     try:
