@@ -49,7 +49,7 @@ def test_a_side_with_no_trunk_stage_is_refused_by_name():
 def test_branch_selection_by_input_side(btnet, selection, expected):
     btnet.selection = selection
     assert {side: btnet.route(side) for side in expected} == expected
-    btnet.selection = "nearest"
+    btnet.selection = "ceil"
 
 
 def test_an_unknown_selection_is_refused():

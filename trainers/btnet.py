@@ -76,7 +76,7 @@ class BTNet(nn.Module):
 
     native_input = True  # evaluation feeds native small probes, not up-sampled ones
 
-    def __init__(self, trunk: nn.Module, sides: tuple[int, ...] = (7, 14, 28, 56), selection: str = "nearest",
+    def __init__(self, trunk: nn.Module, sides: tuple[int, ...] = (7, 14, 28, 56), selection: str = "ceil",
                  blocks: int = 1, size: int = 112) -> None:
         super().__init__()
         self.trunk = trunk.eval().requires_grad_(False)
@@ -148,7 +148,8 @@ class BTNet(nn.Module):
 
 
 class BTNetTrainer(nn.Module):
-    """Distils every branch from the trunk on native LQ faces (batch key ``lq_side``).
+    """Distils every branch from the trunk on native LQ faces (batch key ``lq_side``); faces the
+    routing sends to the trunk (e.g. 56 px under ``ceil`` without a 56 branch) are left out.
 
     Per sample, with its branch's map f, the trunk's HQ map t at the implant stage, the branch
     embedding e and the trunk's HQ embedding h: loss = w_f MSE(f, t) + w_e (1 − cos(e, h)) +
@@ -183,12 +184,13 @@ class BTNetTrainer(nn.Module):
             target = model.trunk.embed(pyramid[-1])
             if self.training:
                 self.head.weight.index_add_(0, labels, F.normalize(target.float()))
-        terms = torch.zeros(3, device=hq.device)
+        terms, routed = torch.zeros(3, device=hq.device), set()
         for side in sides.unique().tolist():
             rows = (sides == side).nonzero().squeeze(1)
             branch_side = model.route(side)
             if branch_side == model.size:
-                raise ValueError(f"LQ faces of {side} px go to the trunk, not a branch; train on sides below {model.size}")
+                continue  # the trunk's own job: nothing to distil
+            routed.add(side)
             maps = model.branches[str(branch_side)](resize_to(lq[rows, :, :side, :side], branch_side))
             embedding = model.finish(maps, branch_side)
             share = len(rows) / len(labels)
@@ -197,5 +199,8 @@ class BTNetTrainer(nn.Module):
                 (1 - F.cosine_similarity(embedding.float(), target[rows].float())).mean(),
                 F.cross_entropy(self.head(embedding, labels[rows]), labels[rows]),
             ])
+        if not routed:
+            raise ValueError(f"no LQ face of this batch ({sorted(set(sides.tolist()))} px) goes to a branch of "
+                             f"{list(model.sides)} with selection {model.selection!r}")
         loss = sum(w * t for w, t in zip(self.weights, terms))
         return loss, {"feature_mse": terms[0].detach(), "embedding": terms[1].detach(), "identity": terms[2].detach()}

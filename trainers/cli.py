@@ -153,7 +153,7 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
 @train_group.command("btnet")
 @common_training_options
 @click.option("--sides", default="7,14,28,56", show_default=True, help="Branch sides (native LQ inputs).")
-@click.option("--selection", default="nearest", show_default=True, type=click.Choice(["floor", "nearest", "ceil"]),
+@click.option("--selection", default="ceil", show_default=True, type=click.Choice(["floor", "nearest", "ceil"]),
               help="Which branch a face of another side goes to (saved with the model; eval can override).")
 @click.option("--branch-blocks", default=1, show_default=True, type=click.IntRange(0), help="Residual blocks per branch.")
 @click.option("--loss-weights", default="1,1,0", show_default=True,
