@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from degrade.arrow import PNG_LEVEL
-from degrade.engine import CPU_CHUNK, degrade_uint8, to_float
+from degrade.engine import chunks, degrade_uint8, to_float
 from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Source
 
@@ -80,14 +80,13 @@ def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict
     """Each op alone on every sample of the batch, in the engine's CPU chunks on a CPU."""
     images = to_float(hq)
     params = recipe.sample(torch.arange(len(hq), device=device))
-    chunk = CPU_CHUNK if device.type == "cpu" else len(hq)
     rates = {}
     for leaf in recipe.leaves:
         own = leaf_params(params, leaf)
 
         def run() -> None:
-            for start in range(0, len(hq), chunk):
-                leaf.op.apply(images[start:start + chunk], {k: v[start:start + chunk] for k, v in own.items()})
+            for rows in chunks(len(hq), device):
+                leaf.op.apply(images[rows], {k: v[rows] for k, v in own.items()})
 
         run()
         _synchronise(device)

@@ -55,15 +55,20 @@ class PairBatch:
 CPU_CHUNK = 32
 
 
+def chunks(count: int, device: torch.device) -> list[slice]:
+    """The row slices a batch of ``count`` samples is processed in on ``device`` (one, off CPU)."""
+    step = CPU_CHUNK if device.type == "cpu" else max(1, count)
+    return [slice(start, start + step) for start in range(0, max(1, count), step)]
+
+
 def degrade_uint8(recipe: Recipe, hq: torch.Tensor, keys: torch.Tensor,
                   seed: int | None = None) -> tuple[torch.Tensor, Params]:
     """uint8 (N, 3, S, S) faces and their (N,) keys -> uint8 LQ (N, 3, S', S') and the params.
 
     On a CPU the batch runs through the recipe in chunks of ``CPU_CHUNK`` samples."""
     params = recipe.sample(keys, seed)
-    chunk = CPU_CHUNK if hq.device.type == "cpu" else max(1, len(hq))
-    lq = [to_uint8(recipe.apply(to_float(hq[start:start + chunk]), {k: v[start:start + chunk] for k, v in params.items()}))
-          for start in range(0, max(1, len(hq)), chunk)]
+    lq = [to_uint8(recipe.apply(to_float(hq[rows]), {k: v[rows] for k, v in params.items()}))
+          for rows in chunks(len(hq), hq.device)]
     return torch.cat(lq), params
 
 

@@ -99,7 +99,7 @@ class MobileFaceNet(nn.Module):
         self.linear1 = ConvBlock(512, 128, 1, 1, 0, linear=True)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return normalise(images[:, :, :, 8:104])
+        return normalise(images[..., self.crop_columns[0]:self.crop_columns[1]])
 
     def stages(self) -> list[nn.Module]:
         return [self.conv1, self.dw_conv1, *self.blocks, self.conv2]
@@ -220,26 +220,27 @@ def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
-@torch.no_grad()
-def feature_shape(backbone: nn.Module, size: int = 112) -> tuple[int, int, int]:
-    """(C, H, W) of ``backbone.features`` for (size, size) input."""
-    was_training = backbone.training
-    shape = backbone.eval().features(torch.zeros(1, 3, size, size)).shape[1:]
-    backbone.train(was_training)
-    return tuple(shape)
+def pyramid(backbone: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """The map after each of ``backbone.stages()`` for (N, 3, S, S) faces in [0, 1]; the last is ``features``."""
+    x, maps = backbone.prepare(images), []
+    for stage in backbone.stages():
+        x = stage(x)
+        maps.append(x)
+    return maps
 
 
 @torch.no_grad()
 def stage_shapes(backbone: nn.Module, size: int = 112) -> list[tuple[int, int, int]]:
     """(C, H, W) after each of ``backbone.stages()`` for (size, size) input."""
     was_training = backbone.training
-    backbone.eval()
-    x, shapes = backbone.prepare(torch.zeros(1, 3, size, size)), []
-    for stage in backbone.stages():
-        x = stage(x)
-        shapes.append(tuple(x.shape[1:]))
+    maps = pyramid(backbone.eval(), torch.zeros(1, 3, size, size))
     backbone.train(was_training)
-    return shapes
+    return [tuple(m.shape[1:]) for m in maps]
+
+
+def feature_shape(backbone: nn.Module, size: int = 112) -> tuple[int, int, int]:
+    """(C, H, W) of ``backbone.features`` for (size, size) input."""
+    return stage_shapes(backbone, size)[-1]
 
 
 def build_backbone(name: str, checkpoint: str | Path | None = None) -> nn.Module:

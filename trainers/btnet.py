@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainers.backbones import IBasicBlock, normalise, run_stages, stage_shapes
+from trainers.backbones import IBasicBlock, normalise, pyramid, run_stages, stage_shapes
 from trainers.heads import ArcFace
 
 SELECTIONS = ("floor", "nearest", "ceil")
@@ -121,14 +121,6 @@ class BTNet(nn.Module):
             return min(s for s in options if s >= side)
         return min(options, key=lambda s: (abs(s - side), -s))  # ties go to the larger side
 
-    def trunk_pyramid(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The trunk's map after each stage for (N, 3, size, size) faces in [0, 1]."""
-        x, maps = self.trunk.prepare(images), []
-        for stage in self.trunk.stages():
-            x = stage(x)
-            maps.append(x)
-        return maps
-
     def finish(self, implanted: torch.Tensor, side: int) -> torch.Tensor:
         """Embed a branch's map through the trunk stages after its implant: -> (N, D)."""
         return self.trunk.embed(run_stages(self.trunk.stages()[self.implant[side] + 1:], implanted))
@@ -180,22 +172,22 @@ class BTNetTrainer(nn.Module):
         model, labels = self.backbone, batch["identity"]
         hq, lq, sides = batch["hq"].float() / 255, batch["lq"].float() / 255, batch["lq_side"]
         with torch.no_grad():
-            pyramid = model.trunk_pyramid(hq)
-            target = model.trunk.embed(pyramid[-1])
+            hq_maps = pyramid(model.trunk, hq)
+            target = model.trunk.embed(hq_maps[-1])
             if self.training:
                 self.head.weight.index_add_(0, labels, F.normalize(target.float()))
-        terms, routed = torch.zeros(3, device=hq.device), set()
+        terms, routed = torch.zeros(3, device=hq.device), False
         for side in sides.unique().tolist():
             rows = (sides == side).nonzero().squeeze(1)
             branch_side = model.route(side)
             if branch_side == model.size:
                 continue  # the trunk's own job: nothing to distil
-            routed.add(side)
+            routed = True
             maps = model.branches[str(branch_side)](resize_to(lq[rows, :, :side, :side], branch_side))
             embedding = model.finish(maps, branch_side)
             share = len(rows) / len(labels)
             terms = terms + share * torch.stack([
-                F.mse_loss(maps.float(), pyramid[model.implant[branch_side]][rows].float()),
+                F.mse_loss(maps.float(), hq_maps[model.implant[branch_side]][rows].float()),
                 (1 - F.cosine_similarity(embedding.float(), target[rows].float())).mean(),
                 F.cross_entropy(self.head(embedding, labels[rows]), labels[rows]),
             ])
