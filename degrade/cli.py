@@ -189,18 +189,26 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
 @click.option("--build", "end_to_end", is_flag=True,
               help="Time `degrade build` end to end (raw and PNG) against an OpenCV loop that decodes, degrades, "
                    "encodes and writes the same pairs.")
+@click.option("--train", "train_backbone", default=None, metavar="BACKBONE",
+              help="Instead: stream pairs into training steps of this backbone (e.g. iresnet50) and report the "
+                   "share of step time spent waiting for data.")
+@click.option("--precision", default="bf16", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Autocast of the --train steps.")
 def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs: int, workers: int | None,
-                  end_to_end: bool) -> None:
+                  end_to_end: bool, train_backbone: str | None, precision: str) -> None:
     """Time the engine and a plain per-image OpenCV loop on the same pairs; print both and their ratio.
 
     Also prints each stage's rate alone and the peak memory. Compare ratios, not absolute
     rates: shared machines are noisy.
     """
-    from degrade.bench import run_bench, run_build_bench
+    from degrade.bench import run_bench, run_build_bench, run_train_bench
 
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size)
-    if end_to_end:
+    if train_backbone:
+        click.echo(run_train_bench(recipe, faces, train_backbone, resolve_device(device), batch_size, pairs, workers,
+                                   precision))
+    elif end_to_end:
         click.echo(run_build_bench(recipe, source, resolve_device(device), batch_size, pairs, workers))
     else:
         click.echo(run_bench(recipe, faces, resolve_device(device), batch_size, pairs, workers).report())

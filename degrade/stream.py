@@ -14,10 +14,15 @@ pairs from a built dataset instead. Under ``torch.distributed`` each rank gets a
 number of batches (the remainder of an epoch is dropped), its batch b being global batch
 ``b * world_size + rank`` of that epoch's shuffled order; ``start_step`` resumes mid-epoch.
 Because params are keyed by sample, a sample's LQ does not depend on ranks, workers or order.
+On a GPU the next batches are made ahead by a thread on their own CUDA stream (see
+:func:`prefetched`), so the engine's host work never leaves the training stream idle.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,6 +111,11 @@ class PairStream:
         return batches[self.start_step:]
 
     def __iter__(self) -> Iterator[dict]:
+        if self.device.type == "cuda":
+            return prefetched(self._batches(), self.device)
+        return self._batches()
+
+    def _batches(self) -> Iterator[dict]:
         pin = self.device.type == "cuda"
         for item in decoded_batches(self.source, self.rank_batches(), self.num_workers, pin_memory=pin):
             if self.degrade_on_the_fly:
@@ -124,3 +134,68 @@ class PairStream:
         if sides is not None:
             out["lq_side"] = sides
         return out
+
+
+def _tensors(value) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+def prefetched(batches: Iterator[dict], device: torch.device, depth: int = 2) -> Iterator[dict]:
+    """``batches``, made up to ``depth`` ahead by a thread.
+
+    On a GPU the thread works on a side CUDA stream: the engine's kernels overlap the training
+    step, and the host waits some ops need (a data-dependent row count, a validation) stall that
+    stream only. Each batch is handed over behind an event, and its tensors are marked as used by
+    the consumer's stream so the caching allocator does not recycle them early. An exception in
+    the thread is raised in the consumer; leaving the loop early stops the thread.
+    """
+    cuda = device.type == "cuda"
+    side = torch.cuda.Stream(device) if cuda else None
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(item) -> None:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
+                for batch in batches:
+                    event = None
+                    if cuda:
+                        event = torch.cuda.Event()
+                        event.record(side)
+                    hand_over((batch, event))
+                    if stop.is_set():
+                        return
+        except BaseException as error:  # handed to the consumer, which raises it
+            hand_over(error)
+            return
+        hand_over(None)
+
+    thread = threading.Thread(target=produce, name="degrade-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            batch, event = item
+            if cuda:
+                consumer = torch.cuda.current_stream(device)
+                consumer.wait_event(event)
+                for tensor in _tensors(batch):
+                    tensor.record_stream(consumer)
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
+

@@ -1,7 +1,9 @@
-"""Shared fixtures: real LFW faces from ../shared/data when present, the demo source otherwise."""
+"""Shared fixtures: real LFW faces from ../shared/data (or $DEGRADE_TEST_DATA) when present,
+the demo source otherwise."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from degrade.engine import to_float
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("DEGRADE_TEST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 LFW = SHARED_DATA / "lfw112"
 TEACHER = SHARED_DATA / "weights" / "mobilefacenet" / "068.ckpt"
 

@@ -17,7 +17,7 @@ from degrade.inspect import describe_dataset
 from degrade.recipe import load_recipe
 from degrade.sources import open_source
 from degrade.sources.attributes import Attributes
-from degrade.stream import PairStream
+from degrade.stream import PairStream, prefetched
 
 from .conftest import LFW
 
@@ -117,6 +117,34 @@ def test_streamed_pairs_are_the_engines_pairs_for_their_keys(lfw_source):
     expected = make_pairs(recipe, lfw_source, batch["key"])
     assert torch.equal(batch["lq"], expected.lq) and torch.equal(batch["hq"], expected.hq)
     assert torch.equal(batch["identity"], lfw_source.identities[batch["key"]])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_stream_prefetches_the_same_pairs_as_the_cpu(lfw_source):
+    recipe = load_recipe("mixed")
+    on_cuda = PairStream.from_source(recipe, lfw_source, batch_size=16, device="cuda", num_workers=2)
+    on_cpu = PairStream.from_source(recipe, lfw_source, batch_size=16, num_workers=2)
+    for cuda_batch, cpu_batch, _ in zip(on_cuda, on_cpu, range(3)):
+        assert torch.equal(cuda_batch["key"].cpu(), cpu_batch["key"]) and torch.equal(cuda_batch["hq"].cpu(), cpu_batch["hq"])
+        assert (cuda_batch["lq"].cpu().int() - cpu_batch["lq"].int()).abs().float().mean() < 1.0
+
+
+def test_prefetching_keeps_the_order_raises_the_producers_error_and_stops_early():
+    def numbered(count, fail_at=None):
+        for n in range(count):
+            if n == fail_at:
+                raise ValueError(f"bad batch {n}")
+            yield {"n": torch.tensor(n)}
+
+    assert [int(b["n"]) for b in prefetched(numbered(7), torch.device("cpu"))] == list(range(7))
+    with pytest.raises(ValueError, match="bad batch 3"):
+        list(prefetched(numbered(7, fail_at=3), torch.device("cpu")))
+    produced = []
+    source = (produced.append(n) or {"n": torch.tensor(n)} for n in range(1000))
+    batches = prefetched(source, torch.device("cpu"), depth=2)
+    assert int(next(batches)["n"]) == 0
+    batches.close()
+    assert len(produced) <= 4  # the thread stopped: at most the handed batch, the queue and one in hand
 
 
 def test_ranks_get_equal_disjoint_batches_that_cover_the_epoch():

@@ -15,7 +15,7 @@ from trainers.backbones import build_backbone, checkpoint_state
 from trainers.evaluate import kfold_accuracy, probe, roc_auc, tar_at_far
 from trainers.heads import AdaFace, ArcFace, CosFace
 from trainers.losses import log_exp_contrast
-from trainers.loop import TrainConfig, learning_rate_factor, train
+from trainers.loop import DataClock, TrainConfig, learning_rate_factor, train
 from trainers.lrfr import LRFR
 
 from .conftest import SHARED_DATA, TEACHER
@@ -83,6 +83,17 @@ def test_adaface_keeps_norm_statistics_by_moving_average():
 # ---- L_LogExp -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("head", [ArcFace, CosFace, AdaFace])
+def test_heads_compute_float32_logits_under_bf16_autocast(head):
+    torch.manual_seed(0)
+    model, embeddings, labels = head(16, 5), torch.randn(6, 16), torch.tensor([0, 1, 2, 3, 4, 0])
+    plain = model(embeddings, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(embeddings.bfloat16(), labels)
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, plain, atol=0.5)  # bf16 input rounding only, on logits of scale 64
+
+
 def test_log_exp_value_and_gradient_p1():
     x = torch.tensor([[0.0, 0.0]], requires_grad=True)
     y = torch.tensor([[1.0, 2.0]])
@@ -148,6 +159,20 @@ def test_learning_rate_schedules():
     assert learning_rate_factor(55, config) == pytest.approx(0.5)
     step = TrainConfig(out=".", steps=100, schedule="step", milestones=(0.5, 0.75))
     assert [learning_rate_factor(s, step) for s in (10, 60, 90)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_data_clock_reports_the_share_of_step_time_spent_fetching(monkeypatch):
+    ticks = iter([0.0, 1.0, 4.0, 5.0, 8.0,      # step 1 fetches 0-1, step 2 fetches 4-5, count at 8
+                  10.0, 13.0, 14.0])            # step 3 fetches 10-13, count at 14
+    monkeypatch.setattr("trainers.loop.time.perf_counter", lambda: next(ticks))
+    clock = DataClock(torch.device("cpu"))
+    for _ in range(2):
+        clock.fetching()
+        clock.fetched()
+    assert clock.data_fraction() == pytest.approx(2 / 8)
+    clock.fetching()
+    clock.fetched()
+    assert clock.data_fraction() == pytest.approx(3 / 4)
 
 
 # ---- teacher --------------------------------------------------------------------------------

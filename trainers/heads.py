@@ -26,7 +26,10 @@ class MarginHead(nn.Module):
         self.scale = scale
 
     def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float())).clamp(-1 + 1e-7, 1 - 1e-7)
+        """(N, C) float32 cosines, also under bf16/fp16 autocast: margins act near cos = 1, where
+        bf16 resolves only steps of 0.004."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float())).clamp(-1 + 1e-7, 1 - 1e-7)
 
     def target_logit(self, cosine: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

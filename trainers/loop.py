@@ -86,6 +86,49 @@ def _save(path: Path, state: dict) -> None:
     os.replace(partial, path)
 
 
+class DataClock:
+    """How much of each step goes to making its batch (decoding, host-to-device copy, the engine).
+
+    On a GPU the engine's kernels and the training step share one CUDA stream, so the split is
+    read from CUDA events: time between "fetching" and "fetched" on the device is time the step
+    could not start (engine kernels, or the device idle while the host waits for a batch).
+    On a CPU, the host clock.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple] = []   # (fetching, fetched) per step since the last count
+        self.pending = None
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def fetching(self) -> None:
+        self.pending = self._now()
+
+    def fetched(self) -> None:
+        self.marks.append((self.pending, self._now()))
+
+    def data_fraction(self) -> float:
+        """Share of the steps since the last call spent making their batches; starts a new count."""
+        if not self.marks:
+            return float("nan")
+        now = self._now()
+        if self.cuda:
+            now.synchronize()
+            span = lambda a, b: a.elapsed_time(b)  # noqa: E731
+        else:
+            span = lambda a, b: b - a  # noqa: E731
+        waiting = sum(span(fetching, fetched) for fetching, fetched in self.marks)
+        fraction = waiting / span(self.marks[0][0], now)
+        self.marks = []
+        return fraction
+
+
 class _Log:
     """CSV rows (and TensorBoard scalars when the package is there), rank 0 only."""
 
@@ -161,9 +204,16 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
         if frozen:
             trainer.backbone.eval()
 
+    clock = DataClock(device)
     while step < end:
         stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
-        for batch in stream:
+        batches = iter(stream)
+        while True:
+            clock.fetching()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            clock.fetched()
             if step < config.frozen_backbone_steps or step == config.frozen_backbone_steps > 0:
                 freeze_backbone(step < config.frozen_backbone_steps)
             with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
@@ -179,6 +229,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
             if step % config.log_every == 0 or step == end:
                 rate = (samples_seen - started_samples) / (time.perf_counter() - started)
                 row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
+                       "data_fraction": clock.data_fraction(),
                        **{k: float(v) for k, v in metrics.items()}}
                 rows.append(row)
                 log.write(row)

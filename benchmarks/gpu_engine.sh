@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue #6's GPU measurements and a CUDA check of every trainer, in one run on a GPU machine.
+#   DATA=../shared/data RESULTS=runs/gpu bash benchmarks/gpu_engine.sh
+# SCALE=64 DEVICE=cpu divides every size by 64 and runs on the CPU (to check the script itself).
+# PARTS="tests build" runs only those of: tests bench build train trainers (default: all).
+# ARCHIVE=path.tgz: after each step, the logs so far (no checkpoints) are packed there.
+# Each step is time-limited and logged to $RESULTS/<step>.txt; a failing step does not stop the rest.
+set -u
+DATA=${DATA:-../shared/data}
+RESULTS=${RESULTS:-runs/gpu}
+DEVICE=${DEVICE:-cuda}
+SCALE=${SCALE:-1}
+LFW=$DATA/lfw112
+TEACHER=$DATA/weights/mobilefacenet/068.ckpt
+PARTS=${PARTS:-tests bench build train trainers}
+mkdir -p "$RESULTS"
+wants() { [[ " $PARTS " == *" $1 "* ]]; }
+
+step() {  # step NAME SECONDS COMMAND...: run, log, report
+  local name=$1 limit=$2; shift 2
+  local started=$SECONDS
+  timeout "$limit" "$@" > "$RESULTS/$name.txt" 2>&1
+  echo "== $name: exit $? in $((SECONDS - started)) s"
+  tail -n 12 "$RESULTS/$name.txt"
+  [ -n "${ARCHIVE:-}" ] && tar czf "$ARCHIVE" -C "$RESULTS" --exclude='*.pt' .
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, kornia; print('torch', torch.__version__, 'kornia', kornia.__version__)"
+if wants tests && [ "$DEVICE" = cuda ]; then
+  step cuda_tests 90 env DEGRADE_TEST_DATA="$DATA" python3 -m pytest -q -rs tests -k cuda
+fi
+if wants bench; then
+  for recipe in catface mixed mixed_no_turbulence; do
+    step "bench_$recipe" 90 degrade bench --recipe $recipe --source "$LFW" --device $DEVICE \
+      --batch-size $((8192 / SCALE)) --n $((65536 / SCALE))
+  done
+  step profile_mixed 90 python3 benchmarks/profile_engine.py --recipe mixed --source "$LFW" --device $DEVICE \
+    --batch-size $((8192 / SCALE))
+fi
+wants build && step bench_build 90 degrade bench --build --recipe maug --source "$LFW" --device $DEVICE \
+  --batch-size $((1024 / SCALE)) --n $((9575 / SCALE))
+wants train && step bench_train 90 degrade bench --train iresnet50 --recipe maug --source "$LFW" --device $DEVICE \
+  --batch-size $((512 / SCALE)) --n $((40960 / SCALE)) --precision bf16
+wants trainers || exit 0
+common=(--source "$LFW" --exclude-pairs "$LFW/pairs.txt" --exclude-folds 7,8 --init "$TEACHER" --steps 60
+        --max-steps $((60 / SCALE + 3)) --batch-size $((256 / SCALE)) --precision bf16 --device $DEVICE -j 6)
+step train_lrfr 60 degrade train lrfr "${common[@]}" --teacher "$TEACHER" --out "$RESULTS/lrfr"
+step train_btnet 60 degrade train btnet "${common[@]}" --optimizer adamw --lr 0.001 --out "$RESULTS/btnet"
+step train_lgaf 60 degrade train lgaf "${common[@]}" --out "$RESULTS/lgaf"
+step train_catface1 60 degrade train catface "${common[@]}" --stage 1 --attributes "$LFW/attributes.tsv" --out "$RESULTS/catface1"
+step train_catface2 60 degrade train catface "${common[@]}" --stage 2 --stage1 "$RESULTS/catface1/last.pt" --out "$RESULTS/catface2"
+step eval 90 degrade eval --model teacher=mobilefacenet:"$TEACHER" --model lrfr="$RESULTS/lrfr/last.pt" \
+  --model btnet="$RESULTS/btnet/last.pt" --model lgaf="$RESULTS/lgaf/last.pt" --model catface="$RESULTS/catface2/last.pt" \
+  --pairs "$LFW/pairs.txt" --folds 7,8 --resolutions 7,14,20,112 --device $DEVICE --out "$RESULTS/eval"
+for run in lrfr btnet lgaf catface1 catface2; do
+  echo "$run: $(tail -n 1 "$RESULTS/$run/log.csv" 2>/dev/null)"
+done
