@@ -41,16 +41,25 @@ class BuiltPairs:
     """A finished build, read by row: ``load(rows)`` gives the stored pairs as a CPU PairBatch.
 
     Small native LQ faces (BTNet) are placed top-left in a zero canvas, as the engine makes them.
+    ``attribute_columns`` picks (and orders) the stored attributes a batch carries; default all.
     The dataset is opened lazily, so the object can be sent to DataLoader workers.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, attribute_columns: list[str] | tuple[str, ...] | None = None) -> None:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.recipe: Recipe = parse_recipe(yaml.safe_load(self.manifest["recipe_text"]), source=self.manifest["recipe"])
         self.name = str(self.folder)
-        self._length = len(open_dataset(self.folder))
+        dataset = open_dataset(self.folder)
+        self._length = len(dataset)
         self._table = None
+        stored = dataset.features.get("attributes")
+        self.attribute_names: list[str] = list(stored) if stored else []
+        missing = [name for name in attribute_columns or () if name not in self.attribute_names]
+        if missing:
+            raise ValueError(f"{self.folder}: the build has no attribute {missing[0]!r} "
+                             f"(it has {', '.join(self.attribute_names) or 'no attributes'})")
+        self.attribute_columns = list(attribute_columns) if attribute_columns else self.attribute_names
 
     def __len__(self) -> int:
         return self._length
@@ -76,10 +85,10 @@ class BuiltPairs:
             side = int(sides[n]) if sides is not None else canvas
             lq[n, :, :side, :side] = _decode(value, image_format, side)
         attributes = None
-        if "attributes" in table.column_names:
+        if self.attribute_columns:
             columns = flat_table(table.select(["attributes"]))
-            attributes = torch.stack([torch.tensor(columns.column(c).to_numpy(zero_copy_only=False).astype("float32"))
-                                      for c in columns.column_names], dim=1)
+            attributes = torch.stack([torch.tensor(columns.column(f"attributes.{name}").to_numpy(zero_copy_only=False)
+                                                   .astype("float32")) for name in self.attribute_columns], dim=1)
         return PairBatch(key=torch.tensor(table.column("key").to_numpy()),
                          identity=torch.tensor(table.column("identity").to_numpy()), hq=hq, lq=lq, params=params,
                          attributes=attributes)

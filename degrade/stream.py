@@ -80,11 +80,12 @@ class PairStream:
         return cls(recipe, source, **options)
 
     @classmethod
-    def from_dataset(cls, folder: str | Path, **options) -> PairStream:
-        """The pairs stored in a finished ``degrade build`` folder."""
+    def from_dataset(cls, folder: str | Path, attribute_columns: list[str] | None = None, **options) -> PairStream:
+        """The pairs stored in a finished ``degrade build`` folder (``attribute_columns``: the stored
+        attributes batches carry, in that order; default all)."""
         from degrade.built import BuiltPairs
 
-        pairs = BuiltPairs(folder)
+        pairs = BuiltPairs(folder, attribute_columns)
         return cls(pairs.recipe, pairs, degrade_on_the_fly=False, **options)
 
     def __len__(self) -> int:

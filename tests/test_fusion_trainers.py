@@ -120,6 +120,27 @@ def test_catface_stages_train_on_streamed_pairs_with_attributes(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in stage1.state_dict().items())  # stage 1 stays frozen
 
 
+@pytest.mark.parametrize("trainer, extra", [("btnet", []), ("lgaf", []), ("catface", ["--stage", "1"])])
+def test_trainers_train_from_a_build_with_its_stored_attributes(tmp_path, trainer, extra):
+    from click.testing import CliRunner
+
+    from degrade.cli import main
+
+    table = tmp_path / "attributes.csv"
+    table.write_text("identity,Smiling,Male,Bald,Big Nose,Chubby,Narrow Eyes\n"  # more columns, another order
+                     + "".join(f"demo_{i:05d},1,{i % 2},0,1,0,1\n" for i in range(100)))
+    build = CliRunner().invoke(main, ["build", "--recipe", trainer, "--source", "demo", "--limit", "48", "--format", "raw",
+                                      "--attributes", str(table), "--out", str(tmp_path / "pairs"), "--device", "cpu"])
+    assert build.exit_code == 0, build.output
+    result = CliRunner().invoke(main, ["train", trainer, *extra, "--from-dataset", str(tmp_path / "pairs"), "--steps", "2",
+                                       "--batch-size", "16", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert math.isfinite(float(result.output.split("loss ")[1].split()[0]))
+    if trainer == "catface":
+        assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["spec"]["columns"] == \
+            ["Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"]
+
+
 def test_lgaf_trains_on_streamed_pairs(tmp_path):
     stream, faces = demo_stream()
     backbone = build_backbone("mobilefacenet")

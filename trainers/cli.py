@@ -118,7 +118,8 @@ def train_lgaf(mode: str, mhms_heads: int, **options) -> None:
 @common_training_options
 @click.option("--stage", type=click.Choice(["1", "2"]), default="1", show_default=True)
 @click.option("--attributes", "attribute_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Stage 1: CSV/TSV of soft-biometric labels keyed by file or identity.")
+              help="Stage 1: CSV/TSV of soft-biometric labels keyed by file or identity (pairs read with "
+                   "--from-dataset carry the build's own attributes instead).")
 @click.option("--stage1", "stage1_checkpoint", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Stage 2: the stage-1 run's last.pt.")
 @click.option("--fusion", default="catf", show_default=True, type=click.Choice(["none", "concat", "add", "catf"]))
@@ -127,15 +128,23 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
     from degrade.sources.attributes import Attributes
     from trainers.catface import CATFACE_ATTRIBUTES
 
-    if stage == "1" and not attribute_file:
-        raise click.UsageError("stage 1 needs --attributes")
+    from_dataset = options["from_dataset"]
+    if stage == "1" and not (attribute_file or from_dataset):
+        raise click.UsageError("stage 1 needs --attributes (or --from-dataset of a build made with --attributes)")
     if stage == "2" and not stage1_checkpoint:
         raise click.UsageError("stage 2 needs --stage1 (the stage-1 run's last.pt)")
     attributes, stage1 = None, None
     if stage == "1":
-        table = Attributes(attribute_file)
-        columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in table.names else ())
-        attributes = table.select(columns)
+        if from_dataset:
+            from degrade.built import BuiltPairs
+
+            names = BuiltPairs(from_dataset).attribute_names
+        else:
+            table = Attributes(attribute_file)
+            names = table.names
+        columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in names else ())
+        if not from_dataset:
+            attributes = table.select(columns)
     else:
         stage1 = torch.load(stage1_checkpoint, map_location="cpu", weights_only=False)
         if stage1.get("spec", {}).get("trainer") != "catface":
@@ -147,7 +156,7 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
             trainer.stage1.load_state_dict(stage1["trainer"])
 
     run({"trainer": "catface", "stage": int(stage), "columns": list(columns), "fusion": fusion}, "catface", load_stage1,
-        attributes=attributes, **options)
+        attributes=attributes, attribute_columns=list(columns) if stage == "1" else None, **options)
 
 
 @train_group.command("btnet")
@@ -172,10 +181,13 @@ def train_btnet(sides: str, selection: str, branch_blocks: int, loss_weights: st
          "loss_weights": weights}, "btnet", **options)
 
 
-def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, **options) -> None:
+def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, attribute_columns=None,
+        **options) -> None:
     """Shared by every `degrade train NAME`: data, the trainer ``spec`` describes, loop.
 
     ``load_weights(trainer)`` fills weights that come from other files (a teacher, a stage 1).
+    ``attributes`` (an Attributes table) joins pairs made on the fly; ``attribute_columns`` picks
+    the attributes of pairs read from a build.
     """
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
@@ -188,7 +200,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, **o
                           shuffle_seed=options["seed"])
     try:
         if options["from_dataset"]:
-            stream = PairStream.from_dataset(options["from_dataset"], **stream_options)
+            stream = PairStream.from_dataset(options["from_dataset"], attribute_columns, **stream_options)
             classes = int(stream.source.table.column("identity").to_numpy().max()) + 1
         else:
             recipe = load_recipe(options["recipe"] or default_recipe)
