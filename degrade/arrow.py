@@ -107,21 +107,37 @@ def _features(schema: pa.Schema, image_format: str) -> dict:
 _ENCODERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)  # cv2.imencode releases the GIL
 
 
-def _images_array(images: list[torch.Tensor], image_format: str) -> pa.Array:
+def _raw_array(images: torch.Tensor | list[torch.Tensor]) -> pa.Array:
+    """HxWx3 bytes per image as one binary array over a single buffer: a batch (N, 3, H, W) is
+    transposed once, not copied image by image (which bounded raw builds at ~2,500 pairs/s)."""
+    if isinstance(images, torch.Tensor):
+        pixels = images.permute(0, 2, 3, 1).contiguous().reshape(-1)
+        sizes = np.full(len(images), images[0].numel() if len(images) else 0)
+    else:
+        pixels = torch.cat([i.permute(1, 2, 0).reshape(-1) for i in images] or [torch.empty(0, dtype=torch.uint8)])
+        sizes = np.array([i.numel() for i in images], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    if offsets[-1] >= 2 ** 31:
+        raise BuildError(f"a batch of {len(sizes)} raw images exceeds 2 GiB; use a smaller --batch-size")
+    return pa.Array.from_buffers(pa.binary(), len(sizes),
+                                 [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(pixels.numpy())])
+
+
+def _images_array(images: torch.Tensor | list[torch.Tensor], image_format: str) -> pa.Array:
     if image_format == "png":
         return pa.array([{"bytes": data, "path": None} for data in _ENCODERS.map(encode_png, images)], _IMAGE)
-    return pa.array([i.permute(1, 2, 0).contiguous().numpy().tobytes() for i in images], pa.binary())
+    return _raw_array(images)
 
 
 def pairs_table(batch: PairBatch, schema: pa.Schema, identity_names: list[str], image_format: str,
                 native_side: torch.Tensor | None, attributes: torch.Tensor | None) -> pa.Table:
     """One CPU batch as a table of ``schema``: images encoded, params nested, attributes (NaN -> null)."""
-    lq = list(batch.lq) if native_side is None else [i[:, :s, :s] for i, s in zip(batch.lq, native_side.tolist())]
+    lq = batch.lq if native_side is None else [i[:, :s, :s] for i, s in zip(batch.lq, native_side.tolist())]
     columns = {
         "key": pa.array(batch.key.numpy(), pa.int64()),
         "identity": pa.array(batch.identity.numpy(), pa.int64()),
         "identity_name": pa.array(identity_names, pa.string()),
-        "hq": _images_array(list(batch.hq), image_format),
+        "hq": _images_array(batch.hq, image_format),
         "lq": _images_array(lq, image_format),
         "params": _params_array(batch.params, schema.field("params").type),
     }
