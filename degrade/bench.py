@@ -227,8 +227,8 @@ def run_train_bench(recipe_source: str, source: Source, backbone: str, device: s
                              checkpoint_every=steps + 1, progress=False)
         rows = train(trainer, stream, config, device)
     warm, last = rows[0], rows[-1]
-    clock = {row["step"]: row["step"] * batch_size / row["pairs_per_s"] for row in (warm, last)}  # s since start
-    rate = (last["step"] - warm["step"]) * batch_size / (clock[last["step"]] - clock[warm["step"]])
+    seconds = lambda row: row["step"] * batch_size / row["pairs_per_s"]  # noqa: E731  (since the run started)
+    rate = (last["step"] - warm["step"]) * batch_size / (seconds(last) - seconds(warm))
     return "\n".join([
         f"training {backbone} ({precision}, batch {batch_size}) on pairs streamed from {source.name} with recipe "
         f"{recipe.name}, {workers} decoding workers, engine on {device}",

@@ -135,16 +135,12 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
         raise click.UsageError("stage 2 needs --stage1 (the stage-1 run's last.pt)")
     attributes, stage1 = None, None
     if stage == "1":
-        if from_dataset:
-            from degrade.built import BuiltPairs
+        from degrade.built import BuiltPairs
 
-            names = BuiltPairs(from_dataset).attribute_names
-        else:
-            table = Attributes(attribute_file)
-            names = table.names
+        table = None if from_dataset else Attributes(attribute_file)
+        names = table.names if table else BuiltPairs(from_dataset).attribute_names
         columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in names else ())
-        if not from_dataset:
-            attributes = table.select(columns)
+        attributes = table.select(columns) if table else None
     else:
         stage1 = torch.load(stage1_checkpoint, map_location="cpu", weights_only=False)
         if stage1.get("spec", {}).get("trainer") != "catface":

@@ -89,10 +89,10 @@ def _save(path: Path, state: dict) -> None:
 class DataClock:
     """How much of each step goes to making its batch (decoding, host-to-device copy, the engine).
 
-    On a GPU the engine's kernels and the training step share one CUDA stream, so the split is
-    read from CUDA events: time between "fetching" and "fetched" on the device is time the step
-    could not start (engine kernels, or the device idle while the host waits for a batch).
-    On a CPU, the host clock.
+    On a GPU the split is read from CUDA events on the training stream, since kernels run
+    asynchronously: time between "fetching" and "fetched" there is time the step could not start
+    (waiting for the batch's engine work on the prefetching stream, or the device idle while the
+    host waits for a batch). On a CPU, the host clock.
     """
 
     def __init__(self, device: torch.device) -> None:
