@@ -29,8 +29,8 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from degrade.engine import PairBatch, degrade_faces
-from degrade.loader import decoded_batches
+from degrade.engine import PairBatch
+from degrade.loader import pair_batches
 from degrade.ops import Params
 from degrade.recipe import Recipe
 from degrade.sources import Source
@@ -230,17 +230,17 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     bar.update(sum(stop - first for i, (first, stop) in bounds.items() if i not in todo))
     key_batches = {i: torch.arange(*bounds[i]).split(batch_size) for i in todo}
     batches = [keys for i in todo for keys in key_batches[i]]
-    decoded = decoded_batches(source, batches, num_workers, pin_memory=str(device).startswith("cuda"))
+    made = pair_batches(recipe, source, batches, device, seed, num_workers)
     for index in todo:
         tables, skipped, fixes = [], [], collections.Counter()
         for _ in key_batches[index]:
-            faces = next(decoded)
+            faces, batch = next(made)
             skipped += faces.skipped
             fixes.update(faces.fixes)
             bar.update(len(faces.key) + len(faces.skipped))
             if len(faces.key) == 0:
                 continue
-            batch = degrade_faces(recipe, faces, device, seed).cpu()
+            batch = batch.cpu()
             side = recipe.native_sides(batch.params)
             names_of = [source.identity_name(int(i)) for i in batch.identity]
             values = attributes.lookup(source, batch.key, batch.identity) if attributes else None

@@ -1,7 +1,8 @@
 """``degrade bench``: the engine against a plain per-image OpenCV loop, in one run.
 
 Both make the same pairs from the same HQ faces with the same params (the engine's keyed
-draws). The OpenCV loop runs in a pool of processes, one per core by default. Absolute rates
+draws). The OpenCV loop runs in a pool of processes, one per core by default; so does the engine
+on a CPU, as builds and streams run it there (in their decoding workers). Absolute rates
 on shared machines are noisy; the ratio is the number to compare.
 """
 
@@ -21,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from degrade.arrow import PNG_LEVEL
-from degrade.engine import chunks, degrade_uint8, to_float
+from degrade.engine import chunks, degrade_uint8, prepare_cpu_worker, to_float
 from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Source
 
@@ -45,13 +46,15 @@ class BenchResult:
         return self.engine_rate / self.opencv_rate
 
     def report(self) -> str:
+        on_cpu = self.device == "cpu"
         lines = [
             f"recipe {self.recipe}, {self.pairs} pairs of 112x112, engine on {self.device} (batch {self.batch_size})",
-            f"  engine                      {self.engine_rate:12,.0f} pairs/s",
+            (f"  engine,     {self.workers:2d} processes   " if on_cpu else "  engine                      ")
+            + f"{self.engine_rate:12,.0f} pairs/s",
             f"  OpenCV loop, {self.workers:2d} processes   {self.opencv_rate:12,.0f} pairs/s",
             f"  ratio engine / OpenCV       {self.ratio:12.2f}x",
             f"  per process of OpenCV       {self.opencv_rate / self.workers:12,.0f} pairs/s",
-            "  engine stages alone (every sample of a batch; pairs/s):",
+            "  engine stages alone (every sample of a batch" + ("; one thread" if on_cpu else "") + "; pairs/s):",
         ]
         width = max(map(len, self.stage_rates))
         lines += [f"    {name:<{width}} {rate:12,.0f}" for name, rate in self.stage_rates.items()]
@@ -66,6 +69,7 @@ def _synchronise(device: torch.device) -> None:
 
 
 def _time_engine(recipe: Recipe, hq: torch.Tensor, pairs: int, device: torch.device) -> float:
+    """The engine in this process on ``device``, batches of ``len(hq)`` pairs."""
     batch = len(hq)
     degrade_uint8(recipe, hq, torch.arange(batch, device=device))  # warm-up
     _synchronise(device)
@@ -76,8 +80,34 @@ def _time_engine(recipe: Recipe, hq: torch.Tensor, pairs: int, device: torch.dev
     return (pairs // batch * batch) / (time.perf_counter() - started)
 
 
+_worker_state: dict = {}
+
+
+def _init_engine_worker(recipe_source: str, hq: torch.Tensor) -> None:
+    prepare_cpu_worker()
+    _worker_state.update(recipe=load_recipe(recipe_source), hq=hq)
+
+
+def _engine_batch(first: int) -> int:
+    recipe, hq = _worker_state["recipe"], _worker_state["hq"]
+    degrade_uint8(recipe, hq, torch.arange(first, first + len(hq)))
+    return len(hq)
+
+
+def _time_engine_processes(recipe_source: str, hq: torch.Tensor, pairs: int, workers: int) -> float:
+    """The CPU engine as builds and streams run it: ``workers`` processes of one torch thread,
+    each degrading whole batches of ``len(hq)`` pairs."""
+    batch = len(hq)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_init_engine_worker, initargs=(recipe_source, hq)) as processes:
+        processes.map(_engine_batch, [k * batch for k in range(workers)], chunksize=1)  # warm-up
+        started = time.perf_counter()
+        done = sum(processes.map(_engine_batch, range(0, pairs - batch + 1, batch), chunksize=1))
+        return done / (time.perf_counter() - started)
+
+
 def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict[str, float]:
-    """Each op alone on every sample of the batch, in the engine's CPU chunks on a CPU."""
+    """Each op alone on every sample of the batch, in the engine's CPU chunks on a CPU (one thread)."""
     images = to_float(hq)
     params = recipe.sample(torch.arange(len(hq), device=device))
     rates = {}
@@ -95,9 +125,6 @@ def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict
         _synchronise(device)
         rates[f"{leaf.path} ({leaf.op.name})"] = len(hq) / (time.perf_counter() - started)
     return rates
-
-
-_worker_state: dict = {}
 
 
 def _init_worker(recipe_text_source: str, pool: np.ndarray) -> None:
@@ -250,8 +277,15 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats(target)
     hq = hq_cpu.to(target)
-    engine_rate = _time_engine(recipe, hq, max(pairs, batch_size), target)
-    stage_rates = _time_stages(recipe, hq, target)
+    if target.type == "cpu":
+        engine_rate = _time_engine_processes(recipe_source, hq, max(pairs, batch_size), workers)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        stage_rates = _time_stages(recipe, hq, target)
+        torch.set_num_threads(threads)
+    else:
+        engine_rate = _time_engine(recipe, hq, max(pairs, batch_size), target)
+        stage_rates = _time_stages(recipe, hq, target)
     if target.type == "cuda":
         peak = torch.cuda.max_memory_allocated(target) / 2 ** 20
     else:

@@ -46,14 +46,16 @@ def _as_int32(constant: int) -> int:
 _M1_I32, _M2_I32, _GOLDEN_I32 = (_as_int32(c) for c in (0x7FEB352D, 0x846CA68B, _GOLDEN))
 
 
-def _mix32_int32(x: torch.Tensor) -> torch.Tensor:
-    """:func:`mix32` on int32 tensors holding the same 32 bits (wrapping products; logical shifts
-    by masking). Bit-identical to ``mix32`` and about ten times faster on CPU for large fields."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _M1_I32
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _M2_I32
-    return x ^ ((x >> 16) & 0xFFFF)
+def _mix32_int32_(x: torch.Tensor) -> torch.Tensor:
+    """:func:`mix32` in place on an int32 tensor holding the same 32 bits (wrapping products;
+    logical shifts by masking). Bit-identical to ``mix32``; int32 and in place, it is about
+    ten times faster on a CPU for large fields (no int64 passes, no new tensor per step)."""
+    x ^= (x >> 16) & 0xFFFF
+    x *= _M1_I32
+    x ^= (x >> 15) & 0x1FFFF
+    x *= _M2_I32
+    x ^= (x >> 16) & 0xFFFF
+    return x
 
 
 def bits_to_uniform(bits: torch.Tensor) -> torch.Tensor:
@@ -61,10 +63,15 @@ def bits_to_uniform(bits: torch.Tensor) -> torch.Tensor:
     return (((bits >> 8) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
 
 
+@functools.lru_cache(maxsize=16)
+def _counter(count: int, device: torch.device) -> torch.Tensor:
+    """(count,) int32: i times the golden-ratio constant, wrapped to 32 bits."""
+    return torch.arange(count, device=device, dtype=torch.int32) * _GOLDEN_I32
+
+
 def field_bits(seeds: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` hashed 32-bit words for each seed: (N,) int64 -> (N, count) int32."""
-    counter = torch.arange(count, device=seeds.device, dtype=torch.int32) * _GOLDEN_I32
-    return _mix32_int32(seeds.to(torch.int32)[:, None] + counter[None, :])
+    return _mix32_int32_(seeds.to(torch.int32)[:, None] + _counter(count, seeds.device)[None, :])
 
 
 def uniform_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -92,9 +99,16 @@ def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
     every device.
     """
     count = math.prod(shape)
-    bits = field_bits(seeds, (count + 1) // 2)
-    index = torch.cat([bits & 0xFFFF, (bits >> 16) & 0xFFFF], dim=1)[:, :count]
-    return _normal_quantiles(seeds.device)[index].to(dtype).reshape(len(seeds), *shape)
+    half = (count + 1) // 2
+    bits = field_bits(seeds, half)
+    index = bits.new_empty(len(seeds), 2 * half)
+    torch.bitwise_and(bits, 0xFFFF, out=index[:, :half])
+    torch.bitwise_right_shift(bits, 16, out=index[:, half:])
+    index[:, half:] &= 0xFFFF  # the arithmetic shift copied the sign bit
+    # index_select takes the int32 index as it is; plain indexing converts it to int64 first:
+    # 22 against 73 us per 3x112x112 field on one CPU core (the gaussian_noise line of `degrade bench`).
+    draws = _normal_quantiles(seeds.device).index_select(0, index[:, :count].flatten())
+    return draws.to(dtype).reshape(len(seeds), *shape)
 
 
 class KeyedRandom:

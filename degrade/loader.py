@@ -1,30 +1,34 @@
-"""Decoding batches of source keys in DataLoader worker processes, in order."""
+"""Decoding batches of source keys in DataLoader worker processes, in order, and degrading them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from degrade.engine import PairBatch, degrade_faces, prepare_cpu_worker
+from degrade.recipe import Recipe
 from degrade.sources import Faces, Source, SourceError
 
 
 class _KeyBatches(Dataset):
-    """Item i = ``source.load(batches[i])``; a SourceError is returned (not raised) so the
+    """Item i = ``then(source.load(batches[i]))``; a SourceError is returned (not raised) so the
     consuming process can raise it with its own message rather than a worker traceback."""
 
-    def __init__(self, source: Source, batches: Sequence[torch.Tensor]) -> None:
-        self.source, self.batches = source, batches
+    def __init__(self, source: Source, batches: Sequence[torch.Tensor], then: Callable | None = None) -> None:
+        self.source, self.batches, self.then = source, batches, then
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int) -> Faces | SourceError:
+    def __getitem__(self, index: int):
         try:
-            return self.source.load(self.batches[index])
+            faces = self.source.load(self.batches[index])
         except SourceError as error:
             return error
+        return faces if self.then is None else self.then(faces)
 
 
 def _as_is(item):
@@ -32,15 +36,45 @@ def _as_is(item):
 
 
 def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers: int = 0,
-                    pin_memory: bool = False) -> Iterator:
+                    pin_memory: bool = False, then: Callable | None = None) -> Iterator:
     """Yield ``source.load(keys)`` for each key batch, in order, decoded by ``num_workers`` processes.
 
-    Works for any object with a ``load(keys)`` method whose result has ``pin_memory()``.
+    Works for any object with a ``load(keys)`` method whose result has ``pin_memory()``. With
+    ``then`` (a picklable callable), the workers yield ``then(faces)`` instead, unpinned.
     """
-    items = _KeyBatches(source, batches)
+    items = _KeyBatches(source, batches, then)
     stream = (items[i] for i in range(len(items))) if num_workers == 0 else DataLoader(
         items, batch_size=None, num_workers=num_workers, collate_fn=_as_is, prefetch_factor=4)
     for item in stream:
         if isinstance(item, SourceError):
             raise item
-        yield item.pin_memory() if pin_memory else item
+        yield item.pin_memory() if pin_memory and then is None else item
+
+
+@dataclasses.dataclass
+class _Degrade:
+    """Degrade decoded faces on the CPU, in the worker that decoded them."""
+
+    recipe: Recipe
+    seed: int | None
+
+    def __call__(self, faces: Faces) -> tuple[Faces, PairBatch]:
+        prepare_cpu_worker()
+        return faces, degrade_faces(self.recipe, faces, "cpu", self.seed)
+
+
+def pair_batches(recipe: Recipe, source: Source, batches: Sequence[torch.Tensor], device: str | torch.device = "cpu",
+                 seed: int | None = None, num_workers: int = 0) -> Iterator[tuple[Faces, PairBatch]]:
+    """Each key batch decoded and degraded: (the decoded faces, their pairs on ``device``), in order.
+
+    ``num_workers`` processes decode. On a CPU they also degrade what they decoded, each with one
+    torch thread: processes scale over the cores where the threads of one process do not (every
+    op call holds the GIL between kernels of a few microseconds; `degrade bench --device cpu`).
+    On a GPU the engine runs in this process, on the device.
+    """
+    device = torch.device(device)
+    if device.type == "cpu" and num_workers > 0:
+        yield from decoded_batches(source, batches, num_workers, then=_Degrade(recipe, seed))
+        return
+    for faces in decoded_batches(source, batches, num_workers, pin_memory=device.type == "cuda"):
+        yield faces, degrade_faces(recipe, faces, device, seed)

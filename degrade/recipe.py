@@ -141,8 +141,21 @@ class Recipe:
         return params
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        """Degrade (N, 3, S, S) images in [0, 1] with recorded params; (N, 3, S', S') out."""
-        for stage in self.stages:
+        """Degrade (N, 3, S, S) images in [0, 1] with recorded params; (N, 3, S', S') out.
+
+        A stage that filters by one linear map per axis (a Gaussian blur) directly before a resize
+        run on every sample is folded into the resize's matrices, which then cost the same as the
+        resize alone; the result equals running the two in turn, to float rounding."""
+        folded = None
+        for stage, following in zip(self.stages, self.stages[1:] + [None]):
+            if folded is not None:
+                leaf = stage.options[0].leaves[0]
+                images = leaf.op.apply(images, leaf_params(params, leaf), prefilter=folded)
+                folded = None
+                continue
+            folded = _foldable_matrix(stage, following, params, images)
+            if folded is not None:
+                continue
             applied = params[f"{stage.name}.applied"].to(images.device)
             for index, option in enumerate(stage.options):
                 chosen = applied
@@ -160,6 +173,25 @@ def leaf_params(params: Params, leaf: Leaf) -> Params:
     """One op's params out of a recipe's flat dict: '<leaf path>.<field>' -> {field: value}."""
     prefix = leaf.path + "."
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+
+
+def _foldable_matrix(stage: Stage, following: Stage | None, params: Params,
+                     images: torch.Tensor) -> torch.Tensor | None:
+    """The (N, S, S) axis matrix of ``stage`` (identity on the samples it skips) when it can be
+    folded into ``following``: one op with an axis matrix, followed by a one-op stage that takes a
+    prefilter and runs on every sample. None otherwise."""
+    if following is None or following.is_group or following.p < 1 or stage.is_group:
+        return None
+    leaf, after = stage.options[0].leaves[0], following.options[0].leaves[0]
+    size = images.shape[-1]
+    if not after.op.takes_prefilter or images.shape[-2] != size:
+        return None
+    matrix = leaf.op.axis_matrix(leaf_params(params, leaf), size, images.device, images.dtype)
+    if matrix is None:
+        return None
+    applied = params[f"{stage.name}.applied"].to(device=images.device, dtype=images.dtype)
+    torch.diagonal(matrix.mul_(applied.view(-1, 1, 1)), dim1=1, dim2=2).add_(1 - applied[:, None])
+    return matrix
 
 
 def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chosen: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,12 @@
             ...
 
 HQ faces are decoded as uint8 by DataLoader worker processes and degraded on the device in
-the consuming process, with no disk in between; ``PairStream.from_dataset`` reads the same
-pairs from a built dataset instead. Under ``torch.distributed`` each rank gets an equal
-number of batches (the remainder of an epoch is dropped), its batch b being global batch
-``b * world_size + rank`` of that epoch's shuffled order; ``start_step`` resumes mid-epoch.
-Because params are keyed by sample, a sample's LQ does not depend on ranks, workers or order.
-On a GPU the next batches are made ahead by a thread on their own CUDA stream (see
+the consuming process (on a CPU, in the workers themselves), with no disk in between;
+``PairStream.from_dataset`` reads the same pairs from a built dataset instead. Under
+``torch.distributed`` each rank gets an equal number of batches (the remainder of an epoch is
+dropped), its batch b being global batch ``b * world_size + rank`` of that epoch's shuffled order;
+``start_step`` resumes mid-epoch. Because params are keyed by sample, a sample's LQ does not
+depend on ranks, workers or order. On a GPU the next batches are made ahead by a thread on their own CUDA stream (see
 :func:`prefetched`), so the engine's host work never leaves the training stream idle.
 """
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from degrade.engine import PairBatch, degrade_faces
-from degrade.loader import decoded_batches
+from degrade.engine import PairBatch
+from degrade.loader import decoded_batches, pair_batches
 from degrade.recipe import Recipe
 from degrade.sources import Source
 
@@ -117,14 +117,15 @@ class PairStream:
         return self._batches()
 
     def _batches(self) -> Iterator[dict]:
-        pin = self.device.type == "cuda"
-        for item in decoded_batches(self.source, self.rank_batches(), self.num_workers, pin_memory=pin):
-            if self.degrade_on_the_fly:
-                batch = degrade_faces(self.recipe, item, self.device, self.seed)
-                if self.attributes is not None:
-                    batch.attributes = self.attributes.lookup(self.source, item.key, item.identity).to(self.device)
-            else:
-                batch = item.to(self.device)
+        if not self.degrade_on_the_fly:
+            pin = self.device.type == "cuda"
+            for stored in decoded_batches(self.source, self.rank_batches(), self.num_workers, pin_memory=pin):
+                yield self._as_dict(stored.to(self.device))
+            return
+        for faces, batch in pair_batches(self.recipe, self.source, self.rank_batches(), self.device, self.seed,
+                                         self.num_workers):
+            if self.attributes is not None:
+                batch.attributes = self.attributes.lookup(self.source, faces.key, faces.identity).to(self.device)
             yield self._as_dict(batch)
 
     def _as_dict(self, batch: PairBatch) -> dict:

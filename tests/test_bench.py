@@ -55,7 +55,7 @@ def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(
 def test_bench_prints_both_rates_and_their_ratio():
     output = CliRunner().invoke(main, ["bench", "--recipe", "maug", "--n", "64", "--batch-size", "32",
                                        "--workers", "1", "--device", "cpu"]).output
-    engine = float(re.search(r"engine\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
+    engine = float(re.search(r"engine,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
     opencv = float(re.search(r"OpenCV loop,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
     ratio = float(re.search(r"ratio engine / OpenCV\s+([\d.]+)x", output).group(1))
     assert engine > 0 and opencv > 0

@@ -127,6 +127,16 @@ def test_each_sample_uses_its_own_kernel_size():
     assert torch.allclose(kernels.sum(dim=(1, 2)), torch.ones(2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("side, kernel", [(112, 7), (14, 13)], ids=["face", "small"])
+def test_gaussian_axis_matrix_filters_like_apply_borders_included(side, kernel, faces):
+    op = GaussianBlur(sigma=[0.5, 4.0], kernel_size=[3, kernel])
+    images = faces[:8, :, :side, :side]
+    params = op.sample(torch.arange(8))
+    matrix = op.axis_matrix(params, side, images.device, images.dtype)[:, None]
+    assert torch.allclose(matrix.sum(dim=-1), torch.ones(()), atol=1e-6)
+    assert torch.allclose((matrix @ images @ matrix.transpose(-1, -2)).clamp(0, 1), op.apply(images, params), atol=1e-6)
+
+
 def test_motion_kernel_spreads_along_its_angle_only():
     op = MotionBlur(length=[9.0, 9.0], kernel_size=[15, 15])
     kernel = op.kernels({"length": torch.tensor([9.0, 9.0]), "angle": torch.tensor([0.0, 90.0]),

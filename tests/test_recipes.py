@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from degrade.engine import to_uint8
-from degrade.recipe import RecipeError, builtin_recipes, load_recipe
+from degrade.recipe import RecipeError, builtin_recipes, leaf_params, load_recipe, parse_recipe
 
 RECIPES = sorted(builtin_recipes())
 
@@ -107,6 +107,19 @@ def test_probability_applies_a_stage_to_that_fraction_of_samples(faces):
     untouched = ~(params["occlusion.applied"] | params["elastic.applied"] | params["resize.applied"])
     assert untouched.any()
     assert torch.equal(lq[untouched], faces[:32][untouched])
+
+
+@pytest.mark.parametrize("output", ["input", "native"])
+def test_a_gaussian_blur_before_a_resize_is_folded_into_it_and_gives_the_same_pairs(output, faces, monkeypatch):
+    recipe = parse_recipe({"stages": [{"op": "gaussian_blur", "p": 0.6, "sigma": [0.5, 3.0]},
+                                      {"op": "resize", "sides": [7, 14, 20], "output": output}]})
+    params = recipe.sample(torch.arange(32))
+    blur, resize = recipe.leaves
+    blurred = blur.op.apply(faces[:32], leaf_params(params, blur))
+    in_turn = resize.op.apply(torch.where(params["gaussian_blur.applied"].view(-1, 1, 1, 1), blurred, faces[:32]),
+                              leaf_params(params, resize))
+    monkeypatch.setattr(type(blur.op), "apply", lambda *args: pytest.fail("the blur ran on its own"))
+    assert (recipe.apply(faces[:32], params) - in_turn).abs().max() < 1e-5
 
 
 def test_adding_a_stage_does_not_change_the_draws_of_the_others(tmp_path):

@@ -35,6 +35,9 @@ class Op:
     """
 
     name: ClassVar[str] = ""
+    # True for ops whose ``apply`` takes ``prefilter``: an (N, S, S) axis matrix (see
+    # :meth:`axis_matrix`) to apply first, folded into the op's own matrices.
+    takes_prefilter: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,6 +60,12 @@ class Op:
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         """Degrade ``images`` (N, C, H, W) in [0, 1] with ``params``; returns the same layout."""
         raise NotImplementedError
+
+    def axis_matrix(self, params: Params, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """For an op that filters (size, size) images by one linear map per axis (``M @ X @ M.T``
+        per channel, the same M for rows and columns): M per sample, (N, size, size). None for
+        every other op. A recipe folds such a stage into a following op that takes a prefilter."""
+        return None
 
     def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, Params]:
         params = self.sample(keys.to(images.device), seed)

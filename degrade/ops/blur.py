@@ -86,16 +86,32 @@ class GaussianBlur(_KernelBlur):
         sigma = _column(params["sigma"], x)
         return torch.exp(-(x * x + y * y) / (2 * sigma * sigma))
 
-    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        """Separably: the masked, normalised 2-D kernel is the outer product of two 1-D ones."""
-        offsets = torch.arange(self.kernel_size[1], device=images.device, dtype=torch.float64)
+    def taps(self, params: Params, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(N, K) 1-D kernels summing to 1, K the largest kernel size, zero beyond each sample's own
+        size: the masked, normalised 2-D kernel is the outer product of a sample's taps with themselves."""
+        offsets = torch.arange(self.kernel_size[1], device=device, dtype=torch.float64)
         offsets = offsets - (self.kernel_size[1] - 1) / 2
-        sigma = params["sigma"].to(images.device, torch.float64)[:, None]
-        radius = ((params["kernel_size"].to(images.device) - 1) // 2)[:, None]
+        sigma = params["sigma"].to(device, torch.float64)[:, None]
+        radius = ((params["kernel_size"].to(device) - 1) // 2)[:, None]
         taps = torch.exp(-offsets ** 2 / (2 * sigma ** 2)) * (offsets.abs() <= radius)
-        taps = (taps / taps.sum(dim=1, keepdim=True)).to(images.dtype)
+        return (taps / taps.sum(dim=1, keepdim=True)).to(dtype)
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """Separably: rows, then columns."""
+        taps = self.taps(params, images.device, images.dtype)
         rows = filter2d(images, taps[:, None, :], border_type="reflect")
         return filter2d(rows, taps[:, :, None], border_type="reflect").clamp(0, 1)
+
+    def axis_matrix(self, params: Params, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(N, size, size): row i holds the taps around pixel i, reflected at the borders as in ``apply``."""
+        taps = self.taps(params, device, dtype)
+        width = taps.shape[1]
+        source = torch.arange(size, device=device)[:, None] + torch.arange(width, device=device) - width // 2
+        period = 2 * (size - 1)
+        source = source.abs() % period
+        source = torch.where(source >= size, period - source, source)
+        matrix = torch.zeros(len(taps), size, size, device=device, dtype=dtype)
+        return matrix.scatter_add_(2, source.expand(len(taps), -1, -1), taps[:, None, :].expand(-1, size, -1))
 
 
 @dataclasses.dataclass

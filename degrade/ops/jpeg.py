@@ -29,8 +29,11 @@ _CHROMA_TABLE = [
     24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99,
 ] + [99] * 32
 
-_RGB_TO_YCBCR = [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
-_YCBCR_TO_RGB = [[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]]
+# RGB -> Y, RGB -> (Cb, Cr) without their offset of 128 (it cancels against the level shift),
+# and (Cb, Cr) -> RGB, to which Y adds with weight 1.
+_RGB_TO_LUMA = [[0.299, 0.587, 0.114]]
+_RGB_TO_CHROMA = [[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
+_CHROMA_TO_RGB = [[0.0, 1.402], [-0.344136, -0.714136], [1.772, 0.0]]
 
 
 @functools.lru_cache(maxsize=8)
@@ -54,24 +57,60 @@ def quantisation_tables(quality: torch.Tensor) -> torch.Tensor:
     return torch.floor((base * scale.view(-1, 1, 1, 1) + 50) / 100).clamp(1, 255)
 
 
-def _blocks(plane: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) -> (N, H/8 * W/8, 64): row-major flattened 8x8 blocks."""
-    n, h, w = plane.shape
-    return plane.view(n, h // 8, 8, w // 8, 8).transpose(2, 3).reshape(n, -1, 64)
+def _round_trip_planes(planes: torch.Tensor, table: torch.Tensor, centre: float) -> torch.Tensor:
+    """Level shift, DCT, quantise, dequantise, inverse DCT and shift back, every 8x8 block.
+
+    Args:
+        planes: (N, P, H, W), H and W multiples of 8, whose values centre on ``centre``.
+        table: (N, 8, 8) quantisation table of each sample (shared by its P planes).
+    Returns:
+        (N, P, H, W) decoded planes.
+    """
+    n, p, h, w = planes.shape
+    dct = _dct_2d(planes.device, planes.dtype)
+    blocks = planes.view(n, p, h // 8, 8, w // 8, 8).transpose(3, 4).reshape(n, -1, 64)
+    coefficients = blocks @ dct.T
+    # The level shift moves only the DC coefficient (by 8 x centre, the DCT being orthonormal):
+    # shifting it there spares two passes over the planes.
+    coefficients[..., 0] -= 8 * centre
+    table = table.to(planes.dtype).reshape(n, 1, 64)
+    coefficients.mul_(1 / table).round_().mul_(table)
+    coefficients[..., 0] += 8 * centre
+    decoded = (coefficients @ dct).view(n, p, h // 8, w // 8, 8, 8).transpose(3, 4)
+    return decoded.reshape(n, p, h, w)
 
 
-def _unblocks(blocks: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    n = blocks.shape[0]
-    return blocks.view(n, h // 8, w // 8, 8, 8).transpose(2, 3).reshape(n, h, w)
+def _upsample_twice(planes: torch.Tensor, dim: int) -> torch.Tensor:
+    """Triangle ("fancy") 2x up-sampling along ``dim``, edges replicated, as libjpeg decodes chroma:
+    output 2i is 3/4 x[i] + 1/4 x[i-1], output 2i+1 is 3/4 x[i] + 1/4 x[i+1]. Written as two
+    strided adds; 2.5x faster on a CPU than ``F.interpolate(mode="bilinear")``, which computes the same."""
+    shape = list(planes.shape)
+    shape[dim] *= 2
+    out = planes.new_empty(shape)
+    source, target = planes.movedim(dim, -1), out.movedim(dim, -1)
+    near = 0.75 * source
+    torch.add(near[..., 1:], source[..., :-1], alpha=0.25, out=target[..., 2::2])
+    torch.add(near[..., :-1], source[..., 1:], alpha=0.25, out=target[..., 1:-1:2])
+    target[..., 0] = source[..., 0]
+    target[..., -1] = source[..., -1]
+    return out
 
 
-def _round_trip_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Level shift, DCT, quantise, dequantise, inverse DCT: (N, H, W) in 0..255, table (N, 8, 8)."""
-    dct = _dct_2d(plane.device, plane.dtype)
-    table = table.to(plane.dtype).reshape(-1, 1, 64)
-    coefficients = _blocks(plane - 128) @ dct.T
-    restored = (torch.round(coefficients / table) * table) @ dct
-    return _unblocks(restored, *plane.shape[1:]) + 128
+def _combine(matrix: list[list[float]], planes: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """``base + matrix @ planes`` per pixel: (N, P, H, W) planes, (N, 1, H, W) or no base ->
+    (N, rows, H, W). Written as scaled adds (zero weights skipped): with P = 2 or 3 that is
+    2x faster on a CPU than a batched matmul."""
+    out = planes.new_empty(len(planes), len(matrix), *planes.shape[2:])
+    for row, weights in enumerate(matrix):
+        terms = [(planes[:, column], weight) for column, weight in enumerate(weights) if weight]
+        (first, weight), rest = terms[0], terms[1:]
+        if base is None:
+            torch.mul(first, weight, out=out[:, row])
+        else:
+            torch.add(base[:, 0], first, alpha=weight, out=out[:, row])
+        for plane, weight in rest:
+            out[:, row].add_(plane, alpha=weight)
+    return out
 
 
 def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
@@ -85,20 +124,17 @@ def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor
     """
     n, _, h, w = images.shape
     pad_h, pad_w = -h % 16, -w % 16
-    pixels = torch.round(images * 255)
-    pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
-    to_ycbcr = torch.tensor(_RGB_TO_YCBCR, device=images.device, dtype=images.dtype)
-    ycbcr = torch.einsum("ij,njhw->nihw", to_ycbcr, pixels)
-    ycbcr[:, 1:] += 128
+    pixels = (images * 255).round_()
+    if pad_h or pad_w:
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
     tables = quantisation_tables(quality.to(images.device))
-    luma = _round_trip_plane(ycbcr[:, 0], tables[:, 0])
-    chroma = F.avg_pool2d(ycbcr[:, 1:], 2)
-    chroma = _round_trip_plane(chroma.flatten(0, 1), tables[:, 1].repeat_interleave(2, dim=0)).view_as(chroma)
-    chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False) - 128
-    decoded = torch.cat([luma[:, None], chroma], dim=1)
-    to_rgb = torch.tensor(_YCBCR_TO_RGB, device=images.device, dtype=images.dtype)
-    rgb = torch.einsum("ij,njhw->nihw", to_rgb, decoded)
-    return torch.round(rgb[:, :, :h, :w]).clamp(0, 255) / 255
+    luma = _round_trip_planes(_combine(_RGB_TO_LUMA, pixels), tables[:, 0], 128)
+    # Averaging 2x2 pixels commutes with the (linear) colour transform: average RGB, then convert.
+    pairs = pixels[..., 0::2] + pixels[..., 1::2]
+    quarter = (pairs[..., 0::2, :] + pairs[..., 1::2, :]).mul_(0.25)
+    chroma = _round_trip_planes(_combine(_RGB_TO_CHROMA, quarter), tables[:, 1], 0)
+    rgb = _combine(_CHROMA_TO_RGB, _upsample_twice(_upsample_twice(chroma, -1), -2), base=luma)
+    return rgb[:, :, :h, :w].round_().clamp_(0, 255).mul_(1 / 255)
 
 
 @dataclasses.dataclass

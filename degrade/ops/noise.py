@@ -20,8 +20,9 @@ def _noise_field(params: Params, images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) standard normal field; grey samples share one field across channels."""
     n, c, h, w = images.shape
     field = normal_field(params["seed"].to(images.device), (c, h, w), images.dtype)
-    grey = per_sample(params["grey"], images).bool()
-    return torch.where(grey, field[:, :1].expand_as(field), field)
+    grey = per_sample(params["grey"], images)
+    field[:, 1:].lerp_(field[:, :1].expand(-1, c - 1, -1, -1), grey)  # weight 1 copies channel 0 exactly
+    return field
 
 
 @dataclasses.dataclass
@@ -46,7 +47,7 @@ class GaussianNoise(Op):
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         sigma = per_sample(params["sigma"], images) / 255.0
-        return (images + sigma * _noise_field(params, images)).clamp(0, 1)
+        return _noise_field(params, images).mul_(sigma).add_(images).clamp_(0, 1)
 
 
 @dataclasses.dataclass

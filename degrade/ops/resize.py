@@ -117,6 +117,7 @@ class Resize(Op):
     """
 
     name = "resize"
+    takes_prefilter = True
     sides: list[int] | None = None
     weights: list[float] | None = None
     scale: list[float] | None = None
@@ -171,7 +172,9 @@ class Resize(Op):
             raise ValueError(f"resize: sides {side.unique().tolist()} are not among {list(self.all_sides)}")
         return index
 
-    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, params: Params, prefilter: torch.Tensor | None = None) -> torch.Tensor:
+        """``prefilter``: (N, S, S) axis matrix of a separable linear filter to apply first
+        (``Op.axis_matrix``), multiplied into the down-sampling matrices: the filter costs no pass."""
         height, width = images.shape[-2:]
         if height != self.size or width != self.size:
             raise ValueError(f"resize: configured for {self.size}x{self.size} inputs, got {height}x{width}")
@@ -181,16 +184,19 @@ class Resize(Op):
         def gather(stack: torch.Tensor) -> torch.Tensor:
             return stack.to(device=images.device, dtype=images.dtype)[index][:, None]
 
+        def filtered(matrix: torch.Tensor) -> torch.Tensor:
+            return matrix if prefilter is None else matrix @ prefilter[:, None]
+
         if self.output == "native" or 2 * canvas <= self.size:
             # Small sides: go through the (canvas x canvas) image, far fewer flops than M X M^T.
-            down = gather(_down_stack(self.size, self.all_sides, self.down, canvas))
+            down = filtered(gather(_down_stack(self.size, self.all_sides, self.down, canvas)))
             small = down @ images @ down.transpose(-1, -2)
             if self.output == "native":
-                return small.clamp(0, 1)
+                return small.clamp_(0, 1)
             up = gather(_up_stack(self.size, self.all_sides, self.up, canvas))
-            return (up @ small @ up.transpose(-1, -2)).clamp(0, 1)
-        matrix = gather(_round_trip_stack(self.size, self.all_sides, self.down, self.up))
-        return (matrix @ images @ matrix.transpose(-1, -2)).clamp(0, 1)
+            return (up @ small @ up.transpose(-1, -2)).clamp_(0, 1)
+        matrix = filtered(gather(_round_trip_stack(self.size, self.all_sides, self.down, self.up)))
+        return (matrix @ images @ matrix.transpose(-1, -2)).clamp_(0, 1)
 
     @property
     def changes_size(self) -> bool:
