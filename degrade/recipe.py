@@ -198,7 +198,10 @@ def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chose
     """Run a chain of ops on the chosen rows only; other rows pass through unchanged.
 
     The input tensor is never modified. A chain that changes the size runs on every row
-    (validation guarantees they are all chosen)."""
+    (validation guarantees they are all chosen); a single op that takes ``chosen`` gets it."""
+    if len(leaves) == 1 and leaves[0].op.takes_chosen:
+        own = {k: v.to(images.device) for k, v in leaf_params(params, leaves[0]).items()}
+        return leaves[0].op.apply(images, {**own, "chosen": chosen})
     every_row = leaves[-1].op.changes_size or bool(chosen.all())
     rows = slice(None) if every_row else torch.nonzero(chosen).squeeze(1)
     if not every_row and len(rows) == 0:

@@ -122,6 +122,17 @@ def test_a_gaussian_blur_before_a_resize_is_folded_into_it_and_gives_the_same_pa
     assert (recipe.apply(faces[:32], params) - in_turn).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("op", ["erase", "crop_pad"])
+def test_a_box_op_run_on_a_fraction_of_the_batch_changes_exactly_those_samples(op, faces):
+    recipe = parse_recipe({"stages": [{"op": op, "p": 0.5}]})
+    lq, params = recipe(faces[:32], torch.arange(32))
+    chosen = params[f"{op}.applied"]
+    assert 0 < chosen.sum() < 32
+    assert torch.equal(lq[~chosen], faces[:32][~chosen])
+    alone = recipe.leaves[0].op.apply(faces[:32][chosen], {k: v[chosen] for k, v in leaf_params(params, recipe.leaves[0]).items()})
+    assert torch.equal(lq[chosen], alone) and not torch.equal(alone, faces[:32][chosen])
+
+
 def test_adding_a_stage_does_not_change_the_draws_of_the_others(tmp_path):
     one = tmp_path / "one.yaml"
     one.write_text("stages:\n  - {op: jpeg}\n")

@@ -38,6 +38,11 @@ class Op:
     # True for ops whose ``apply`` takes ``prefilter``: an (N, S, S) axis matrix (see
     # :meth:`axis_matrix`) to apply first, folded into the op's own matrices.
     takes_prefilter: ClassVar[bool] = False
+    # True for ops whose ``apply`` honours an optional ``chosen`` param ((N,) bool, see
+    # :func:`chosen_rows`): rows where it is False come back unchanged. A recipe stage with p < 1
+    # then runs such an op on the whole batch in one pass, instead of gathering the chosen rows
+    # and scattering them back (three more passes over the batch).
+    takes_chosen: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -102,3 +107,12 @@ def as_choice(field: str, value: object, allowed: tuple[str, ...]) -> str:
 def per_sample(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """(N,) params -> (N, 1, 1, 1) in the images' dtype and device, for broadcasting."""
     return values.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
+
+
+def chosen_rows(params: Params, images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 1, 1) in the images' dtype: 1 on the rows to change, 0 on the others, from the
+    optional ``chosen`` param (every row when absent); for ops with ``takes_chosen``."""
+    chosen = params.get("chosen")
+    if chosen is None:
+        return torch.ones(len(images), 1, 1, 1, device=images.device, dtype=images.dtype)
+    return per_sample(chosen, images)

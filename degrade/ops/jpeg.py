@@ -83,14 +83,13 @@ def _round_trip_planes(planes: torch.Tensor, table: torch.Tensor, centre: float)
 def _upsample_twice(planes: torch.Tensor, dim: int) -> torch.Tensor:
     """Triangle ("fancy") 2x up-sampling along ``dim``, edges replicated, as libjpeg decodes chroma:
     output 2i is 3/4 x[i] + 1/4 x[i-1], output 2i+1 is 3/4 x[i] + 1/4 x[i+1]. Written as two
-    strided adds; 2.5x faster on a CPU than ``F.interpolate(mode="bilinear")``, which computes the same."""
+    strided lerps; 2.5x faster on a CPU than ``F.interpolate(mode="bilinear")``, which computes the same."""
     shape = list(planes.shape)
     shape[dim] *= 2
     out = planes.new_empty(shape)
     source, target = planes.movedim(dim, -1), out.movedim(dim, -1)
-    near = 0.75 * source
-    torch.add(near[..., 1:], source[..., :-1], alpha=0.25, out=target[..., 2::2])
-    torch.add(near[..., :-1], source[..., 1:], alpha=0.25, out=target[..., 1:-1:2])
+    torch.lerp(source[..., 1:], source[..., :-1], 0.25, out=target[..., 2::2])
+    torch.lerp(source[..., :-1], source[..., 1:], 0.25, out=target[..., 1:-1:2])
     target[..., 0] = source[..., 0]
     target[..., -1] = source[..., -1]
     return out

@@ -47,7 +47,8 @@ class GaussianNoise(Op):
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         sigma = per_sample(params["sigma"], images) / 255.0
-        return _noise_field(params, images).mul_(sigma).add_(images).clamp_(0, 1)
+        field = _noise_field(params, images)
+        return torch.addcmul(images, field, sigma, out=field).clamp_(0, 1)
 
 
 @dataclasses.dataclass

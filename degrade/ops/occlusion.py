@@ -8,7 +8,7 @@ import math
 import torch
 
 from degrade.keyed import KeyedRandom, normal_field
-from degrade.ops.base import ConfigError, Op, Params, as_range, per_sample
+from degrade.ops.base import ConfigError, Op, Params, as_range, chosen_rows, per_sample
 
 FILLS = ("zero", "mean", "noise")
 
@@ -39,6 +39,7 @@ def box_mask(params: Params, images: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass
 class _BoxOp(Op):
+    takes_chosen = True
     area: list[float] = dataclasses.field(default_factory=lambda: [0.02, 0.33])
     aspect: list[float] = dataclasses.field(default_factory=lambda: [0.3, 3.3])
     size: int = 112
@@ -76,11 +77,12 @@ class RectangleErase(_BoxOp):
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         # lerp towards the fill with the 0/1 box as weight: one pass, 4x faster on a CPU than
         # torch.where with a broadcast mask (5 against 18 us per face on one core).
-        inside = box_mask(params, images)
+        chosen = chosen_rows(params, images)
+        inside = box_mask(params, images) * chosen
         fill = per_sample(params["fill"], images)
         flat = torch.where(fill == 1, images.mean(dim=(2, 3), keepdim=True), torch.zeros_like(fill))
         out = torch.lerp(images, flat.expand_as(images), inside)
-        noisy = params["fill"].to(images.device) == 2
+        noisy = (params["fill"].to(images.device) == 2) & chosen.view(-1).bool()
         if noisy.any():
             noise = normal_field(params["seed"].to(images.device)[noisy], tuple(images.shape[1:]), images.dtype)
             out[noisy] = torch.lerp(out[noisy], (0.5 + 0.25 * noise).clamp(0, 1), inside[noisy])
@@ -104,4 +106,4 @@ class CropPad(_BoxOp):
         return _draw_box(rng, self.size, self.area, self.aspect)
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        return images * box_mask(params, images)
+        return images * (1 - chosen_rows(params, images) * (1 - box_mask(params, images)))
