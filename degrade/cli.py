@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -125,15 +126,16 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
 @click.option("--shard-size", default=2048, show_default=True, type=click.IntRange(1), help="Pairs per Arrow shard.")
 @click.option("--format", "image_format", type=click.Choice(["png", "raw"]), default="png", show_default=True,
               help="`png`: HF Image columns; `raw`: uint8 HxWx3 bytes (fastest to write and read).")
-@click.option("--num-workers", "-j", default=0, show_default=True, type=click.IntRange(0),
-              help="DataLoader processes decoding HQ images.")
+@click.option("--num-workers", "-j", default=None, type=click.IntRange(0),
+              help="DataLoader processes decoding HQ images; on a CPU they also degrade them, one core each "
+                   "(default: every core; 0: all in this process).")
 @click.option("--attributes", type=click.Path(dir_okay=False, exists=True), default=None,
               help="CSV/TSV of per-sample attributes keyed by 'file' or 'identity' (first column).")
 @click.option("--strict", is_flag=True, help="Fail on unreadable or wrongly sized images instead of skipping / resizing.")
 @seed_option
 @device_option
 def build_command(recipe: str, source: str, out: str | None, limit: int | None, batch_size: int, shard_size: int,
-                  image_format: str, num_workers: int, attributes: str | None, strict: bool, seed: int | None,
+                  image_format: str, num_workers: int | None, attributes: str | None, strict: bool, seed: int | None,
                   device: str) -> None:
     """Degrade a source into an Arrow dataset (opens with datasets.load_from_disk).
 
@@ -152,7 +154,8 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     try:
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
-                                shard_size=shard_size, device=resolve_device(device), num_workers=num_workers,
+                                shard_size=shard_size, device=resolve_device(device),
+                                num_workers=(os.cpu_count() or 1) if num_workers is None else num_workers,
                                 image_format=image_format, attributes=table)
     except (BuildError, SourceError) as error:
         raise click.ClickException(str(error)) from None

@@ -146,15 +146,13 @@ class Recipe:
         A stage that filters by one linear map per axis (a Gaussian blur) directly before a resize
         run on every sample is folded into the resize's matrices, which then cost the same as the
         resize alone; the result equals running the two in turn, to float rounding."""
-        folded = None
-        for stage, following in zip(self.stages, self.stages[1:] + [None]):
-            if folded is not None:
-                leaf = stage.options[0].leaves[0]
-                images = leaf.op.apply(images, leaf_params(params, leaf), prefilter=folded)
-                folded = None
-                continue
+        stages = iter(zip(self.stages, self.stages[1:] + [None]))
+        for stage, following in stages:
             folded = _foldable_matrix(stage, following, params, images)
             if folded is not None:
+                leaf = following.options[0].leaves[0]
+                images = leaf.op.apply(images, leaf_params(params, leaf), prefilter=folded)
+                next(stages)  # the following stage has run, with this one folded in
                 continue
             applied = params[f"{stage.name}.applied"].to(images.device)
             for index, option in enumerate(stage.options):
