@@ -41,20 +41,26 @@ def _kernel(name: str, p: dict, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _tilt_gain(size: int, patch: float) -> np.ndarray:
-    """The turbulence tilt filter on a (2 size)^2 FFT grid, computed once per size (as a loader would)."""
+def _tilt_gain(samples: int, step: int, patch: float) -> np.ndarray:
+    """The turbulence tilt filter on a (2 samples)^2 FFT grid of points ``step`` px apart,
+    computed once per size (as a loader would)."""
     from degrade.ops.fields import frequency_radius
     from degrade.ops.turbulence import aperture_averaged_gradient_power
 
-    spectrum = aperture_averaged_gradient_power(patch)(frequency_radius(2 * size, 2 * size, "cpu")).numpy()
+    radius = frequency_radius(2 * samples, 2 * samples, "cpu") / step
+    spectrum = aperture_averaged_gradient_power(patch)(radius).numpy()
     return np.sqrt(spectrum / spectrum.mean()).astype(np.float32)
 
 
-def _power_law_field(seed: int, size: int, patch: float, std: float) -> np.ndarray:
-    """Two smooth fields (dx, dy) with the turbulence tilt spectrum, by NumPy FFT."""
-    noise = np.random.default_rng(seed).standard_normal((2, 2 * size, 2 * size), dtype=np.float32)
-    field = np.fft.ifft2(np.fft.fft2(noise) * _tilt_gain(size, patch)).real[:, :size, :size]
-    return (field * std).astype(np.float32)
+def _power_law_field(seed: int, size: int, patch: float, step: int, std: float) -> np.ndarray:
+    """Two smooth fields (dx, dy) with the turbulence tilt spectrum, by NumPy FFT on the engine's
+    coarse grid (points ``step`` px apart) and bicubic up-sampling."""
+    samples = -(-size // step)
+    noise = np.random.default_rng(seed).standard_normal((2, 2 * samples, 2 * samples), dtype=np.float32)
+    field = np.fft.ifft2(np.fft.fft2(noise) * _tilt_gain(samples, step, patch)).real[:, :samples + 1, :samples + 1]
+    up = (samples + 1) * step
+    field = np.stack([cv2.resize(f.astype(np.float32), (up, up), interpolation=cv2.INTER_CUBIC) for f in field])
+    return (field[:, :size, :size] * std).astype(np.float32)
 
 
 def _remap(image: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -120,7 +126,7 @@ def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
         from degrade.ops.turbulence import residual_phase_variance, tilt_variance
 
         std = math.sqrt(tilt_variance(p["strength"], op.sampling))
-        dx, dy = _power_law_field(p["seed"], h, op.patch, std)
+        dx, dy = _power_law_field(p["seed"], h, op.patch, op.field_step, std)
         warped = _remap(image, dx, dy)
         if not op.blur:
             return warped

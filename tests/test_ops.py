@@ -9,13 +9,14 @@ import torch
 
 from degrade.ops import OP_NAMES, ConfigError, op_class
 from degrade.ops.blur import AnisotropicBlur, DefocusBlur, GaussianBlur, MotionBlur
-from degrade.ops.geometry import Elastic
+from degrade.ops.fields import filtered_field
+from degrade.ops.geometry import Elastic, gaussian_power
 from degrade.ops.illumination import Illumination
 from degrade.ops.jpeg import Jpeg, jpeg_round_trip
 from degrade.ops.noise import GaussianNoise, PoissonNoise
 from degrade.ops.occlusion import CropPad, RectangleErase
 from degrade.ops.resize import Resize
-from degrade.ops.turbulence import Turbulence, tilt_variance
+from degrade.ops.turbulence import Turbulence, aperture_averaged_gradient_power, tilt_variance
 
 
 def make(name):
@@ -251,6 +252,19 @@ def test_turbulence_tilt_variance_follows_kolmogorov(strength):
     for axis in range(2):
         measured = (field[:, axis] ** 2).mean().item()
         assert abs(measured - expected) < 0.10 * expected
+
+
+@pytest.mark.parametrize("power", [aperture_averaged_gradient_power(16.0), gaussian_power(8.0)], ids=["tilt", "elastic"])
+def test_a_field_drawn_on_a_coarse_grid_keeps_the_variance_and_correlations_of_the_full_grid(power):
+    def statistics(field):
+        mean_square = (field ** 2).mean()
+        return torch.stack([mean_square / 2] + [(field[..., lag:] * field[..., :-lag]).mean() / mean_square
+                                                for lag in (1, 4, 8, 16, 32)])
+
+    seeds, variance = torch.arange(256), torch.full((256,), 2.0)
+    full = statistics(filtered_field(seeds, 112, 112, power, variance, channels=2))
+    coarse = statistics(filtered_field(seeds, 112, 112, power, variance, channels=2, step=4))
+    assert torch.allclose(coarse, full, atol=0.03)
 
 
 def test_turbulence_tilt_is_smooth_over_the_isoplanatic_patch():

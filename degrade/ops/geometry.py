@@ -45,6 +45,8 @@ class Elastic(Op):
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         _, _, h, w = images.shape
         variance = params["magnitude"].to(torch.float64) ** 2
+        # A Gaussian spectrum of std 1 / (2 pi smoothness) is negligible (e^-pi^2) at
+        # 1 / (4 step) cycles per pixel for step = smoothness / 2 (see filtered_field).
         field = filtered_field(params["seed"].to(images.device), h, w, gaussian_power(self.smoothness),
-                               variance.to(images.device), channels=2)
+                               variance.to(images.device), channels=2, step=max(1, int(self.smoothness // 2)))
         return warp(images, field).clamp(0, 1)

@@ -89,19 +89,27 @@ class Turbulence(Op):
     def draw(self, rng: KeyedRandom) -> Params:
         return {"strength": rng.uniform(*self.strength), "seed": rng.seeds(), "blur_seed": rng.seeds()}
 
+    @property
+    def field_step(self) -> int:
+        """Grid spacing the fields are drawn on: the Airy factor of their spectrum has its first
+        zero at 1.22 / patch cycles per pixel, so a grid patch / 4 apart keeps it below half the
+        grid's Nyquist frequency (see ``filtered_field``)."""
+        return max(1, int(self.patch // 4))
+
     def tilt_field(self, params: Params, height: int, width: int) -> torch.Tensor:
         """(N, 2, H, W) displacements in pixels (dx, dy) for these params."""
         strength = params["strength"].to(torch.float64)
         variance = tilt_variance(strength, self.sampling)
         power = aperture_averaged_gradient_power(self.patch)
-        return filtered_field(params["seed"], height, width, power, variance, channels=2)
+        return filtered_field(params["seed"], height, width, power, variance, channels=2, step=self.field_step)
 
     def blur_sigma_map(self, params: Params, height: int, width: int) -> torch.Tensor:
         """(N, 1, H, W) local extra blur width in pixels."""
         phase = residual_phase_variance(params["strength"].to(torch.float64)).view(-1, 1, 1, 1)
         power = aperture_averaged_gradient_power(self.patch)
         ones = torch.ones_like(params["strength"], dtype=torch.float64)
-        log_factor = filtered_field(params["blur_seed"], height, width, power, ones).to(torch.float64)
+        log_factor = filtered_field(params["blur_seed"], height, width, power, ones, step=self.field_step)
+        log_factor = log_factor.to(torch.float64)
         factor = torch.exp(BLUR_VARIATION * log_factor - BLUR_VARIATION ** 2 / 2)
         diffraction = DIFFRACTION_SIGMA * self.sampling
         return (diffraction * torch.sqrt(torch.expm1(phase * factor))).to(torch.float32)
@@ -114,20 +122,17 @@ class Turbulence(Op):
             return warped.clamp(0, 1)
         sigma_map = self.blur_sigma_map(params, height, width).to(images.dtype)
         top = sigma_map.amax(dim=(1, 2, 3)).clamp(min=1e-3)
+        # Each pixel interpolates linearly between the two levels around its own width: level k
+        # enters with the hat weight max(0, 1 - |position - k|), summed level by level.
+        position = (sigma_map / per_sample(top, images) * (BLUR_LEVELS - 1)).clamp(0, BLUR_LEVELS - 1)
         kernel_side = 2 * math.ceil(3 * float(self._max_sigma())) + 1
         blur = GaussianBlur(sigma=[0.05, 20.0], kernel_size=[kernel_side, kernel_side])
         sizes = torch.full((n,), kernel_side, device=images.device)
-        levels = [warped] + [
-            blur.apply(warped, {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05), "kernel_size": sizes})
-            for k in range(1, BLUR_LEVELS)
-        ]
-        position = (sigma_map / per_sample(top, images) * (BLUR_LEVELS - 1)).clamp(0, BLUR_LEVELS - 1)
-        stacked = torch.stack(levels)
-        lower = position.floor().long().clamp(max=BLUR_LEVELS - 2)
-        fraction = position - lower
-        below = stacked.gather(0, lower[None].expand(1, *warped.shape))[0]
-        above = stacked.gather(0, (lower + 1)[None].expand(1, *warped.shape))[0]
-        return (below + fraction * (above - below)).clamp(0, 1)
+        out = warped * (1 - position).clamp(min=0)
+        for k in range(1, BLUR_LEVELS):
+            level = blur.apply(warped, {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05), "kernel_size": sizes})
+            out.addcmul_(level, (1 - (position - k).abs()).clamp(min=0))
+        return out.clamp_(0, 1)
 
     def _max_sigma(self) -> float:
         """Upper bound on the local blur width in px, for a fixed kernel size (log-normal at +4 sd)."""
