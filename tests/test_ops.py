@@ -254,7 +254,8 @@ def test_turbulence_tilt_variance_follows_kolmogorov(strength):
         assert abs(measured - expected) < 0.10 * expected
 
 
-@pytest.mark.parametrize("power", [aperture_averaged_gradient_power(16.0), gaussian_power(8.0)], ids=["tilt", "elastic"])
+@pytest.mark.parametrize("power", [aperture_averaged_gradient_power(16.0), gaussian_power(8.0)],
+                         ids=["tilt", "elastic"])
 def test_a_field_drawn_on_a_coarse_grid_keeps_the_variance_and_correlations_of_the_full_grid(power):
     def statistics(field):
         mean_square = (field ** 2).mean()

@@ -129,7 +129,8 @@ def test_a_box_op_run_on_a_fraction_of_the_batch_changes_exactly_those_samples(o
     chosen = params[f"{op}.applied"]
     assert 0 < chosen.sum() < 32
     assert torch.equal(lq[~chosen], faces[:32][~chosen])
-    alone = recipe.leaves[0].op.apply(faces[:32][chosen], {k: v[chosen] for k, v in leaf_params(params, recipe.leaves[0]).items()})
+    own = leaf_params(params, recipe.leaves[0])
+    alone = recipe.leaves[0].op.apply(faces[:32][chosen], {k: v[chosen] for k, v in own.items()})
     assert torch.equal(lq[chosen], alone) and not torch.equal(alone, faces[:32][chosen])
 
 
