@@ -85,8 +85,11 @@ def degrade_uint8(recipe: Recipe, hq: torch.Tensor, keys: torch.Tensor,
                   seed: int | None = None) -> tuple[torch.Tensor, Params]:
     """uint8 (N, 3, S, S) faces and their (N,) keys -> uint8 LQ (N, 3, S', S') and the params.
 
-    On a CPU the batch runs through the recipe in chunks of ``CPU_CHUNK`` samples."""
+    On a CPU the batch runs through the recipe in chunks of ``CPU_CHUNK`` samples. An empty batch
+    (every input of it skipped) gives an empty LQ."""
     params = recipe.sample(keys, seed)
+    if len(hq) == 0:
+        return hq.new_zeros(0, hq.shape[1], recipe.output_size, recipe.output_size), params
     lq = [to_uint8(recipe.apply(to_float(hq[rows]), {k: v[rows] for k, v in params.items()}))
           for rows in chunks(len(hq), hq.device)]
     return torch.cat(lq), params

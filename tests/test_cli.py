@@ -124,6 +124,15 @@ def test_a_corrupt_image_is_skipped_and_counted(tmp_path):
     assert len(datasets.load_from_disk(str(tmp_path / "ds"))) == 1
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_batch_whose_every_image_is_unreadable_is_skipped_whole(tmp_path, workers):
+    faces = _faces_with_a_corrupt_file(tmp_path)
+    result = run("build", "--recipe", "mixed", "--source", str(faces), "--out", str(tmp_path / "ds"), "--device", "cpu",
+                 "--batch-size", "1", "-j", workers)
+    assert result.exit_code == 0, result.output
+    assert "1 pairs" in result.output and "skipped 1 inputs" in result.output
+
+
 def test_under_strict_a_corrupt_image_fails_the_build_naming_the_file(tmp_path):
     faces = _faces_with_a_corrupt_file(tmp_path)
     result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(faces), "--strict",
