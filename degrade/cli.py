@@ -128,7 +128,7 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
               help="`png`: HF Image columns; `raw`: uint8 HxWx3 bytes (fastest to write and read).")
 @click.option("--num-workers", "-j", default=None, type=click.IntRange(0),
               help="DataLoader processes decoding HQ images; on a CPU they also degrade them, one core each "
-                   "(default: every core; 0: all in this process).")
+                   "(default: every core, at most 16; 0: all in this process).")
 @click.option("--attributes", type=click.Path(dir_okay=False, exists=True), default=None,
               help="CSV/TSV of per-sample attributes keyed by 'file' or 'identity' (first column).")
 @click.option("--strict", is_flag=True, help="Fail on unreadable or wrongly sized images instead of skipping / resizing.")
@@ -155,7 +155,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
                                 shard_size=shard_size, device=resolve_device(device),
-                                num_workers=(os.cpu_count() or 1) if num_workers is None else num_workers,
+                                num_workers=min(os.cpu_count() or 1, 16) if num_workers is None else num_workers,
                                 image_format=image_format, attributes=table)
     except (BuildError, SourceError) as error:
         raise click.ClickException(str(error)) from None
