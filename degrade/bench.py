@@ -94,16 +94,22 @@ def _engine_batch(first: int) -> int:
     return len(hq)
 
 
+def _pool_rate(workers: int, initializer, initargs: tuple, task, tasks: list) -> float:
+    """Items per second of ``task`` over ``tasks`` (each returns its item count) in a pool of
+    ``workers`` forked processes, after one warm-up task per process."""
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=initializer, initargs=initargs) as processes:
+        processes.map(task, tasks[:workers], chunksize=1)
+        started = time.perf_counter()
+        done = sum(processes.map(task, tasks, chunksize=1))
+        return done / (time.perf_counter() - started)
+
+
 def _time_engine_processes(recipe_source: str, hq: torch.Tensor, pairs: int, workers: int) -> float:
     """The CPU engine as builds and streams run it: ``workers`` processes of one torch thread,
     each degrading whole batches of ``len(hq)`` pairs."""
-    batch = len(hq)
-    context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_init_engine_worker, initargs=(recipe_source, hq)) as processes:
-        processes.map(_engine_batch, [k * batch for k in range(workers)], chunksize=1)  # warm-up
-        started = time.perf_counter()
-        done = sum(processes.map(_engine_batch, range(0, pairs - batch + 1, batch), chunksize=1))
-        return done / (time.perf_counter() - started)
+    firsts = list(range(0, pairs - len(hq) + 1, len(hq)))
+    return _pool_rate(workers, _init_engine_worker, (recipe_source, hq), _engine_batch, firsts)
 
 
 def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict[str, float]:
@@ -145,13 +151,8 @@ def _opencv_chunk(bounds: tuple[int, int]) -> int:
 
 
 def _time_opencv(recipe_source: str, pool: np.ndarray, pairs: int, workers: int) -> float:
-    context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_init_worker, initargs=(recipe_source, pool)) as processes:
-        processes.map(_opencv_chunk, [(k * CHUNK, (k + 1) * CHUNK) for k in range(workers)])  # warm-up
-        chunks = [(first, min(first + CHUNK, pairs)) for first in range(0, pairs, CHUNK)]
-        started = time.perf_counter()
-        done = sum(processes.map(_opencv_chunk, chunks, chunksize=1))
-        return done / (time.perf_counter() - started)
+    bounds = [(first, min(first + CHUNK, pairs)) for first in range(0, pairs, CHUNK)]
+    return _pool_rate(workers, _init_worker, (recipe_source, pool), _opencv_chunk, bounds)
 
 
 def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, bytes]]:
@@ -277,15 +278,16 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats(target)
     hq = hq_cpu.to(target)
-    if target.type == "cpu":
+    on_cpu = target.type == "cpu"
+    if on_cpu:
         engine_rate = _time_engine_processes(recipe_source, hq, max(pairs, batch_size), workers)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        stage_rates = _time_stages(recipe, hq, target)
-        torch.set_num_threads(threads)
     else:
         engine_rate = _time_engine(recipe, hq, max(pairs, batch_size), target)
-        stage_rates = _time_stages(recipe, hq, target)
+    threads = torch.get_num_threads()
+    if on_cpu:
+        torch.set_num_threads(1)  # per core, as the engine's workers run
+    stage_rates = _time_stages(recipe, hq, target)
+    torch.set_num_threads(threads)
     if target.type == "cuda":
         peak = torch.cuda.max_memory_allocated(target) / 2 ** 20
     else:

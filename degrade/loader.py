@@ -40,7 +40,7 @@ def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers
     """Yield ``source.load(keys)`` for each key batch, in order, decoded by ``num_workers`` processes.
 
     Works for any object with a ``load(keys)`` method whose result has ``pin_memory()``. With
-    ``then`` (a picklable callable), the workers yield ``then(faces)`` instead, unpinned.
+    ``then`` (a picklable callable), the workers yield ``then(faces)`` instead.
     """
     items = _KeyBatches(source, batches, then)
     stream = (items[i] for i in range(len(items))) if num_workers == 0 else DataLoader(
@@ -48,7 +48,7 @@ def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers
     for item in stream:
         if isinstance(item, SourceError):
             raise item
-        yield item.pin_memory() if pin_memory and then is None else item
+        yield item.pin_memory() if pin_memory else item
 
 
 @dataclasses.dataclass

@@ -14,8 +14,9 @@ the consuming process (on a CPU, in the workers themselves), with no disk in bet
 ``torch.distributed`` each rank gets an equal number of batches (the remainder of an epoch is
 dropped), its batch b being global batch ``b * world_size + rank`` of that epoch's shuffled order;
 ``start_step`` resumes mid-epoch. Because params are keyed by sample, a sample's LQ does not
-depend on ranks, workers or order. On a GPU the next batches are made ahead by a thread on their own CUDA stream (see
-:func:`prefetched`), so the engine's host work never leaves the training stream idle.
+depend on ranks, workers or order. On a GPU the next batches are made ahead by a thread on
+their own CUDA stream (see :func:`prefetched`), so the engine's host work never leaves the
+training stream idle.
 """
 
 from __future__ import annotations
