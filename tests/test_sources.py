@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from degrade.loader import decoded_batches
 from degrade.sources import SourceError, open_source
 from degrade.sources.attributes import Attributes
 from degrade.sources.base import decode_image
@@ -52,6 +53,18 @@ def test_recordio_rejoins_a_payload_split_at_the_magic_number(tmp_path):
     records = RecordFile(tmp_path / "split.rec", tmp_path / "split.idx")
     assert records.read(1) == payload
     assert (tmp_path / "split.rec").read_bytes().count(struct.pack("<I", MAGIC)) == 1 + 3
+
+
+def test_recordio_read_by_forked_workers_matches_reading_in_process(tmp_path, lfw_jpegs):
+    # The source reads its header on opening; forked decoding workers inherit that file. Reads
+    # that seek a shared file offset would interleave between workers and return torn records.
+    images, labels = lfw_jpegs
+    write_insightface_recordio(tmp_path / "train", images * 40, labels * 40)
+    source = open_source(str(tmp_path))
+    batches = torch.arange(len(source)).split(4)
+    in_workers = torch.cat([faces.hq for faces in decoded_batches(source, batches, num_workers=2)])
+    assert len(in_workers) == len(source) == 480
+    assert torch.equal(in_workers, source.load(torch.arange(len(source))).hq)
 
 
 def test_recordio_without_insightface_header_uses_every_record(tmp_path, lfw_jpegs):

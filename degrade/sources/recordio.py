@@ -15,6 +15,8 @@ range of its images.
 
 from __future__ import annotations
 
+import collections
+import os
 import struct
 from pathlib import Path
 
@@ -33,7 +35,10 @@ def _pad(length: int) -> int:
 
 
 class RecordFile:
-    """Random access to the records of a ``.rec`` file through its ``.idx``."""
+    """Random access to the records of a ``.rec`` file through its ``.idx``.
+
+    Reads are positional (``os.pread``): the file has no shared offset, so decoding workers
+    forked after the source was opened (and read) can all read through the inherited handle."""
 
     def __init__(self, rec: Path, idx: Path) -> None:
         self.rec, self.idx = rec, idx
@@ -46,32 +51,35 @@ class RecordFile:
                 self.offsets[int(index)] = int(offset)
             except ValueError:
                 raise SourceError(f"{idx}:{number}: expected 'index<TAB>offset', got {line[:60]!r}") from None
-        self._file = None
+        self._descriptor: int | None = None
 
-    def __getstate__(self) -> dict:  # a worker process opens its own handle
-        return {**self.__dict__, "_file": None}
+    def __getstate__(self) -> dict:  # a spawned worker opens its own descriptor
+        return {**self.__dict__, "_descriptor": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_descriptor", None) is not None:
+            os.close(self._descriptor)
+
+    def _read_at(self, index: int, offset: int, length: int) -> bytes:
+        data = os.pread(self._descriptor, length, offset)
+        if len(data) < length:
+            raise SourceError(f"{self.rec}: record {index} is truncated")
+        return data
 
     def read(self, index: int) -> bytes:
         """The payload of record ``index``."""
-        if self._file is None:
-            self._file = open(self.rec, "rb")
+        if self._descriptor is None:
+            self._descriptor = os.open(self.rec, os.O_RDONLY)
         if index not in self.offsets:
             raise SourceError(f"{self.rec}: no record {index} in {self.idx}")
-        self._file.seek(self.offsets[index])
-        parts = []
+        offset, parts = self.offsets[index], []
         while True:
-            head = self._file.read(8)
-            if len(head) < 8:
-                raise SourceError(f"{self.rec}: record {index} is truncated")
-            magic, packed = struct.unpack("<II", head)
+            magic, packed = struct.unpack("<II", self._read_at(index, offset, 8))
             if magic != MAGIC:
                 raise SourceError(f"{self.rec}: record {index} has no RecordIO magic (corrupt file or wrong .idx)")
             flag, length = packed >> 29, packed & ((1 << 29) - 1)
-            data = self._file.read(length)
-            if len(data) < length:
-                raise SourceError(f"{self.rec}: record {index} is truncated")
-            self._file.read(_pad(length))
-            parts.append(data)
+            parts.append(self._read_at(index, offset + 8, length))
+            offset += 8 + length + _pad(length)
             if flag in (0, 3):
                 return _MAGIC_BYTES.join(parts)
 
@@ -108,16 +116,15 @@ def write_recordio(prefix: str | Path, payloads: list[bytes]) -> None:
 
 def write_insightface_recordio(prefix: str | Path, images: list[bytes], labels: list[int]) -> None:
     """Write images in insightface's layout: header record 0, image records, identity records."""
-    identities = sorted(set(labels))
+    counts = collections.Counter(labels)
     order = sorted(range(len(images)), key=lambda i: labels[i])
     first_identity_record = 1 + len(images)
-    payloads = [pack_record([first_identity_record, first_identity_record + len(identities)])]
+    payloads = [pack_record([first_identity_record, first_identity_record + len(counts)])]
     payloads += [pack_record(labels[i], images[i]) for i in order]
     position = 1
-    for identity in identities:
-        count = sum(1 for label in labels if label == identity)
-        payloads.append(pack_record([position, position + count]))
-        position += count
+    for identity in sorted(counts):
+        payloads.append(pack_record([position, position + counts[identity]]))
+        position += counts[identity]
     write_recordio(prefix, payloads)
 
 
