@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from degrade.arrow import PNG_LEVEL
+from degrade.arrow import PNG_OPTIONS
 from degrade.engine import chunks, degrade_uint8, prepare_cpu_worker, to_float
 from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Source
@@ -169,7 +169,7 @@ def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, 
         lq = degrade_one(recipe, hq, params, index)
         if image_format == "png":
             encode = lambda a: cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR),  # noqa: E731
-                                            [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])[1].tobytes()
+                                            PNG_OPTIONS)[1].tobytes()
         else:
             encode = lambda a: a.tobytes()  # noqa: E731
         rows.append((key, identity, encode(hq), encode(lq)))

@@ -43,12 +43,15 @@ def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers
     ``then`` (a picklable callable), the workers yield ``then(faces)`` instead.
     """
     items = _KeyBatches(source, batches, then)
-    stream = (items[i] for i in range(len(items))) if num_workers == 0 else DataLoader(
-        items, batch_size=None, num_workers=num_workers, collate_fn=_as_is, prefetch_factor=4)
+    if num_workers == 0:
+        stream = (items[i] for i in range(len(items)))
+    else:  # the DataLoader pins on a thread of its own, beside the loop that consumes the batches
+        stream = DataLoader(items, batch_size=None, num_workers=num_workers, collate_fn=_as_is, prefetch_factor=4,
+                            pin_memory=pin_memory)
     for item in stream:
         if isinstance(item, SourceError):
             raise item
-        yield item.pin_memory() if pin_memory else item
+        yield item.pin_memory() if pin_memory and num_workers == 0 else item
 
 
 @dataclasses.dataclass
