@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import os
 import struct
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +57,6 @@ class RecordFile:
     def __getstate__(self) -> dict:  # a spawned worker opens its own descriptor
         return {**self.__dict__, "_descriptor": None}
 
-    def __del__(self) -> None:
-        if getattr(self, "_descriptor", None) is not None:
-            os.close(self._descriptor)
-
     def _read_at(self, index: int, offset: int, length: int) -> bytes:
         data = os.pread(self._descriptor, length, offset)
         if len(data) < length:
@@ -70,6 +67,7 @@ class RecordFile:
         """The payload of record ``index``."""
         if self._descriptor is None:
             self._descriptor = os.open(self.rec, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._descriptor)
         if index not in self.offsets:
             raise SourceError(f"{self.rec}: no record {index} in {self.idx}")
         offset, parts = self.offsets[index], []
