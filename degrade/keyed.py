@@ -20,8 +20,8 @@ _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
 
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """Bijective 32-bit avalanche hash (lowbias32) of an int64 tensor with values in [0, 2**32)."""
+def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """Bijective 32-bit avalanche hash (lowbias32) of an int64 tensor (or an int) with values in [0, 2**32)."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _MASK32
     x = x ^ (x >> 15)
@@ -29,14 +29,14 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def combine(h: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
-    """Fold ``value`` (int or int64 tensor) into the running hash ``h``."""
-    if isinstance(value, int):
-        value = torch.tensor(value, dtype=torch.int64, device=h.device)
+def combine(h: torch.Tensor | int, value: torch.Tensor | int) -> torch.Tensor | int:
+    """Fold ``value`` into the running hash ``h``; each an int64 tensor or an int. Ints stay ints
+    (no tensor is made of them: on a GPU that would be a host-to-device copy, which waits for the
+    device to finish its queued work)."""
     lo = value & _MASK32
-    hi = (value >> 32) & _MASK32
+    hi_mixed = (((value >> 32) & _MASK32) * _GOLDEN) & _MASK32  # the sum below keeps only 32 bits
     h = mix32(h ^ lo)
-    return mix32((h + hi * _GOLDEN) & _MASK32)
+    return mix32((h + hi_mixed) & _MASK32)
 
 
 def _as_int32(constant: int) -> int:
@@ -61,6 +61,13 @@ def _mix32_int32_(x: torch.Tensor) -> torch.Tensor:
 def bits_to_uniform(bits: torch.Tensor) -> torch.Tensor:
     """Map 32-bit integers (int32 or int64) to float32 uniforms in (0, 1), 24 bits of resolution."""
     return (((bits >> 8) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+
+
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small tensor of ``values`` on ``device``, made once: on a GPU a tensor made from Python
+    values is a host-to-device copy that waits for the device's queued work."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -126,9 +133,8 @@ class KeyedRandom:
 
     def __init__(self, seed: int, keys: torch.Tensor, stage: int) -> None:
         keys = keys.to(torch.int64)
-        base = combine(mix32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=keys.device)), stage)
         self.keys = keys
-        self._sample_hash = combine(base.expand_as(keys), keys)
+        self._sample_hash = combine(combine(mix32(seed & _MASK32), stage), keys)
         self._stream = 0
 
     def __len__(self) -> int:
@@ -164,7 +170,7 @@ class KeyedRandom:
 
     def choice(self, weights: list[float]) -> torch.Tensor:
         """(N,) int64 index into ``weights`` (non-negative, need not sum to one)."""
-        w = torch.tensor(weights, dtype=torch.float64, device=self.keys.device)
+        w = constant(tuple(weights), self.keys.device, torch.float64)
         cdf = torch.cumsum(w / w.sum(), 0)
         idx = torch.searchsorted(cdf, self.uniform().to(torch.float64)[:, None]).squeeze(1)
         return idx.clamp_(max=len(weights) - 1)

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from degrade.keyed import KeyedRandom
+from degrade.keyed import KeyedRandom, constant
 from degrade.ops.base import Op, Params, as_range
 
 _LUMA_TABLE = [
@@ -53,7 +53,7 @@ def quantisation_tables(quality: torch.Tensor) -> torch.Tensor:
     """IJG-scaled tables: (N,) qualities in [1, 100] -> (N, 2, 8, 8) (luma, chroma), float64."""
     quality = quality.to(torch.float64).clamp(1, 100)
     scale = torch.where(quality < 50, 5000 / quality, 200 - 2 * quality)
-    base = torch.tensor([_LUMA_TABLE, _CHROMA_TABLE], dtype=torch.float64, device=quality.device).view(1, 2, 8, 8)
+    base = constant((*_LUMA_TABLE, *_CHROMA_TABLE), quality.device, torch.float64).view(1, 2, 8, 8)
     return torch.floor((base * scale.view(-1, 1, 1, 1) + 50) / 100).clamp(1, 255)
 
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from degrade.keyed import KeyedRandom, normal_field
+from degrade.keyed import KeyedRandom, constant, normal_field
 from degrade.ops.base import ConfigError, Op, Params, as_range, chosen_rows, per_sample
 
 FILLS = ("zero", "mean", "noise")
@@ -71,7 +71,7 @@ class RectangleErase(_BoxOp):
 
     def draw(self, rng: KeyedRandom) -> Params:
         box = _draw_box(rng, self.size, self.area, self.aspect)
-        allowed = torch.tensor([FILLS.index(f) for f in self.fill], device=rng.keys.device)
+        allowed = constant(tuple(FILLS.index(f) for f in self.fill), rng.keys.device, torch.int64)
         return {**box, "fill": allowed[rng.choice([1.0] * len(self.fill))], "seed": rng.seeds()}
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from degrade.keyed import KeyedRandom
+from degrade.keyed import KeyedRandom, constant
 from degrade.ops.base import ConfigError, Op, Params, as_choice, as_range
 
 DOWN_METHODS = ("area", "bicubic", "bilinear")
@@ -159,14 +159,14 @@ class Resize(Op):
 
     def draw(self, rng: KeyedRandom) -> Params:
         if self.sides is not None:
-            side = torch.tensor(self.sides, device=rng.keys.device)[rng.choice(self.weights)]
+            side = constant(tuple(self.sides), rng.keys.device, torch.int64)[rng.choice(self.weights)]
         else:
             scale = rng.uniform(*self.scale).to(torch.float64)
             side = torch.round(scale * self.size).to(torch.int64).clamp(1, self.size)
         return {"side": side}
 
     def _side_index(self, side: torch.Tensor) -> torch.Tensor:
-        table = torch.tensor(self.all_sides, device=side.device)
+        table = constant(self.all_sides, side.device, torch.int64)
         index = torch.searchsorted(table, side)
         if not torch.equal(table[index.clamp(max=len(table) - 1)], side):
             raise ValueError(f"resize: sides {side.unique().tolist()} are not among {list(self.all_sides)}")
