@@ -66,7 +66,8 @@ def bits_to_uniform(bits: torch.Tensor) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A small tensor of ``values`` on ``device``, made once: on a GPU a tensor made from Python
-    values is a host-to-device copy that waits for the device's queued work."""
+    values is a host-to-device copy that waits for the device's queued work. Every caller gets
+    the same tensor, so it is read only: index it or compute from it, never write into it."""
     return torch.tensor(values, dtype=dtype, device=device)
 
 
