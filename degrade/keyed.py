@@ -91,6 +91,15 @@ def uniform_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtyp
     return bits_to_uniform(field_bits(seeds, count)).to(dtype).reshape(len(seeds), *shape)
 
 
+def byte_field(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uniform 8-bit values in [0, 255]: (N,) int64 seeds -> (N, *shape) uint8, a pure function of
+    each seed. Each hashed word gives four values (its bytes, in little-endian order on every
+    device), so a field costs a quarter of the hashing of :func:`uniform_field`."""
+    count = math.prod(shape)
+    words = field_bits(seeds, (count + 3) // 4)
+    return words.view(torch.uint8)[:, :count].reshape(len(seeds), *shape)
+
+
 @functools.lru_cache(maxsize=8)
 def _normal_quantiles(device: torch.device) -> torch.Tensor:
     """(65536,) float32: standard normal quantiles at (i + 0.5) / 65536."""

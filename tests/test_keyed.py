@@ -2,7 +2,7 @@
 
 import torch
 
-from degrade.keyed import KeyedRandom, normal_field, uniform_field
+from degrade.keyed import KeyedRandom, byte_field, normal_field, uniform_field
 
 
 def test_uniforms_are_uniform_in_the_open_unit_interval():
@@ -12,6 +12,14 @@ def test_uniforms_are_uniform_in_the_open_unit_interval():
     assert abs(u.var().item() - 1 / 12) < 0.001
     histogram = torch.histc(u, bins=10, min=0, max=1) / u.numel()
     assert torch.allclose(histogram, torch.full((10,), 0.1), atol=0.003)
+
+
+def test_bytes_cover_all_256_levels_evenly():
+    levels = byte_field(torch.arange(16), (3, 64, 64)).flatten()
+    counts = torch.bincount(levels.long(), minlength=256).float()
+    assert levels.dtype == torch.uint8 and (counts > 0).all()
+    assert (counts / counts.mean() - 1).abs().max() < 0.12
+    assert not torch.equal(byte_field(torch.tensor([1]), (64,)), byte_field(torch.tensor([2]), (64,)))
 
 
 def test_normals_have_unit_variance_and_no_correlation_between_neighbours():

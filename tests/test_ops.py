@@ -303,6 +303,16 @@ def test_erase_with_mean_fill_uses_the_image_channel_means(faces):
     assert torch.allclose(out[0, :, top, left], faces[0].mean(dim=(1, 2)))
 
 
+def test_erase_with_noise_fill_draws_uniform_8_bit_levels_inside_the_box(faces):
+    out, params = RectangleErase(area=[0.2, 0.2], fill=["noise"])(faces[:16], torch.arange(16))
+    boxes = [out[i, :, t:t + h, l:l + w] for i, (t, l, h, w) in
+             enumerate(zip(*(params[k].tolist() for k in ("top", "left", "height", "width"))))]
+    levels = torch.cat([box.flatten() for box in boxes]) * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-3)
+    assert abs(levels.mean().item() - 127.5) < 2 and abs(levels.std().item() - 73.9) < 1.5
+    assert not torch.equal(boxes[0][:, :4, :4], boxes[1][:, :4, :4])
+
+
 def test_crop_pad_keeps_its_box_in_place_and_zeros_the_rest(faces):
     out, params = CropPad()(faces[:8], torch.arange(8))
     kept = (out != 0).any(dim=1).sum(dim=(1, 2)).float()

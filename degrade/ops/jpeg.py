@@ -37,16 +37,15 @@ _CHROMA_TO_RGB = [[0.0, 1.402], [-0.344136, -0.714136], [1.772, 0.0]]
 
 
 @functools.lru_cache(maxsize=8)
-def _dct_2d(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Orthonormal 8x8 DCT-II of row-major flattened blocks as one (64, 64) matrix: kron(D, D).
-
-    One (blocks, 64) x (64, 64) product runs as a single GEMM, far faster on a CPU than
-    batches of 8x8 products."""
+def _dct_matrices(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The orthonormal 8-point DCT-II ``D`` (8, 8), and ``D.T`` twice on the diagonal of a (16, 16)
+    matrix: a 16-pixel row segment times it is ``D`` applied to both its 8-pixel halves."""
     k = torch.arange(8, dtype=torch.float64)[:, None]
     n = torch.arange(8, dtype=torch.float64)[None, :]
     matrix = torch.cos((2 * n + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
     matrix[0] /= math.sqrt(2)
-    return torch.kron(matrix, matrix).to(device=device, dtype=dtype)
+    pair_rows = torch.block_diag(matrix.T, matrix.T)
+    return matrix.to(device=device, dtype=dtype), pair_rows.to(device=device, dtype=dtype)
 
 
 def quantisation_tables(quality: torch.Tensor) -> torch.Tensor:
@@ -60,6 +59,13 @@ def quantisation_tables(quality: torch.Tensor) -> torch.Tensor:
 def _round_trip_planes(planes: torch.Tensor, table: torch.Tensor, centre: float) -> torch.Tensor:
     """Level shift, DCT, quantise, dequantise, inverse DCT and shift back, every 8x8 block.
 
+    The blocks stay where they lie in the planes (no gathering into 8x8 tiles): the row
+    transform is one product of 16-pixel row segments with ``diag(D.T, D.T)``, the column
+    transform one batched product of ``D`` with every band of 8 rows, and the coefficients are
+    quantised in place, their tables repeated along a band. On one CPU core that is 22 against
+    49 us per 112x112 plane for gathering the blocks and one (64, 64) product with
+    ``kron(D, D)``; a 16-wide row product runs at twice the rate of an 8-wide one.
+
     Args:
         planes: (N, P, H, W), H and W multiples of 8, whose values centre on ``centre``.
         table: (N, 8, 8) quantisation table of each sample (shared by its P planes).
@@ -67,17 +73,18 @@ def _round_trip_planes(planes: torch.Tensor, table: torch.Tensor, centre: float)
         (N, P, H, W) decoded planes.
     """
     n, p, h, w = planes.shape
-    dct = _dct_2d(planes.device, planes.dtype)
-    blocks = planes.view(n, p, h // 8, 8, w // 8, 8).transpose(3, 4).reshape(n, -1, 64)
-    coefficients = blocks @ dct.T
+    dct, pair_rows = _dct_matrices(planes.device, planes.dtype)
+    rows = planes.reshape(-1, 16) @ pair_rows
+    coefficients = torch.matmul(dct, rows.view(-1, 8, w)).view(n, p, h // 8, 8, w)
+    steps = table.to(planes.dtype).view(n, 8, 1, 8).expand(-1, -1, w // 8, -1).reshape(n, 1, 1, 8, w)
     # The level shift moves only the DC coefficient (by 8 x centre, the DCT being orthonormal):
     # shifting it there spares two passes over the planes.
-    coefficients[..., 0] -= 8 * centre
-    table = table.to(planes.dtype).reshape(n, 1, 64)
-    coefficients.mul_(1 / table).round_().mul_(table)
-    coefficients[..., 0] += 8 * centre
-    decoded = (coefficients @ dct).view(n, p, h // 8, w // 8, 8, 8).transpose(3, 4)
-    return decoded.reshape(n, p, h, w)
+    dc = coefficients[..., 0, ::8]
+    dc -= 8 * centre
+    coefficients.mul_(1 / steps).round_().mul_(steps)
+    dc += 8 * centre
+    rows = torch.matmul(dct.T, coefficients.view(-1, 8, w))
+    return (rows.view(-1, 16) @ pair_rows.T).view(n, p, h, w)
 
 
 def _upsample_twice(planes: torch.Tensor, dim: int) -> torch.Tensor:

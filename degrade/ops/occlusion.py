@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from degrade.keyed import KeyedRandom, constant, normal_field
+from degrade.keyed import KeyedRandom, byte_field, constant
 from degrade.ops.base import ConfigError, Op, Params, as_range, chosen_rows, per_sample
 
 FILLS = ("zero", "mean", "noise")
@@ -57,7 +57,7 @@ class RectangleErase(_BoxOp):
 
     Config: ``area`` fraction range, ``aspect`` (height / width) range, ``fill``: the fills to
     draw from uniformly (``zero``, ``mean`` = the image's channel means, ``noise`` = uniform
-    noise), ``size``: the side boxes are drawn for.
+    8-bit noise, every pixel and channel its own level), ``size``: the side boxes are drawn for.
     Params: top, left, height, width (pixels), fill (index into ``zero, mean, noise``), seed.
     """
 
@@ -84,8 +84,8 @@ class RectangleErase(_BoxOp):
         out = torch.lerp(images, flat.expand_as(images), inside)
         noisy = (params["fill"].to(images.device) == 2) & chosen.view(-1).bool()
         if noisy.any():
-            noise = normal_field(params["seed"].to(images.device)[noisy], tuple(images.shape[1:]), images.dtype)
-            out[noisy] = torch.lerp(out[noisy], (0.5 + 0.25 * noise).clamp(0, 1), inside[noisy])
+            levels = byte_field(params["seed"].to(images.device)[noisy], tuple(images.shape[1:]))
+            out[noisy] = torch.lerp(out[noisy], levels.to(images.dtype).mul_(1 / 255), inside[noisy])
         return out
 
 
