@@ -189,6 +189,9 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
 @click.option("--n", "pairs", default=2048, show_default=True, type=click.IntRange(1), help="Pairs to time.")
 @click.option("--workers", default=None, type=click.IntRange(1),
               help="Processes for the OpenCV loop and decoding workers (default: every core).")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
+              help="Time the engine and the OpenCV loop in turn this many times each and report each side's best "
+                   "(--build and --train run once).")
 @click.option("--build", "end_to_end", is_flag=True,
               help="Time `degrade build` end to end (raw and PNG) against an OpenCV loop that decodes, degrades, "
                    "encodes and writes the same pairs.")
@@ -198,11 +201,11 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
 @click.option("--precision", default="bf16", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Autocast of the --train steps.")
 def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs: int, workers: int | None,
-                  end_to_end: bool, train_backbone: str | None, precision: str) -> None:
+                  rounds: int, end_to_end: bool, train_backbone: str | None, precision: str) -> None:
     """Time the engine and a plain per-image OpenCV loop on the same pairs; print both and their ratio.
 
     Also prints each stage's rate alone and the peak memory. Compare ratios, not absolute
-    rates: shared machines are noisy.
+    rates: shared machines are noisy (hence the rounds, timed in turn).
     """
     from degrade.bench import run_bench, run_build_bench, run_train_bench
 
@@ -214,4 +217,4 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
     elif end_to_end:
         click.echo(run_build_bench(recipe, source, resolve_device(device), batch_size, pairs, workers))
     else:
-        click.echo(run_bench(recipe, faces, resolve_device(device), batch_size, pairs, workers).report())
+        click.echo(run_bench(recipe, faces, resolve_device(device), batch_size, pairs, workers, rounds).report())

@@ -52,14 +52,16 @@ def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(
     assert 0.6 < reference_change / engine_change < 1.6
 
 
-def test_bench_prints_both_rates_and_their_ratio():
+def test_bench_prints_both_best_rates_their_ratio_and_each_round():
     output = CliRunner().invoke(main, ["bench", "--recipe", "maug", "--n", "64", "--batch-size", "32",
-                                       "--workers", "1", "--device", "cpu"]).output
+                                       "--workers", "1", "--rounds", "2", "--device", "cpu"]).output
     engine = float(re.search(r"engine,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
     opencv = float(re.search(r"OpenCV loop,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
     ratio = float(re.search(r"ratio engine / OpenCV\s+([\d.]+)x", output).group(1))
-    assert engine > 0 and opencv > 0
+    each_round = [float(r) for r in re.search(r"round by round: ([\d.]+)x, ([\d.]+)x\)", output).groups()]
+    assert engine > 0 and opencv > 0 and "best of 2 rounds" in output
     assert ratio == pytest.approx(engine / opencv, rel=0.05, abs=0.01)
+    assert all(r > 0 for r in each_round)
     assert "resize (resize)" in output
 
 
