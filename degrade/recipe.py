@@ -126,8 +126,11 @@ class Recipe:
         seed = self.seed if seed is None else seed
         keys = keys.to(torch.int64)
         params: Params = {}
+        streams = [name for stage in self.stages
+                   for name in [stage.name, *(leaf.path for option in stage.options for leaf in option.leaves)]]
+        rngs = iter(KeyedRandom.for_stages(seed, keys, [_stream_id(name) for name in streams]))
         for stage in self.stages:
-            rng = KeyedRandom(seed, keys, _stream_id(stage.name))
+            rng = next(rngs)
             params[f"{stage.name}.applied"] = rng.bernoulli(stage.p) if stage.p < 1 else torch.ones_like(keys, dtype=torch.bool)
             if stage.is_group:
                 if stage.split == "key":
@@ -136,7 +139,7 @@ class Recipe:
                     params[f"{stage.name}.choice"] = rng.choice([o.weight for o in stage.options])
             for option in stage.options:
                 for leaf in option.leaves:
-                    drawn = leaf.op.sample(keys, seed, _stream_id(leaf.path))
+                    drawn = leaf.op.draw(next(rngs))
                     params.update({f"{leaf.path}.{field}": value for field, value in drawn.items()})
         return params
 

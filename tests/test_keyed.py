@@ -39,6 +39,23 @@ def test_draws_of_a_key_do_not_depend_on_the_other_keys_in_the_batch():
     assert torch.equal(reversed_order.flip(0), together)
 
 
+def _draws(rng: KeyedRandom) -> list[torch.Tensor]:
+    """Twelve draws of every kind: they run past the first block of eight hashed streams."""
+    return [rng.uniform(), rng.seeds(), rng.normal(count=3), rng.integers(2, 9), rng.uniform(1, 5, count=2),
+            rng.choice([1, 2]), *(rng.uniform() for _ in range(5)), rng.bernoulli(0.3)]
+
+
+def test_stages_hashed_together_draw_exactly_what_each_stage_draws_alone():
+    keys = torch.tensor([0, 7, 2**31 + 3, 2**32 + 9, 2**40])
+    stages = [3, 2**31 + 5, 0]
+    together = [_draws(rng) for rng in KeyedRandom.for_stages(11, keys, stages)]
+    alone = [_draws(KeyedRandom(11, keys, stage)) for stage in stages]
+    for stage_together, stage_alone in zip(together, alone):
+        for a, b in zip(stage_together, stage_alone):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    assert not torch.equal(together[0][0], together[1][0])
+
+
 def test_seed_stage_and_stream_each_change_the_draws():
     keys = torch.arange(16)
     base = KeyedRandom(1, keys, 0).uniform()
