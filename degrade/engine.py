@@ -50,11 +50,13 @@ class PairBatch:
         return self._map(lambda t: t.pin_memory())
 
 
-# Samples per pass on a CPU. A chunk's float32 images (32 x 150 KB) stay in cache from op to op;
+# Samples per pass on a CPU. A chunk's float32 images (16 x 150 KB) stay in cache from op to op;
 # a whole batch of 256 (38 MB) goes to memory between every two. `degrade bench --recipe
 # mixed_no_turbulence --device cpu` on the 2-core machine: 2.2x the pairs/s of unchunked
-# batches of 256 (docs/benchmarks.md). Keyed params make the result independent of chunking.
-CPU_CHUNK = 32
+# batches of 256 (docs/benchmarks.md). One process runs chunks of 16 and 32 equally fast; two
+# share the cache and memory, and make 3-4 % more pairs with 16. Keyed params make the result
+# independent of chunking.
+CPU_CHUNK = 16
 
 
 @functools.cache
