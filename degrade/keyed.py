@@ -165,7 +165,8 @@ class KeyedRandom:
 
     def __init__(self, seed: int, keys: torch.Tensor, stage: int) -> None:
         keys = keys.to(torch.int64)
-        self._begin(keys, combine(combine(mix32(seed & _MASK32), stage), keys), None)
+        sample_hash = combine(combine(mix32(seed & _MASK32), stage), keys)
+        self._begin(keys, sample_hash, _hash_block(sample_hash, 1))
 
     @classmethod
     def for_stages(cls, seed: int, keys: torch.Tensor, stages: list[int]) -> list[KeyedRandom]:
@@ -184,12 +185,12 @@ class KeyedRandom:
         return rngs
 
     def _begin(self, keys: torch.Tensor, sample_hash: torch.Tensor,
-               first_block: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+               first_block: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.keys = keys
         self._sample_hash = sample_hash
         self._stream = 0
-        self._block_first = 0 if first_block is None else 1  # 0: no block hashed yet
-        self._block_hashes, self._block_uniforms = first_block or (keys.new_empty(0), keys.new_empty(0))
+        self._block_first = 1
+        self._block_hashes, self._block_uniforms = first_block
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -197,7 +198,7 @@ class KeyedRandom:
     def _next_column(self) -> int:
         """Move to the next stream; its column in the block, hashing the next block when needed."""
         self._stream += 1
-        if not self._block_first or self._stream >= self._block_first + _STREAM_BLOCK:
+        if self._stream >= self._block_first + _STREAM_BLOCK:
             self._block_first = self._stream
             self._block_hashes, self._block_uniforms = _hash_block(self._sample_hash, self._stream)
         return self._stream - self._block_first

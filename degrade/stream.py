@@ -201,4 +201,3 @@ def prefetched(batches: Iterator[dict], device: torch.device, depth: int = 2) ->
     finally:
         stop.set()
         thread.join()
-

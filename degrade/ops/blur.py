@@ -17,6 +17,7 @@ from kornia.filters import filter2d
 
 from degrade.keyed import KeyedRandom
 from degrade.ops.base import ConfigError, Op, Params, as_range
+from degrade.ops.resize import both_axes
 
 
 def kernel_grid(size: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,10 +110,8 @@ class GaussianBlur(_KernelBlur):
 
     def apply_by_matrices(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         """``apply`` for (N, C, S, S) images by the axis matrices; equal to the convolution to float rounding."""
-        n, channels, side, _ = images.shape
-        matrix = self.axis_matrix(params, side, images.device, images.dtype)
-        rows = torch.bmm(images.reshape(n, channels * side, side), matrix.transpose(1, 2))  # X @ M.T, channels stacked
-        return (matrix[:, None] @ rows.view(n, channels, side, side)).clamp_(0, 1)
+        matrix = self.axis_matrix(params, images.shape[-1], images.device, images.dtype)
+        return both_axes(images, matrix).clamp_(0, 1)
 
     def axis_matrix(self, params: Params, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """(N, size, size): row i holds the taps around pixel i, reflected at the borders as in ``apply``."""
