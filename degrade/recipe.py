@@ -30,7 +30,7 @@ import dataclasses
 import importlib.resources
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -151,10 +151,10 @@ class Recipe:
         resize alone; the result equals running the two in turn, to float rounding."""
         stages = iter(zip(self.stages, self.stages[1:] + [None]))
         for stage, following in stages:
-            folded = _foldable_matrix(stage, following, params, images)
-            if folded is not None:
+            prefilter = _foldable_prefilter(stage, following, params, images)
+            if prefilter is not None:
                 leaf = following.options[0].leaves[0]
-                images = leaf.op.apply(images, leaf_params(params, leaf), prefilter=folded)
+                images = leaf.op.apply(images, leaf_params(params, leaf), prefilter=prefilter)
                 next(stages)  # the following stage has run, with this one folded in
                 continue
             applied = params[f"{stage.name}.applied"].to(images.device)
@@ -176,23 +176,24 @@ def leaf_params(params: Params, leaf: Leaf) -> Params:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
 
 
-def _foldable_matrix(stage: Stage, following: Stage | None, params: Params,
-                     images: torch.Tensor) -> torch.Tensor | None:
-    """The (N, S, S) axis matrix of ``stage`` (identity on the samples it skips) when it can be
-    folded into ``following``: one op with an axis matrix, followed by a one-op stage that takes a
-    prefilter and runs on every sample. None otherwise."""
+def _foldable_prefilter(stage: Stage, following: Stage | None, params: Params,
+                        images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``stage`` as a prefilter for ``following`` (see ``Op.takes_prefilter``) when it can be
+    folded into it: one foldable op, followed by a one-op stage that takes a prefilter and runs
+    on every sample, on square images. It leaves the matrices of the samples it skips as they are.
+    None otherwise."""
     if following is None or following.is_group or following.p < 1 or stage.is_group:
         return None
     leaf, after = stage.options[0].leaves[0], following.options[0].leaves[0]
-    size = images.shape[-1]
-    if not after.op.takes_prefilter or images.shape[-2] != size:
+    if not (leaf.op.foldable and after.op.takes_prefilter) or images.shape[-2] != images.shape[-1]:
         return None
-    matrix = leaf.op.axis_matrix(leaf_params(params, leaf), size, images.device, images.dtype)
-    if matrix is None:
-        return None
-    applied = params[f"{stage.name}.applied"].to(device=images.device, dtype=images.dtype)
-    torch.diagonal(matrix.mul_(applied.view(-1, 1, 1)), dim1=1, dim2=2).add_(1 - applied[:, None])
-    return matrix
+    own = leaf_params(params, leaf)
+    applied = params[f"{stage.name}.applied"].to(device=images.device, dtype=images.dtype).view(-1, 1, 1)
+
+    def prefilter(matrices: torch.Tensor) -> torch.Tensor:
+        return torch.lerp(matrices, leaf.op.fold_into(matrices, own), applied)  # weight 0 or 1: exact
+
+    return prefilter
 
 
 def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chosen: torch.Tensor) -> torch.Tensor:

@@ -138,6 +138,15 @@ def test_gaussian_axis_matrix_filters_like_apply_borders_included(side, kernel, 
     assert torch.allclose(op.apply_by_matrices(images, params), op.apply(images, params), atol=1e-6)  # GPU path
 
 
+@pytest.mark.parametrize("side, kernel", [(112, 7), (14, 13), (5, 13)], ids=["face", "small", "reflected-twice"])
+def test_folding_a_gaussian_into_matrices_multiplies_them_by_its_axis_matrix(side, kernel):
+    op = GaussianBlur(sigma=[0.5, 4.0], kernel_size=[3, kernel])
+    params = op.sample(torch.arange(6))
+    matrices = torch.rand(6, 4, side, dtype=torch.float64)
+    expected = matrices @ op.axis_matrix(params, side, matrices.device, matrices.dtype)
+    assert torch.allclose(op.fold_into(matrices, params), expected, atol=1e-12)
+
+
 def test_motion_kernel_spreads_along_its_angle_only():
     op = MotionBlur(length=[9.0, 9.0], kernel_size=[15, 15])
     kernel = op.kernels({"length": torch.tensor([9.0, 9.0]), "angle": torch.tensor([0.0, 90.0]),

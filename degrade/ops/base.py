@@ -35,8 +35,11 @@ class Op:
     """
 
     name: ClassVar[str] = ""
-    # True for ops whose ``apply`` takes ``prefilter``: an (N, S, S) axis matrix (see
-    # :meth:`axis_matrix`) to apply first, folded into the op's own matrices.
+    # True for ops that filter square images by one linear map A per axis (``A @ X @ A.T`` per
+    # channel, each sample its own A) and so implement :meth:`fold_into`.
+    foldable: ClassVar[bool] = False
+    # True for ops whose ``apply`` takes ``prefilter``: a foldable op's filter to apply first,
+    # as a function taking (N, R, S) matrices M to M @ A, folded into the op's own matrices.
     takes_prefilter: ClassVar[bool] = False
     # True for ops whose ``apply`` honours an optional ``chosen`` param ((N,) bool, see
     # :func:`chosen_rows`): rows where it is False come back unchanged. A recipe stage with p < 1
@@ -66,11 +69,10 @@ class Op:
         """Degrade ``images`` (N, C, H, W) in [0, 1] with ``params``; returns the same layout."""
         raise NotImplementedError
 
-    def axis_matrix(self, params: Params, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-        """For an op that filters (size, size) images by one linear map per axis (``M @ X @ M.T``
-        per channel, the same M for rows and columns): M per sample, (N, size, size). None for
-        every other op. A recipe folds such a stage into a following op that takes a prefilter."""
-        return None
+    def fold_into(self, matrices: torch.Tensor, params: Params) -> torch.Tensor:
+        """``M @ A`` for (N, R, S) matrices M, A the (N, S, S) axis map of a :attr:`foldable` op:
+        (N, R, S). A recipe folds such a stage into a following op that takes a prefilter."""
+        raise NotImplementedError(f"{self.name} is not foldable")
 
     def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, Params]:
         params = self.sample(keys.to(images.device), seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Callable
 
 import torch
 
@@ -183,9 +184,11 @@ class Resize(Op):
             raise ValueError(f"resize: sides {side.unique().tolist()} are not among {list(self.all_sides)}")
         return index
 
-    def apply(self, images: torch.Tensor, params: Params, prefilter: torch.Tensor | None = None) -> torch.Tensor:
-        """``prefilter``: (N, S, S) axis matrix of a separable linear filter to apply first
-        (``Op.axis_matrix``), multiplied into the down-sampling matrices: the filter costs no pass."""
+    def apply(self, images: torch.Tensor, params: Params,
+              prefilter: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``prefilter``: a separable linear filter to apply first, as a function taking (N, R, S)
+        matrices M to M @ A (``Op.fold_into``); it is folded into the down-sampling matrices, so
+        the filter costs no pass over the images."""
         height, width = images.shape[-2:]
         if height != self.size or width != self.size:
             raise ValueError(f"resize: configured for {self.size}x{self.size} inputs, got {height}x{width}")
@@ -196,7 +199,7 @@ class Resize(Op):
             return stack.to(device=images.device, dtype=images.dtype)[index]
 
         def filtered(matrix: torch.Tensor) -> torch.Tensor:
-            return matrix if prefilter is None else matrix @ prefilter
+            return matrix if prefilter is None else prefilter(matrix)
 
         if self.output == "native" or 2 * canvas <= self.size:
             # Small sides: go through the (canvas x canvas) image, far fewer flops than M X M^T.
