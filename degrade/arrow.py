@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from degrade.engine import PairBatch
+from degrade.layout import channels_last
 from degrade.loader import pair_batches
 from degrade.ops import Params
 from degrade.recipe import Recipe
@@ -152,7 +153,7 @@ class HostRows:
     def of(cls, faces: Faces, batch: PairBatch, recipe: Recipe) -> HostRows:
         """The pairs of ``batch`` (on any device) made from ``faces``. Images are transposed where
         they are (on a GPU, at no cost to the writing process) and copied back into pinned memory."""
-        hq, lq = (images.permute(0, 2, 3, 1).contiguous().to("cpu", non_blocking=True) for images in (batch.hq, batch.lq))
+        hq, lq = (channels_last(images).to("cpu", non_blocking=True) for images in (batch.hq, batch.lq))
         params = {name: value.to("cpu", non_blocking=True) for name, value in batch.params.items()}
         if batch.lq.is_cuda:
             torch.cuda.current_stream(batch.lq.device).synchronize()
@@ -262,7 +263,8 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     bar.update(sum(stop - first for i, (first, stop) in bounds.items() if i not in todo))
     key_batches = {i: torch.arange(*bounds[i]).split(batch_size) for i in todo}
     batches = [keys for i in todo for keys in key_batches[i]]
-    made = pair_batches(recipe, source, batches, device, seed, num_workers)
+    made = pair_batches(recipe, source, batches, device, seed, num_workers,
+                        finish=functools.partial(_rows_to_write, recipe=recipe))
     shard = functools.partial(_write_shard, out=out, schema=schema, image_format=image_format, source=source,
                               attributes=attributes)
     with ThreadPoolExecutor(max_workers=SHARD_WRITERS) as writers:
@@ -270,12 +272,12 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
         for index in todo:
             parts, skipped, fixes = [], [], collections.Counter()
             for _ in key_batches[index]:
-                faces, batch = next(made)
-                skipped += faces.skipped
-                fixes.update(faces.fixes)
-                bar.update(len(faces.key) + len(faces.skipped))
-                if len(faces.key) > 0:
-                    parts.append(HostRows.of(faces, batch, recipe))
+                rows, batch_skipped, batch_fixes = next(made)
+                skipped += batch_skipped
+                fixes.update(batch_fixes)
+                bar.update(len(batch_skipped) + (0 if rows is None else len(rows.key)))
+                if rows is not None:
+                    parts.append(rows)
             writing.append(writers.submit(shard, names[index], parts, skipped, fixes))
             while len(writing) > SHARD_WRITERS:
                 writing.popleft().result()
@@ -284,6 +286,13 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     bar.close()
     _barrier(world)
     return _finish(out, names, total, recipe, seed, schema, image_format, started, len(mine) - len(todo), rank)
+
+
+def _rows_to_write(faces: Faces, batch: PairBatch, recipe: Recipe) -> tuple[HostRows | None, list, collections.Counter]:
+    """What the build keeps of a batch, made where its pairs are made (in the decoding workers on
+    a CPU): its rows laid out for writing (None when every input was skipped), the skipped
+    inputs and the conversions made."""
+    return (HostRows.of(faces, batch, recipe) if len(faces.key) > 0 else None), faces.skipped, faces.fixes
 
 
 def _write_shard(name: str, parts: list[HostRows], skipped: list, fixes: collections.Counter, *, out: Path,

@@ -25,6 +25,7 @@ import torch
 
 from degrade.arrow import PNG_OPTIONS
 from degrade.engine import chunks, degrade_uint8, prepare_cpu_worker, to_float
+from degrade.layout import channels_last
 from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Source
 
@@ -178,8 +179,9 @@ def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, 
     faces = source.load(keys)
     params = {k: v.numpy() for k, v in recipe.sample(faces.key).items()}
     rows = []
-    for index, (key, identity, image) in enumerate(zip(faces.key.tolist(), faces.identity.tolist(), faces.hq)):
-        hq = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    # (H, W, 3) faces, as OpenCV decodes them, out of the source's batch the fast way.
+    for index, (key, identity, hq) in enumerate(zip(faces.key.tolist(), faces.identity.tolist(),
+                                                    channels_last(faces.hq).numpy())):
         lq = degrade_one(recipe, hq, params, index)
         if image_format == "png":
             encode = lambda a: cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR),  # noqa: E731
@@ -194,8 +196,8 @@ def _init_build_worker(recipe_source: str, source_spec: str, image_format: str) 
     from degrade.sources import open_source
 
     torch.set_num_threads(1)
-    _worker_state.update(recipe=load_recipe(recipe_source), format=image_format,
-                         source=open_source(source_spec, load_recipe(recipe_source).size))
+    recipe = load_recipe(recipe_source)
+    _worker_state.update(recipe=recipe, format=image_format, source=open_source(source_spec, recipe.size))
 
 
 def _time_opencv_build(recipe_source: str, source_spec: str, image_format: str, pairs: int, workers: int,
@@ -294,7 +296,7 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
         torch.cuda.reset_peak_memory_stats(target)
     hq = hq_cpu.to(target)
     on_cpu = target.type == "cpu"
-    pool = np.ascontiguousarray(hq_cpu.permute(0, 2, 3, 1).numpy())
+    pool = channels_last(hq_cpu).numpy()
     engine_rates, opencv_rates = [], []
     for _ in range(rounds):
         if on_cpu:

@@ -54,30 +54,37 @@ def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers
         yield item.pin_memory() if pin_memory and num_workers == 0 else item
 
 
+def _as_tuple(faces: Faces, pairs: PairBatch) -> tuple[Faces, PairBatch]:
+    return faces, pairs
+
+
 @dataclasses.dataclass
 class _Degrade:
-    """Degrade decoded faces on the CPU, in the worker that decoded them."""
+    """Degrade decoded faces on the CPU, in the worker that decoded them, and ``finish`` there."""
 
     recipe: Recipe
     seed: int | None
+    finish: Callable
 
-    def __call__(self, faces: Faces) -> tuple[Faces, PairBatch]:
+    def __call__(self, faces: Faces):
         prepare_cpu_worker()
-        return faces, degrade_faces(self.recipe, faces, "cpu", self.seed)
+        return self.finish(faces, degrade_faces(self.recipe, faces, "cpu", self.seed))
 
 
 def pair_batches(recipe: Recipe, source: Source, batches: Sequence[torch.Tensor], device: str | torch.device = "cpu",
-                 seed: int | None = None, num_workers: int = 0) -> Iterator[tuple[Faces, PairBatch]]:
-    """Each key batch decoded and degraded: (the decoded faces, their pairs on ``device``), in order.
+                 seed: int | None = None, num_workers: int = 0, finish: Callable = _as_tuple) -> Iterator:
+    """Each key batch decoded and degraded, in order: ``finish(the decoded faces, their pairs on
+    ``device``)``, by default the two as a tuple.
 
     ``num_workers`` processes decode. On a CPU they also degrade what they decoded, each with one
     torch thread: processes scale over the cores where the threads of one process do not (every
     op call holds the GIL between kernels of a few microseconds; `degrade bench --device cpu`).
-    On a GPU the engine runs in this process, on the device.
+    ``finish`` (picklable) runs there too, so work on the pairs such as laying them out for
+    writing is spread over the workers. On a GPU the engine and ``finish`` run in this process.
     """
     device = torch.device(device)
     if device.type == "cpu" and num_workers > 0:
-        yield from decoded_batches(source, batches, num_workers, then=_Degrade(recipe, seed))
+        yield from decoded_batches(source, batches, num_workers, then=_Degrade(recipe, seed, finish))
         return
     for faces in decoded_batches(source, batches, num_workers, pin_memory=device.type == "cuda"):
-        yield faces, degrade_faces(recipe, faces, device, seed)
+        yield finish(faces, degrade_faces(recipe, faces, device, seed))

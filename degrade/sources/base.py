@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import torch
 
+from degrade.layout import stack_channels_first
+
 
 class SourceError(ValueError):
     """A source that cannot be read; the message names the file (or record) and the problem."""
@@ -107,6 +109,5 @@ class EncodedSource:
             images.append(image)
             good.append(key)
         key_tensor = torch.tensor(good, dtype=torch.int64)
-        hq = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous() if images
-              else torch.empty(0, 3, self.size, self.size, dtype=torch.uint8))
+        hq = stack_channels_first(images) if images else torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
         return Faces(key=key_tensor, identity=self.identities[key_tensor], hq=hq, skipped=skipped, fixes=fixes)

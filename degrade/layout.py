@@ -1,0 +1,34 @@
+"""uint8 images between the engine's (N, C, H, W) layout and the (H, W, C) of image files.
+
+On a CPU the channels are moved by OpenCV's split and merge, one image at a time: torch's
+strided copy (``permute(...).contiguous()``) of a 112x112 RGB face takes 15-23 us on one core,
+``cv2.merge`` 2.5 and ``cv2.split`` 3.8. On a GPU the copy is torch's, and costs next to nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, H, W, C) uint8, contiguous, on the images' device."""
+    if images.device.type != "cpu":
+        return images.permute(0, 2, 3, 1).contiguous()
+    n, c, h, w = images.shape
+    out = np.empty((n, h, w, c), np.uint8)
+    for image, target in zip(images.numpy(), out):
+        cv2.merge(list(image), dst=target)
+    return torch.from_numpy(out)
+
+
+def stack_channels_first(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """A non-empty sequence of (H, W, C) uint8 arrays of one shape -> (N, C, H, W) uint8 on the CPU."""
+    h, w, c = images[0].shape
+    out = np.empty((len(images), c, h, w), np.uint8)
+    for image, target in zip(images, out):
+        cv2.split(image, list(target))
+    return torch.from_numpy(out)
