@@ -13,7 +13,7 @@ from degrade.sources import open_source
 from degrade.sources.subset import SubsetSource
 from degrade.stream import PairStream
 from trainers.backbones import build_backbone, stage_shapes
-from trainers.btnet import BTNet, BTNetTrainer, resize_to
+from trainers.btnet import BTNet, resize_to
 from trainers.evaluate import probe
 from trainers.loop import TrainConfig, train
 from trainers.registry import build_trainer, load_trained
