@@ -83,7 +83,8 @@ class RectangleErase(_BoxOp):
         flat = torch.where(fill == 1, images.mean(dim=(2, 3), keepdim=True), torch.zeros_like(fill))
         out = torch.lerp(images, flat.expand_as(images), inside)
         # Noise-filled boxes are zero now (their flat fill): adding the levels times the box fills
-        # them, on those rows only (8 against 16 us per face on one core for boolean-mask indexing).
+        # them, on those rows only; the whole op 18-20 against 24 us per face on one CPU core for
+        # gathering the rows by a boolean mask, filling them and scattering them back.
         noisy = torch.nonzero((params["fill"].to(images.device) == 2) & chosen.view(-1).bool()).squeeze(1)
         if len(noisy):
             levels = byte_field(params["seed"].to(images.device)[noisy], tuple(images.shape[1:]))
