@@ -152,7 +152,8 @@ class HostRows:
     @classmethod
     def of(cls, faces: Faces, batch: PairBatch, recipe: Recipe) -> HostRows:
         """The pairs of ``batch`` (on any device) made from ``faces``. Images are transposed where
-        they are (on a GPU, at no cost to the writing process) and copied back into pinned memory."""
+        they are (``layout.channels_last``: on a GPU at no cost to the writing process, then copied
+        back into pinned memory; on a CPU by OpenCV, in the decoding worker that made them)."""
         hq, lq = (channels_last(images).to("cpu", non_blocking=True) for images in (batch.hq, batch.lq))
         params = {name: value.to("cpu", non_blocking=True) for name, value in batch.params.items()}
         if batch.lq.is_cuda:
