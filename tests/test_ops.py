@@ -306,10 +306,13 @@ def test_erase_fills_exactly_its_box(faces):
     assert ((params["height"] * params["width"]) / 112 ** 2 < 0.36).all()
 
 
-def test_erase_with_mean_fill_uses_the_image_channel_means(faces):
-    out, params = RectangleErase(fill=["mean"])(faces[:1], torch.arange(1))
-    top, left = int(params["top"][0]), int(params["left"][0])
-    assert torch.allclose(out[0, :, top, left], faces[0].mean(dim=(1, 2)))
+def test_erase_with_mean_fill_uses_each_image_channel_means(faces):
+    out, params = RectangleErase(fill=["zero", "mean"])(faces[:16], torch.arange(16))
+    corners = out[torch.arange(16), :, params["top"], params["left"]]
+    mean_filled = params["fill"] == 1
+    assert 0 < mean_filled.sum() < 16
+    assert torch.allclose(corners[mean_filled], faces[:16][mean_filled].mean(dim=(2, 3)))
+    assert (corners[~mean_filled] == 0).all()
 
 
 def test_erase_with_noise_fill_draws_uniform_8_bit_levels_inside_the_box(faces):
