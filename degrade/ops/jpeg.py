@@ -34,6 +34,7 @@ _CHROMA_TABLE = [
 _RGB_TO_LUMA = [[0.299, 0.587, 0.114]]
 _RGB_TO_CHROMA = [[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
 _CHROMA_TO_RGB = [[0.0, 1.402], [-0.344136, -0.714136], [1.772, 0.0]]
+_RGB_TO_CHROMA_OF_QUAD_SUM = [[weight / 4 for weight in row] for row in _RGB_TO_CHROMA]
 
 
 @functools.lru_cache(maxsize=8)
@@ -144,10 +145,13 @@ def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor
         pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
     tables = quantisation_tables(quality.to(images.device))
     luma = _round_trip_planes(_combine(_RGB_TO_LUMA, pixels), tables[:, 0], 128)
-    # Averaging 2x2 pixels commutes with the (linear) colour transform: average RGB, then convert.
-    pairs = pixels[..., 0::2] + pixels[..., 1::2]
-    quarter = (pairs[..., 0::2, :] + pairs[..., 1::2, :]).mul_(0.25)
-    chroma = _round_trip_planes(_combine(_RGB_TO_CHROMA, quarter), tables[:, 1], 0)
+    # Averaging 2x2 pixels commutes with the (linear) colour transform: sum RGB, then convert with
+    # the weights divided by 4 (exact: a power of two). Rows first, then columns: the adds over
+    # whole rows halve the pixels before the ones with a stride of 2 in the row, 10 against 13 us
+    # per face on one CPU core for the other order. The sums of 8-bit levels are exact either way.
+    rows = pixels[..., 0::2, :] + pixels[..., 1::2, :]
+    quads = rows[..., 0::2] + rows[..., 1::2]
+    chroma = _round_trip_planes(_combine(_RGB_TO_CHROMA_OF_QUAD_SUM, quads), tables[:, 1], 0)
     rgb = _combine(_CHROMA_TO_RGB, _upsample_twice(_upsample_twice(chroma, -1), -2), base=luma)
     return rgb[:, :, :h, :w].round_().clamp_(0, 255).mul_(1 / 255)
 
