@@ -6,7 +6,7 @@ import ctypes
 import dataclasses
 import functools
 
-import numpy as np
+import cv2
 import torch
 
 from degrade.ops import Params
@@ -20,13 +20,15 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float (N, C, H, W) in [0, 1] -> uint8, rounded to nearest."""
-    levels = images.clamp(0, 1).mul_(255.0).round_()
-    if levels.device.type == "cpu":
-        # torch's float -> uint8 copy is scalar code on a CPU, NumPy's cast vectorised: 2.8 against
-        # 10 us per 3x112x112 face on one core (the integral levels convert exactly either way).
-        return torch.from_numpy(levels.numpy().astype(np.uint8))
-    return levels.to(torch.uint8)
+    """float (N, C, H, W) in [0, 1] -> uint8, rounded to nearest (halves to even)."""
+    levels = images.clamp(0, 1)
+    if levels.device.type == "cpu" and levels.numel():
+        # OpenCV scales, rounds and converts in one vectorised pass, with the same float product
+        # and rounding: 7.5 against 11.4 us per 3x112x112 face on one core for torch's multiply
+        # and round and NumPy's cast (torch's own float -> uint8 copy is scalar code: 10 us alone).
+        rows = levels.numpy().reshape(-1, levels.shape[-1])
+        return torch.from_numpy(cv2.convertScaleAbs(rows, alpha=255.0).reshape(levels.shape))
+    return levels.mul_(255.0).round_().to(torch.uint8)
 
 
 @dataclasses.dataclass
