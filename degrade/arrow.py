@@ -205,9 +205,10 @@ class BuildSummary:
     fixes: dict[str, int]
 
     def describe(self) -> str:
+        rate = f"{self.pairs / self.seconds:.0f}" if self.seconds > 0 else "-"
         lines = [f"{self.pairs} pairs in {self.shards} shards"
                  + (f" ({self.resumed_shards} already done)" if self.resumed_shards else "")
-                 + f", {self.seconds:.1f} s"]
+                 + f", {self.seconds:.1f} s ({rate} pairs/s)"]
         if self.skipped:
             reasons = collections.Counter(reason.split(": ", 1)[-1] for _, reason in self.skipped)
             lines.append(f"skipped {len(self.skipped)} inputs: "

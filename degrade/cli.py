@@ -159,8 +159,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
                                 image_format=image_format, attributes=table)
     except (BuildError, SourceError) as error:
         raise click.ClickException(str(error)) from None
-    rate = summary.pairs / summary.seconds if summary.seconds > 0 else float("inf")
-    click.echo(f"wrote {target}: {summary.describe()} ({rate:.0f} pairs/s)")
+    click.echo(f"wrote {target}: {summary.describe()}")
 
 
 @main.command("inspect")
