@@ -41,15 +41,21 @@ def test_lfw_round_trip_gives_the_engines_pairs(tmp_path, lfw_source, image_form
         assert torch.allclose(stored.params[name].to(values.dtype), values), name
 
 
-def test_a_cpu_build_degrades_in_its_decoding_workers_and_stores_the_same_pairs(tmp_path, lfw_source):
+@pytest.mark.parametrize("image_format", ["png", "raw"])
+def test_a_cpu_build_degrades_and_encodes_in_its_decoding_workers_and_writes_the_same_bytes(
+        tmp_path, lfw_source, image_format):
     recipe = load_recipe("mixed_no_turbulence")
     for workers in (0, 2):
         build_dataset(recipe, lfw_source, tmp_path / f"workers{workers}", limit=40, batch_size=16, shard_size=32,
-                      num_workers=workers, image_format="raw", progress=False)
+                      num_workers=workers, image_format=image_format, progress=False)
     keys = torch.arange(40)
     in_process, in_workers = (BuiltPairs(tmp_path / f"workers{w}").load(keys) for w in (0, 2))
     assert torch.equal(in_workers.key, keys) and torch.equal(in_workers.lq, in_process.lq)
     assert torch.equal(in_workers.hq, in_process.hq)
+    shards = sorted(p.name for p in (tmp_path / "workers0").glob("*.arrow"))
+    assert len(shards) == 2
+    assert all((tmp_path / "workers0" / name).read_bytes() == (tmp_path / "workers2" / name).read_bytes()
+               for name in shards)
 
 
 def test_attributes_become_a_column_with_nulls_where_missing(tmp_path, lfw_source):
