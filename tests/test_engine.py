@@ -21,3 +21,11 @@ def test_to_uint8_clamps_and_rounds_to_nearest_with_halves_to_even():
 
 def test_to_uint8_of_an_empty_batch_is_empty():
     assert to_uint8(torch.zeros(0, 3, 8, 8)).shape == (0, 3, 8, 8)
+
+
+def test_to_uint8_reads_strided_batches_by_their_logical_layout():
+    images = torch.rand(4, 3, 20, 24) * 1.2 - 0.1
+    expected = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(to_uint8(channels_last), expected)
+    assert torch.equal(to_uint8(images[:, :, 2:18, 3:21]), expected[:, :, 2:18, 3:21])
