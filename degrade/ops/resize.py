@@ -76,28 +76,37 @@ def resample_matrix(n_in: int, n_out: int, method: str) -> torch.Tensor:
     return _kernel_matrix(n_in, n_out, method)
 
 
-@functools.lru_cache(maxsize=64)
-def _round_trip_stack(size: int, sides: tuple[int, ...], down: str, up: str) -> torch.Tensor:
-    """(len(sides), size, size) float64: Up_s @ Down_s for each side s."""
-    return torch.stack([resample_matrix(s, size, up) @ resample_matrix(size, s, down) for s in sides])
+# The stacks of per-side matrices are built in float64 and kept converted for each device and
+# dtype: a continuous-scale recipe's stack (96 sides of 112 x 112) took 150 us per CPU chunk of
+# 16 to convert, and on a GPU every batch copied it from the host.
 
 
 @functools.lru_cache(maxsize=64)
-def _down_stack(size: int, sides: tuple[int, ...], down: str, canvas: int) -> torch.Tensor:
-    """(len(sides), canvas, size) float64: Down_s padded with zero rows to the canvas side."""
+def _round_trip_stack(size: int, sides: tuple[int, ...], down: str, up: str,
+                      device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(len(sides), size, size): Up_s @ Down_s for each side s."""
+    stack = torch.stack([resample_matrix(s, size, up) @ resample_matrix(size, s, down) for s in sides])
+    return stack.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _down_stack(size: int, sides: tuple[int, ...], down: str, canvas: int,
+                device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(len(sides), canvas, size): Down_s padded with zero rows to the canvas side."""
     stack = torch.zeros(len(sides), canvas, size, dtype=torch.float64)
     for k, s in enumerate(sides):
         stack[k, :s] = resample_matrix(size, s, down)
-    return stack
+    return stack.to(device=device, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)
-def _up_stack(size: int, sides: tuple[int, ...], up: str, canvas: int) -> torch.Tensor:
-    """(len(sides), size, canvas) float64: Up_s padded with zero columns to the canvas side."""
+def _up_stack(size: int, sides: tuple[int, ...], up: str, canvas: int,
+              device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(len(sides), size, canvas): Up_s padded with zero columns to the canvas side."""
     stack = torch.zeros(len(sides), size, canvas, dtype=torch.float64)
     for k, s in enumerate(sides):
         stack[k, :, :s] = resample_matrix(s, size, up)
-    return stack
+    return stack.to(device=device, dtype=dtype)
 
 
 def both_axes(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -194,22 +203,20 @@ class Resize(Op):
             raise ValueError(f"resize: configured for {self.size}x{self.size} inputs, got {height}x{width}")
         index = self._side_index(params["side"].to(images.device))
         canvas = max(self.all_sides)
-
-        def gather(stack: torch.Tensor) -> torch.Tensor:
-            return stack.to(device=images.device, dtype=images.dtype)[index]
+        sides, where = self.all_sides, (images.device, images.dtype)
 
         def filtered(matrix: torch.Tensor) -> torch.Tensor:
             return matrix if prefilter is None else prefilter(matrix)
 
         if self.output == "native" or 2 * canvas <= self.size:
             # Small sides: go through the (canvas x canvas) image, far fewer flops than M X M^T.
-            down = filtered(gather(_down_stack(self.size, self.all_sides, self.down, canvas)))
+            down = filtered(_down_stack(self.size, sides, self.down, canvas, *where)[index])
             small = both_axes(images, down)
             if self.output == "native":
                 return small.clamp_(0, 1)
-            up = gather(_up_stack(self.size, self.all_sides, self.up, canvas))
+            up = _up_stack(self.size, sides, self.up, canvas, *where)[index]
             return both_axes(small, up).clamp_(0, 1)
-        matrix = filtered(gather(_round_trip_stack(self.size, self.all_sides, self.down, self.up)))
+        matrix = filtered(_round_trip_stack(self.size, sides, self.down, self.up, *where)[index])
         return both_axes(images, matrix).clamp_(0, 1)
 
     @property
