@@ -41,13 +41,13 @@ def _kernel(name: str, p: dict, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _tilt_gain(samples: int, step: int, patch: float) -> np.ndarray:
-    """The turbulence tilt filter on a (2 samples)^2 FFT grid of points ``step`` px apart,
+def _tilt_gain(grid: int, step: int, patch: float) -> np.ndarray:
+    """The turbulence tilt filter on a grid x grid FFT grid of points ``step`` px apart,
     computed once per size (as a loader would)."""
     from degrade.ops.fields import frequency_radius
     from degrade.ops.turbulence import aperture_averaged_gradient_power
 
-    radius = frequency_radius(2 * samples, 2 * samples, "cpu") / step
+    radius = frequency_radius(grid, grid, "cpu") / step
     spectrum = aperture_averaged_gradient_power(patch)(radius).numpy()
     return np.sqrt(spectrum / spectrum.mean()).astype(np.float32)
 
@@ -55,9 +55,12 @@ def _tilt_gain(samples: int, step: int, patch: float) -> np.ndarray:
 def _power_law_field(seed: int, size: int, patch: float, step: int, std: float) -> np.ndarray:
     """Two smooth fields (dx, dy) with the turbulence tilt spectrum, by NumPy FFT on the engine's
     coarse grid (points ``step`` px apart) and bicubic up-sampling."""
+    from degrade.ops.fields import fft_size
+
     samples = -(-size // step)
-    noise = np.random.default_rng(seed).standard_normal((2, 2 * samples, 2 * samples), dtype=np.float32)
-    field = np.fft.ifft2(np.fft.fft2(noise) * _tilt_gain(samples, step, patch)).real[:, :samples + 1, :samples + 1]
+    grid = fft_size(2 * samples)
+    noise = np.random.default_rng(seed).standard_normal((2, grid, grid), dtype=np.float32)
+    field = np.fft.ifft2(np.fft.fft2(noise) * _tilt_gain(grid, step, patch)).real[:, :samples + 1, :samples + 1]
     up = (samples + 1) * step
     field = np.stack([cv2.resize(f.astype(np.float32), (up, up), interpolation=cv2.INTER_CUBIC) for f in field])
     return (field[:, :size, :size] * std).astype(np.float32)

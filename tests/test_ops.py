@@ -9,7 +9,7 @@ import torch
 
 from degrade.ops import OP_NAMES, ConfigError, op_class
 from degrade.ops.blur import AnisotropicBlur, DefocusBlur, GaussianBlur, MotionBlur
-from degrade.ops.fields import filtered_field
+from degrade.ops.fields import fft_size, filtered_field
 from degrade.ops.geometry import Elastic, gaussian_power
 from degrade.ops.illumination import Illumination
 from degrade.ops.jpeg import Jpeg, jpeg_round_trip
@@ -275,6 +275,10 @@ def test_a_field_drawn_on_a_coarse_grid_keeps_the_variance_and_correlations_of_t
     full = statistics(filtered_field(seeds, 112, 112, power, variance, channels=2))
     coarse = statistics(filtered_field(seeds, 112, 112, power, variance, channels=2, step=4))
     assert torch.allclose(coarse, full, atol=0.03)
+
+
+def test_fields_are_filtered_on_fft_grids_without_prime_factors_above_7():
+    assert [fft_size(n) for n in (2, 23, 46, 56, 58, 62, 97)] == [2, 24, 48, 56, 60, 63, 98]
 
 
 def test_turbulence_tilt_is_smooth_over_the_isoplanatic_patch():
