@@ -109,10 +109,9 @@ class Turbulence(Op):
         power = aperture_averaged_gradient_power(self.patch)
         ones = torch.ones_like(params["strength"], dtype=torch.float64)
         log_factor = filtered_field(params["blur_seed"], height, width, power, ones, step=self.field_step)
-        log_factor = log_factor.to(torch.float64)
         factor = torch.exp(BLUR_VARIATION * log_factor - BLUR_VARIATION ** 2 / 2)
         diffraction = DIFFRACTION_SIGMA * self.sampling
-        return (diffraction * torch.sqrt(torch.expm1(phase * factor))).to(torch.float32)
+        return diffraction * torch.sqrt(torch.expm1(phase.to(torch.float32) * factor))
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         n, _, height, width = images.shape
@@ -125,12 +124,14 @@ class Turbulence(Op):
         # Each pixel interpolates linearly between the two levels around its own width: level k
         # enters with the hat weight max(0, 1 - |position - k|), summed level by level.
         position = (sigma_map / per_sample(top, images) * (BLUR_LEVELS - 1)).clamp(0, BLUR_LEVELS - 1)
-        kernel_side = 2 * math.ceil(3 * float(self._max_sigma())) + 1
-        blur = GaussianBlur(sigma=[0.05, 20.0], kernel_size=[kernel_side, kernel_side])
-        sizes = torch.full((n,), kernel_side, device=images.device)
         out = warped * (1 - position).clamp(min=0)
         for k in range(1, BLUR_LEVELS):
-            level = blur.apply(warped, {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05), "kernel_size": sizes})
+            # Each level's kernel reaches 3 of its largest possible sigma: on a CPU the four
+            # convolutions take 64 instead of 100 taps per axis (25 for every level before).
+            kernel_side = 2 * math.ceil(3 * self._max_sigma() * k / (BLUR_LEVELS - 1)) + 1
+            blur = GaussianBlur(sigma=[0.05, 20.0], kernel_size=[kernel_side, kernel_side])
+            level = blur.apply(warped, {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05),
+                                        "kernel_size": torch.full((n,), kernel_side, device=images.device)})
             out.addcmul_(level, (1 - (position - k).abs()).clamp(min=0))
         return out.clamp_(0, 1)
 
