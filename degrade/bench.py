@@ -306,7 +306,7 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
         opencv_rates.append(_time_opencv(recipe_source, pool, pairs, workers))
     threads = torch.get_num_threads()
     if on_cpu:
-        torch.set_num_threads(1)  # per core, as the engine's workers run
+        prepare_cpu_worker()  # per core and with the workers' malloc settings, as the engine's workers run
     stage_rates = _time_stages(recipe, hq, target)
     torch.set_num_threads(threads)
     if target.type == "cuda":
