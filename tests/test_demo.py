@@ -15,6 +15,8 @@ def test_demo_faces_are_deterministic_uint8_rgb():
     assert identities.tolist() == [0, 1, 9]
     assert torch.equal(again[0], images[2]) and torch.equal(again[1], images[0])
     assert len(source) == 40
+    many = source.load(torch.arange(40)).hq  # drawn in several chunks
+    assert torch.equal(many[[0, 5, 39]], images)
 
 
 def test_images_of_one_identity_differ_but_resemble_each_other_more_than_others():
