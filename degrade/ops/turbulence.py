@@ -126,8 +126,8 @@ class Turbulence(Op):
         position = (sigma_map / per_sample(top, images) * (BLUR_LEVELS - 1)).clamp(0, BLUR_LEVELS - 1)
         out = warped * (1 - position).clamp(min=0)
         for k in range(1, BLUR_LEVELS):
-            # Each level's kernel reaches 3 of its largest possible sigma: on a CPU the four
-            # convolutions take 64 instead of 100 taps per axis (25 for every level before).
+            # Each level's kernel reaches 3 times its largest possible sigma: on a CPU the four
+            # convolutions take 64 taps per axis where one size for all (the last's) took 100.
             kernel_side = 2 * math.ceil(3 * self._max_sigma() * k / (BLUR_LEVELS - 1)) + 1
             blur = GaussianBlur(sigma=[0.05, 20.0], kernel_size=[kernel_side, kernel_side])
             level = blur.apply(warped, {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05),
