@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import functools
 
 import cv2
 import torch
@@ -67,10 +66,10 @@ class PairBatch:
 CPU_CHUNK = 16
 
 
-@functools.cache
 def prepare_cpu_worker() -> None:
-    """Set up this process to run the engine on one CPU core (once per process; build and stream
-    workers, and the benchmark's, call it): one torch thread, and glibc's malloc told to keep
+    """Set up this process to run the engine on one CPU core (build and stream workers, and the
+    benchmark's, call it; every call sets it again, so a process forked from one that changed its
+    thread count back still gets one thread): one torch thread, and glibc's malloc told to keep
     freed blocks of up to 32 MB in the heap. Every op returns a new tensor of a few MB; by
     default glibc maps such blocks afresh and hands them back when freed, so each op's output
     page-faults in again: on the 2-core machine 480-600 against a steady 440 us per pair of
