@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import torch
 
-from degrade.arrow import PNG_OPTIONS
+from degrade.arrow import encode_png
 from degrade.engine import chunks, degrade_uint8, prepare_cpu_worker, to_float
 from degrade.layout import channels_last
 from degrade.recipe import Recipe, leaf_params, load_recipe
@@ -178,16 +177,14 @@ def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, 
     keys = torch.arange(*bounds)
     faces = source.load(keys)
     params = {k: v.numpy() for k, v in recipe.sample(faces.key).items()}
+    def encode(image: np.ndarray) -> bytes:  # as the build encodes: the same PNG options and channel swap
+        return encode_png(torch.from_numpy(image)) if image_format == "png" else image.tobytes()
+
     rows = []
     # (H, W, 3) faces, as OpenCV decodes them, out of the source's batch the fast way.
     for index, (key, identity, hq) in enumerate(zip(faces.key.tolist(), faces.identity.tolist(),
                                                     channels_last(faces.hq).numpy())):
         lq = degrade_one(recipe, hq, params, index)
-        if image_format == "png":
-            encode = lambda a: cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR),  # noqa: E731
-                                            PNG_OPTIONS)[1].tobytes()
-        else:
-            encode = lambda a: a.tobytes()  # noqa: E731
         rows.append((key, identity, encode(hq), encode(lq)))
     return rows
 
