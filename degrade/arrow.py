@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import math
 import os
@@ -339,11 +340,10 @@ def _shard_bounds(index: int, shard_size: int, total: int) -> tuple[int, int]:
     return index * shard_size, min((index + 1) * shard_size, total)
 
 
-
 def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size: int, image_format: str,
               attributes: Attributes | None) -> dict:
-    import datasets
-
+    """What a build is made of; a resumed build must match it. The datasets version is read from
+    its package metadata: importing it takes 0.7 s, a fifth of the README's demo build."""
     from degrade import __version__
 
     return {
@@ -351,7 +351,7 @@ def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size:
         "pairs": total, "shard_size": shard_size, "format": image_format,
         "attributes": str(attributes.path) if attributes else None,
         "versions": {"degrade": __version__, "torch": torch.__version__.split("+")[0],
-                     "datasets": datasets.__version__, "pyarrow": pa.__version__},
+                     "datasets": importlib.metadata.version("datasets"), "pyarrow": pa.__version__},
     }
 
 
