@@ -1,4 +1,8 @@
-"""The ``degrade`` command line."""
+"""The ``degrade`` command line.
+
+torch and the engine are imported inside the commands, so ``degrade build --help`` and the other
+engine commands' help answer in 0.1 s rather than after the 1.4 s of importing torch.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,12 @@ import os
 from pathlib import Path
 
 import click
-import torch
-
-from degrade.recipe import RecipeError, builtin_recipes, load_recipe
 
 
 def resolve_device(name: str) -> str:
     """`auto` -> cuda when available, else cpu; a CUDA name on a machine without CUDA is a usage error."""
+    import torch
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -21,6 +24,8 @@ def resolve_device(name: str) -> str:
 
 
 def _recipe(name: str):
+    from degrade.recipe import RecipeError, load_recipe
+
     try:
         return load_recipe(name)
     except RecipeError as error:
@@ -79,6 +84,8 @@ def main() -> None:
 @main.command("recipes")
 def recipes_command() -> None:
     """List the built-in recipes, one line each."""
+    from degrade.recipe import builtin_recipes, load_recipe
+
     for name, path in sorted(builtin_recipes().items()):
         recipe = load_recipe(path)
         click.echo(f"{name:<10} {recipe.description}")
@@ -98,6 +105,8 @@ def recipes_command() -> None:
 def preview_command(recipe: str, source: str, out: str, count: int, start: int, stride: int, seed: int | None,
                     device: str) -> None:
     """Write a PNG grid of HQ beside LQ, with the key params under each pair."""
+    import torch
+
     from degrade.engine import make_pairs
     from degrade.preview import write_preview
     from degrade.sources import SourceError
