@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -12,8 +13,10 @@ from degrade.ops.base import ConfigError, Op, Params, as_range
 from degrade.ops.fields import filtered_field, warp
 
 
+@functools.lru_cache(maxsize=16)
 def gaussian_power(correlation: float):
-    """Spectrum of white noise smoothed by a Gaussian of std ``correlation`` pixels."""
+    """Spectrum of white noise smoothed by a Gaussian of std ``correlation`` pixels. One function
+    per correlation length, so that the fields' filters made from it are cached."""
 
     def power(radius: torch.Tensor) -> torch.Tensor:
         return torch.exp(-((2 * math.pi * correlation * radius) ** 2))

@@ -20,6 +20,7 @@ Written from the published statistics (Fried 1965/1966; Noll 1976), not from any
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -46,8 +47,10 @@ def residual_phase_variance(strength: torch.Tensor | float) -> torch.Tensor | fl
     return RESIDUAL_PHASE_COEFFICIENT * strength ** (5 / 3)
 
 
+@functools.lru_cache(maxsize=16)
 def aperture_averaged_gradient_power(patch: float):
-    """Spectral shape of the tilt field: κ^{-5/3} · Airy(κ · patch)², DC set to the lowest bin."""
+    """Spectral shape of the tilt field: κ^{-5/3} · Airy(κ · patch)², DC set to the lowest bin.
+    One function per patch size, so that the fields' filters made from it are cached."""
 
     def power(radius: torch.Tensor) -> torch.Tensor:
         lowest = radius[radius > 0].min()
