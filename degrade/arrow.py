@@ -15,6 +15,7 @@ each rank writes the shards i with i % world_size == rank.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import importlib.metadata
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,10 +117,10 @@ def _features(schema: pa.Schema, image_format: str) -> dict:
 
 
 _ENCODERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)  # cv2.imencode releases the GIL
-# Shards are encoded and written by threads while the loop makes the next batches (Arrow writes,
-# PNG encoding and file I/O release the GIL); at most this many wait, so memory stays bounded.
-# With this and `HostRows.of`, a raw maug build of 153,200 faces on the H100 machine went from
-# 5,582 to 22,405 pairs/s (docs/benchmarks.md).
+# Threads write the shards (each shard's batches as they come, see _ShardFile) while the loop
+# makes the next batches (Arrow writes, PNG encoding and file I/O release the GIL). With this and
+# `HostRows.of`, a raw maug build of 153,200 faces on the H100 machine went from 5,582 to 22,405
+# pairs/s (docs/benchmarks.md; then the threads wrote whole shards).
 SHARD_WRITERS = 2
 
 
@@ -282,23 +284,25 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     batches = [keys for i in todo for keys in key_batches[i]]
     made = pair_batches(recipe, source, batches, device, seed, num_workers,
                         finish=functools.partial(_rows_to_write, recipe=recipe, image_format=image_format))
-    shard = functools.partial(_write_shard, out=out, schema=schema, image_format=image_format, source=source,
-                              attributes=attributes)
-    with ThreadPoolExecutor(max_workers=SHARD_WRITERS) as writers:
-        writing: collections.deque = collections.deque()
-        for index in todo:
-            parts, skipped, fixes = [], [], collections.Counter()
+    table_of = functools.partial(_rows_table, schema=schema, image_format=image_format, source=source,
+                                 attributes=attributes)
+    # Each shard's batches are written in order by one thread, shards alternating between the
+    # threads; at most SHARD_WRITERS shards' worth of batches wait, so memory stays bounded.
+    waiting_at_most = SHARD_WRITERS * math.ceil(shard_size / batch_size)
+    with contextlib.ExitStack() as threads:
+        writers = [threads.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in range(SHARD_WRITERS)]
+        waiting: collections.deque = collections.deque()
+        for slot, index in enumerate(todo):
+            first, stop = bounds[index]
+            writer, shard = writers[slot % SHARD_WRITERS], _ShardFile(out / names[index], schema, table_of, stop - first)
             for _ in key_batches[index]:
-                rows, batch_skipped, batch_fixes = next(made)
-                skipped += batch_skipped
-                fixes.update(batch_fixes)
-                bar.update(len(batch_skipped) + (0 if rows is None else len(rows.key)))
-                if rows is not None:
-                    parts.append(rows)
-            writing.append(writers.submit(shard, names[index], parts, skipped, fixes))
-            while len(writing) > SHARD_WRITERS:
-                writing.popleft().result()
-        for pending in writing:
+                rows, skipped, fixes = next(made)
+                bar.update(len(skipped) + (0 if rows is None else len(rows.key)))
+                waiting.append(writer.submit(shard.add, rows, skipped, fixes))
+                while len(waiting) > waiting_at_most:
+                    waiting.popleft().result()
+            waiting.append(writer.submit(shard.close))
+        for pending in waiting:
             pending.result()
     bar.close()
     _barrier(world)
@@ -322,18 +326,47 @@ def _rows_to_write(faces: Faces, batch: PairBatch, recipe: Recipe,
     return rows, faces.skipped, faces.fixes
 
 
-def _write_shard(name: str, parts: list[HostRows], skipped: list, fixes: collections.Counter, *, out: Path,
-                 schema: pa.Schema, image_format: str, source: Source, attributes: Attributes | None) -> None:
-    """Encode one shard's batches and write the shard with its account, each file atomically."""
-    tables = []
-    for rows in parts:
-        identity_names = [source.identity_name(int(i)) for i in rows.identity]
-        values = attributes.lookup(source, rows.key, rows.identity) if attributes else None
-        tables.append(pairs_table(rows, schema, identity_names, image_format, values))
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    _write_atomic(out / f"{name}.json", json.dumps(
-        {"rows": table.num_rows, "skipped": skipped, "fixes": dict(sorted(fixes.items()))}, sort_keys=True))
-    _write_table(out / name, table)
+def _rows_table(rows: HostRows, *, schema: pa.Schema, image_format: str, source: Source,
+                attributes: Attributes | None) -> pa.Table:
+    identity_names = [source.identity_name(int(i)) for i in rows.identity]
+    values = attributes.lookup(source, rows.key, rows.identity) if attributes else None
+    return pairs_table(rows, schema, identity_names, image_format, values)
+
+
+class _ShardFile:
+    """One shard, written batch by batch as the batches are made (PNGs encoded here unless the
+    workers did) into ``<name>.partial``, which becomes ``<name>`` once the shard is complete and
+    its account (``<name>.json``: rows, skipped inputs, conversions) is written. A shard file that
+    exists is whole, so an interrupted build resumes after the last one. Writing each batch as it
+    comes rather than the shard at its end overlaps the writing with making the next batches.
+
+    ``pairs``: the shard's key count. Its batches' rows and skipped inputs must add up to it
+    before it is made whole; a batch whose writing failed leaves it ``.partial``."""
+
+    def __init__(self, path: Path, schema: pa.Schema, table_of: Callable[[HostRows], pa.Table], pairs: int) -> None:
+        self.path, self.partial = path, path.with_name(path.name + ".partial")
+        self.table_of, self.pairs = table_of, pairs
+        self.sink = pa.OSFile(str(self.partial), "wb")
+        self.stream = pa.ipc.new_stream(self.sink, schema)
+        self.rows, self.skipped, self.fixes = 0, [], collections.Counter()
+
+    def add(self, rows: HostRows | None, skipped: list, fixes: collections.Counter) -> None:
+        if rows is not None:
+            table = self.table_of(rows)
+            self.stream.write_table(table)
+            self.rows += table.num_rows
+        self.skipped += skipped
+        self.fixes.update(fixes)
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sink.close()
+        if self.rows + len(self.skipped) != self.pairs:
+            raise BuildError(f"{self.partial}: {self.rows} rows and {len(self.skipped)} skipped inputs written "
+                             f"of {self.pairs}; the shard stays unfinished")
+        _write_atomic(self.path.with_name(self.path.name + ".json"), json.dumps(
+            {"rows": self.rows, "skipped": self.skipped, "fixes": dict(sorted(self.fixes.items()))}, sort_keys=True))
+        os.replace(self.partial, self.path)
 
 
 def _shard_bounds(index: int, shard_size: int, total: int) -> tuple[int, int]:
@@ -394,13 +427,6 @@ def _finish(out: Path, names: list[str], total: int, recipe: Recipe, seed: int, 
              "_split": None}
     _write_atomic(out / "state.json", json.dumps(state, indent=2, sort_keys=True))
     return summary
-
-
-def _write_table(path: Path, table: pa.Table) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(partial, path)
 
 
 def _write_atomic(path: Path, text: str) -> None:

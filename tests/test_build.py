@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from degrade import arrow
 from degrade.arrow import BuildError, build_dataset, open_dataset
 from degrade.built import BuiltPairs
 from degrade.engine import make_pairs
@@ -74,6 +75,30 @@ def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
     (tmp_path / "ds" / "data-00002-of-00003.arrow").unlink()
     with pytest.raises(BuildError, match="did not finish \\(2 of 3 shards written\\).*run the same"):
         open_dataset(tmp_path / "ds")
+
+
+def test_a_shard_whose_writing_failed_stays_unfinished_and_the_build_resumes_to_whole_bytes(tmp_path, monkeypatch):
+    recipe, source = load_recipe("maug"), open_source("demo")
+    build_dataset(recipe, source, tmp_path / "whole", limit=40, batch_size=8, shard_size=16, progress=False)
+    real_table = arrow._rows_table
+    written = []
+
+    def fails_on_the_third_batch(rows, **options):
+        written.append(len(rows.key))
+        if len(written) == 3:
+            raise OSError("disk full")
+        return real_table(rows, **options)
+
+    monkeypatch.setattr(arrow, "_rows_table", fails_on_the_third_batch)
+    with pytest.raises(OSError, match="disk full"):
+        build_dataset(recipe, source, tmp_path / "failed", limit=40, batch_size=8, shard_size=16, progress=False)
+    # The third batch is the second shard's first: that shard is left unfinished (the others,
+    # written by other threads meanwhile, are whole).
+    assert not (tmp_path / "failed" / "data-00001-of-00003.arrow").exists()
+    assert (tmp_path / "failed" / "data-00001-of-00003.arrow.partial").exists()
+    monkeypatch.setattr(arrow, "_rows_table", real_table)
+    build_dataset(recipe, source, tmp_path / "failed", limit=40, batch_size=8, shard_size=16, progress=False)
+    assert folder_bytes(tmp_path / "failed") == folder_bytes(tmp_path / "whole")
 
 
 def _build_command(out: Path, *extra: str) -> list[str]:
