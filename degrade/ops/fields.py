@@ -68,7 +68,8 @@ def _half_spectrum_gain(power: Callable[[torch.Tensor], torch.Tensor], grid: tup
     rfft2 keeps, scaled to a mean power of 1. The gain is real and even in each frequency, so the
     filtered field is real and that half spectrum is all irfft2 needs. Made once per power
     function, grid and device: 117 us per call on a CPU core (two per turbulence chunk), and on a
-    GPU a dozen small kernels and a host sync (the power's lowest non-zero radius)."""
+    GPU a dozen small kernels and a host sync (the power's lowest non-zero radius). Every caller
+    gets the same tensor: read only."""
     spectrum = power(frequency_radius(*grid, device) / step)
     gain = torch.sqrt(spectrum / spectrum.mean()).to(torch.float32)
     return gain[:, :grid[1] // 2 + 1]
