@@ -211,7 +211,8 @@ def _params_array(params: Params, struct: pa.StructType) -> pa.StructArray:
 
 @dataclasses.dataclass
 class BuildSummary:
-    pairs: int
+    pairs: int  # in the dataset
+    made: int   # by this run (not in shards an earlier run had written)
     shards: int
     resumed_shards: int
     seconds: float
@@ -219,10 +220,10 @@ class BuildSummary:
     fixes: dict[str, int]
 
     def describe(self) -> str:
-        rate = f"{self.pairs / self.seconds:.0f}" if self.seconds > 0 else "-"
         lines = [f"{self.pairs} pairs in {self.shards} shards"
                  + (f" ({self.resumed_shards} already done)" if self.resumed_shards else "")
-                 + f", {self.seconds:.1f} s ({rate} pairs/s)"]
+                 + f", {self.seconds:.1f} s"
+                 + (f" ({self.made / self.seconds:.0f} pairs/s)" if self.made and self.seconds > 0 else "")]
         if self.skipped:
             reasons = collections.Counter(reason.split(": ", 1)[-1] for _, reason in self.skipped)
             lines.append(f"skipped {len(self.skipped)} inputs: "
@@ -269,10 +270,11 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     manifest = _manifest(recipe, source, seed, total, shard_size, image_format, attributes)
     if rank == 0:
         _prepare_folder(out, manifest)
-    _barrier(world)
     names = [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
+    done = {i for i in range(shards) if (out / names[i]).exists()}  # by an earlier run: no rank writes yet
+    _barrier(world)
     mine = [i for i in range(shards) if i % world == rank]
-    todo = [i for i in mine if not (out / names[i]).exists()]
+    todo = [i for i in mine if i not in done]
     schema = pair_schema(recipe, image_format, attributes.names if attributes else [])
     started = time.perf_counter()
     bounds = {i: _shard_bounds(i, shard_size, total) for i in mine}
@@ -306,7 +308,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
             pending.result()
     bar.close()
     _barrier(world)
-    return _finish(out, names, total, recipe, seed, schema, image_format, started, len(mine) - len(todo), rank)
+    return _finish(out, names, total, recipe, seed, schema, image_format, started, done, rank)
 
 
 def _rows_to_write(faces: Faces, batch: PairBatch, recipe: Recipe,
@@ -403,15 +405,17 @@ def _prepare_folder(out: Path, manifest: dict) -> None:
 
 
 def _finish(out: Path, names: list[str], total: int, recipe: Recipe, seed: int, schema: pa.Schema, image_format: str,
-            started: float, resumed: int, rank: int) -> BuildSummary:
-    """Gather the shards' accounts; rank 0 writes the summary and the files that make it a dataset."""
-    rows, skipped, fixes = 0, [], collections.Counter()
-    for name in names:
+            started: float, done: set[int], rank: int) -> BuildSummary:
+    """Gather the shards' accounts; rank 0 writes the summary and the files that make it a dataset.
+    ``done``: the shards an earlier run had written."""
+    rows, made, skipped, fixes = 0, 0, [], collections.Counter()
+    for index, name in enumerate(names):
         account = json.loads((out / f"{name}.json").read_text())
         rows += account["rows"]
+        made += 0 if index in done else account["rows"]
         skipped += [tuple(entry) for entry in account["skipped"]]
         fixes.update(account["fixes"])
-    summary = BuildSummary(pairs=rows, shards=len(names), resumed_shards=resumed,
+    summary = BuildSummary(pairs=rows, made=made, shards=len(names), resumed_shards=len(done),
                            seconds=time.perf_counter() - started, skipped=skipped, fixes=dict(fixes))
     if rank != 0:
         return summary

@@ -97,8 +97,9 @@ def test_a_shard_whose_writing_failed_stays_unfinished_and_the_build_resumes_to_
     assert not (tmp_path / "failed" / "data-00001-of-00003.arrow").exists()
     assert (tmp_path / "failed" / "data-00001-of-00003.arrow.partial").exists()
     monkeypatch.setattr(arrow, "_rows_table", real_table)
-    build_dataset(recipe, source, tmp_path / "failed", limit=40, batch_size=8, shard_size=16, progress=False)
+    resumed = build_dataset(recipe, source, tmp_path / "failed", limit=40, batch_size=8, shard_size=16, progress=False)
     assert folder_bytes(tmp_path / "failed") == folder_bytes(tmp_path / "whole")
+    assert (resumed.pairs, resumed.made, resumed.resumed_shards) == (40, 16, 2)  # its rate counts what it made
 
 
 def _build_command(out: Path, *extra: str) -> list[str]:
