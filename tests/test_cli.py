@@ -1,5 +1,6 @@
 """The command line as a user runs it: recipes, preview, build (and its resume), clear errors."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +28,18 @@ def decode(image: dict) -> np.ndarray:
 
 def test_help_explains_every_command():
     result = subprocess.run([sys.executable, "-m", "degrade", "--help"], capture_output=True, text=True, check=True)
-    for command in ("build", "preview", "recipes"):
+    for command in ("build", "preview", "recipes", "train", "eval"):
         assert command in result.stdout
     assert "--recipe" in run("build", "--help").output
+
+
+def test_the_trainers_one_line_help_in_degrade_help_is_their_own():
+    from degrade.cli import _Commands
+
+    for name, (module, attribute, short_help) in _Commands.lazy.items():
+        command = getattr(importlib.import_module(module), attribute)
+        assert command.get_short_help_str(200) == short_help
+        assert f"{name}  " in run("--help").output and short_help[:40] in run("--help").output
 
 
 def test_recipes_lists_each_builtin_recipe_with_its_description():
