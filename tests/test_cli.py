@@ -33,6 +33,13 @@ def test_help_explains_every_command():
     assert "--recipe" in run("build", "--help").output
 
 
+def test_help_answers_without_importing_torch():
+    script = ("import sys; from degrade.cli import main; main(['--help'], standalone_mode=False); "
+              "main(['build', '--help'], standalone_mode=False); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "False"
+
+
 def test_the_trainers_one_line_help_in_degrade_help_is_their_own():
     from degrade.cli import _Commands
 
