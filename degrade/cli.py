@@ -33,6 +33,11 @@ def _recipe(name: str):
         raise click.ClickException(str(error)) from None
 
 
+def _os_error_message(error: OSError) -> str:
+    """'<path>: <reason>' for an OSError, e.g. an output path that cannot be written."""
+    return f"{error.filename}: {error.strerror}" if error.filename else str(error)
+
+
 def _source(spec: str, size: int, strict: bool = False):
     from degrade.sources import SourceError, open_source
 
@@ -133,9 +138,11 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
         raise click.ClickException(f"source {faces.name} has {len(faces)} samples; --start {start} is past the end")
     try:
         batch = make_pairs(loaded, faces, keys, resolve_device(device), seed)
+        write_preview(loaded, batch, out)
     except SourceError as error:
         raise click.ClickException(str(error)) from None
-    write_preview(loaded, batch, out)
+    except OSError as error:
+        raise click.ClickException(_os_error_message(error)) from None
     click.echo(f"wrote {out}: {len(keys)} pairs of recipe {loaded.name}")
 
 
@@ -182,6 +189,8 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
                                 image_format=image_format, attributes=table)
     except (BuildError, SourceError) as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # the output cannot be made or written (not a folder, no space, no permission)
+        raise click.ClickException(_os_error_message(error)) from None
     click.echo(f"wrote {target}: {summary.describe()}")
 
 
@@ -201,6 +210,8 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
             click.echo(f"wrote {grid}")
     except BuildError as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(_os_error_message(error)) from None
 
 
 @main.command("bench")

@@ -44,5 +44,6 @@ def preview_grid(recipe: Recipe, batch: PairBatch) -> np.ndarray:
 
 
 def write_preview(recipe: Recipe, batch: PairBatch, out: str | Path) -> None:
-    if not cv2.imwrite(str(out), preview_grid(recipe, batch)):
-        raise OSError(f"{out}: could not write the PNG")
+    """The grid as a PNG file at ``out``, whatever its extension; an OSError names the path if it
+    cannot be written."""
+    Path(out).write_bytes(cv2.imencode(".png", preview_grid(recipe, batch))[1].tobytes())

@@ -120,6 +120,16 @@ def test_preview_writes_a_grid_of_pairs(tmp_path):
     assert grid.std() > 20
 
 
+@pytest.mark.parametrize("command", [["build", "--recipe", "maug", "--limit", "8", "--out"],
+                                     ["preview", "--recipe", "maug", "--count", "2", "--out"]], ids=lambda c: c[0])
+def test_an_output_path_that_cannot_be_written_fails_with_one_clear_message(tmp_path, command):
+    (tmp_path / "a_file").write_text("not a folder")
+    result = CliRunner().invoke(main, [*command, str(tmp_path / "a_file" / "out"), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {tmp_path / 'a_file'}")
+    assert "Traceback" not in result.output
+
+
 def test_unknown_recipe_fails_with_one_clear_message():
     result = CliRunner().invoke(main, ["build", "--recipe", "nope"])
     assert result.exit_code != 0
