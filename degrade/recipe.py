@@ -148,13 +148,17 @@ class Recipe:
 
         A stage that filters by one linear map per axis (a Gaussian blur) directly before a resize
         run on every sample is folded into the resize's matrices, which then cost the same as the
-        resize alone; the result equals running the two in turn, to float rounding."""
+        resize alone; the result equals running the two in turn, to float rounding.
+
+        ``images`` is never written to; the tensors made on the way are, where a stage changes
+        some rows only (see ``_apply_chain``)."""
+        made_here = False
         stages = iter(zip(self.stages, self.stages[1:] + [None]))
         for stage, following in stages:
             prefilter = _foldable_prefilter(stage, following, params, images)
             if prefilter is not None:
                 leaf = following.options[0].leaves[0]
-                images = leaf.op.apply(images, leaf_params(params, leaf), prefilter=prefilter)
+                images, made_here = leaf.op.apply(images, leaf_params(params, leaf), prefilter=prefilter), True
                 next(stages)  # the following stage has run, with this one folded in
                 continue
             applied = params[f"{stage.name}.applied"].to(images.device)
@@ -162,7 +166,8 @@ class Recipe:
                 chosen = applied
                 if stage.is_group:
                     chosen = applied & (params[f"{stage.name}.choice"].to(images.device) == index)
-                images = _apply_chain(option.leaves, images, params, chosen)
+                out = _apply_chain(option.leaves, images, params, chosen, writable=made_here)
+                images, made_here = out, made_here or out is not images
         return images
 
     def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int | None = None) -> tuple[torch.Tensor, Params]:
@@ -196,11 +201,15 @@ def _foldable_prefilter(stage: Stage, following: Stage | None, params: Params,
     return prefilter
 
 
-def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chosen: torch.Tensor) -> torch.Tensor:
+def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chosen: torch.Tensor,
+                 writable: bool) -> torch.Tensor:
     """Run a chain of ops on the chosen rows only; other rows pass through unchanged.
 
-    The input tensor is never modified. A chain that changes the size runs on every row
-    (validation guarantees they are all chosen); a single op that takes ``chosen`` gets it."""
+    The chosen rows' results are written into ``images`` itself when it is ``writable`` (made by
+    an earlier stage of the recipe), else into a copy: a one-of stage copies the batch once, not
+    once per option (on one CPU core a copy of a chunk of 16 faces costs ~50 us). A chain that
+    changes the size runs on every row (validation guarantees they are all chosen); a single op
+    that takes ``chosen`` gets it."""
     if len(leaves) == 1 and leaves[0].op.takes_chosen:
         own = {k: v.to(images.device) for k, v in leaf_params(params, leaves[0]).items()}
         return leaves[0].op.apply(images, {**own, "chosen": chosen})
@@ -214,7 +223,7 @@ def _apply_chain(leaves: list[Leaf], images: torch.Tensor, params: Params, chose
         subset = leaf.op.apply(subset, {k: v[leaf_rows].to(images.device) for k, v in leaf_params(params, leaf).items()})
     if every_row:
         return subset
-    out = images.clone()
+    out = images if writable else images.clone()
     out[rows] = subset
     return out
 

@@ -16,9 +16,11 @@ def test_the_shipped_recipes_are_the_documented_ones():
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_every_recipe_loads_and_degrades_real_faces(name, faces):
+def test_every_recipe_loads_and_degrades_real_faces_and_leaves_its_input_as_it_was(name, faces):
     recipe = load_recipe(name)
-    lq, params = recipe(faces[:16], torch.arange(16))
+    hq = faces[:16].clone()
+    lq, params = recipe(hq, torch.arange(16))
+    assert torch.equal(hq, faces[:16])
     side = recipe.output_size
     assert lq.shape == (16, 3, side, side)
     assert lq.min() >= 0 and lq.max() <= 1
