@@ -7,7 +7,9 @@ importing torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -33,9 +35,17 @@ def _recipe(name: str):
         raise click.ClickException(str(error)) from None
 
 
-def _os_error_message(error: OSError) -> str:
-    """'<path>: <reason>' for an OSError, e.g. an output path that cannot be written."""
-    return f"{error.filename}: {error.strerror}" if error.filename else str(error)
+@contextlib.contextmanager
+def _reported(*errors: type[Exception]) -> Iterator[None]:
+    """``errors`` (whose messages name the file and the problem), and an OSError (an output path
+    that cannot be made or written: not a folder, no space, no permission), end the command with
+    one ``Error: ...`` line and exit 1 rather than a traceback."""
+    try:
+        yield
+    except errors as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"{error.filename}: {error.strerror}" if error.filename else str(error)) from None
 
 
 def _source(spec: str, size: int, strict: bool = False):
@@ -136,13 +146,8 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
     keys = keys[keys < len(faces)]
     if len(keys) == 0:
         raise click.ClickException(f"source {faces.name} has {len(faces)} samples; --start {start} is past the end")
-    try:
-        batch = make_pairs(loaded, faces, keys, resolve_device(device), seed)
-        write_preview(loaded, batch, out)
-    except SourceError as error:
-        raise click.ClickException(str(error)) from None
-    except OSError as error:
-        raise click.ClickException(_os_error_message(error)) from None
+    with _reported(SourceError):
+        write_preview(loaded, make_pairs(loaded, faces, keys, resolve_device(device), seed), out)
     click.echo(f"wrote {out}: {len(keys)} pairs of recipe {loaded.name}")
 
 
@@ -181,16 +186,12 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size, strict)
     target = Path(out) if out else Path("out") / loaded.name
-    try:
+    with _reported(BuildError, SourceError):
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
                                 shard_size=shard_size, device=resolve_device(device),
                                 num_workers=min(os.cpu_count() or 1, 16) if num_workers is None else num_workers,
                                 image_format=image_format, attributes=table)
-    except (BuildError, SourceError) as error:
-        raise click.ClickException(str(error)) from None
-    except OSError as error:  # the output cannot be made or written (not a folder, no space, no permission)
-        raise click.ClickException(_os_error_message(error)) from None
     click.echo(f"wrote {target}: {summary.describe()}")
 
 
@@ -203,15 +204,11 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
     from degrade.arrow import BuildError
     from degrade.inspect import describe_dataset, write_dataset_grid
 
-    try:
+    with _reported(BuildError):
         click.echo(describe_dataset(folder))
         if grid:
             write_dataset_grid(folder, grid, count)
             click.echo(f"wrote {grid}")
-    except BuildError as error:
-        raise click.ClickException(str(error)) from None
-    except OSError as error:
-        raise click.ClickException(_os_error_message(error)) from None
 
 
 @main.command("bench")
