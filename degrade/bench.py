@@ -177,6 +177,7 @@ def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, 
     keys = torch.arange(*bounds)
     faces = source.load(keys)
     params = {k: v.numpy() for k, v in recipe.sample(faces.key).items()}
+
     def encode(image: np.ndarray) -> bytes:  # as the build encodes: the same PNG options and channel swap
         return encode_png(torch.from_numpy(image)) if image_format == "png" else image.tobytes()
 
