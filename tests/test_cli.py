@@ -43,10 +43,11 @@ def test_help_answers_without_importing_torch():
 def test_the_trainers_one_line_help_in_degrade_help_is_their_own():
     from degrade.cli import _Commands
 
+    listing = run("--help").output
     for name, (module, attribute, short_help) in _Commands.lazy.items():
         command = getattr(importlib.import_module(module), attribute)
         assert command.get_short_help_str(200) == short_help
-        assert f"{name}  " in run("--help").output and short_help[:40] in run("--help").output
+        assert f"{name}  " in listing and short_help[:40] in listing
 
 
 def test_recipes_lists_each_builtin_recipe_with_its_description():
