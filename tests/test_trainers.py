@@ -12,7 +12,7 @@ from degrade.sources import open_source
 from degrade.sources.subset import SubsetSource
 from degrade.stream import PairStream
 from trainers.backbones import build_backbone, checkpoint_state
-from trainers.evaluate import kfold_accuracy, probe, roc_auc, tar_at_far
+from trainers.evaluate import embed, faces_per_pass, kfold_accuracy, probe, roc_auc, tar_at_far
 from trainers.heads import AdaFace, ArcFace, CosFace
 from trainers.losses import log_exp_contrast
 from trainers.loop import DataClock, TrainConfig, learning_rate_factor, train
@@ -150,6 +150,17 @@ def test_tar_at_far_and_auc_have_the_known_answers():
 def test_probe_resolution_is_the_engines_resize(faces):
     assert torch.equal(probe(faces[:4], 14), Resize(sides=[14]).apply(faces[:4], {"side": torch.full((4,), 14)}))
     assert torch.equal(probe(faces[:4], 112), faces[:4])
+
+
+def test_embed_gives_each_face_its_normalised_flip_concatenation_whatever_the_passes():
+    torch.manual_seed(0)
+    model = build_backbone("mobilefacenet").eval()
+    images = torch.rand(2 * faces_per_pass("cpu") + 1, 3, 112, 112)  # three passes, the last of one face
+    with torch.no_grad():
+        whole = torch.cat([model(images), model(images.flip(-1))], dim=1)
+    embeddings = embed(model, images)
+    assert embeddings.shape == (len(images), 256)
+    assert torch.allclose(embeddings, torch.nn.functional.normalize(whole, dim=1), atol=1e-5)
 
 
 def test_learning_rate_schedules():
