@@ -278,10 +278,11 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     runs = {}
     for text in models:
         name, model = open_model(text, selection)
-        results = evaluate_pairs(model, protocol, sides, parse_folds(folds), resolve_device(device))
+        results = evaluate_pairs(model, protocol, sides, parse_folds(folds), resolve_device(device),
+                                 progress=f"{name}: verification")
         if gallery_source is not None:
             results["identification"] = identification(model, gallery_source, torch.arange(len(gallery_source)),
-                                                       sides, resolve_device(device))
+                                                       sides, resolve_device(device), progress=f"{name}: identification")
         runs[name] = results
         click.echo(format_table(name, results))
     if out:
