@@ -44,6 +44,7 @@ if wants build; then
   # LFW 16 times over as RecordIO (JPEG), for a steady state past the workers' start-up
   repeated=${TMPDIR:-/tmp}/degrade_lfw_x16
   python3 benchmarks/make_recordio.py "$LFW" "$repeated" --repeats 16 > /dev/null 2>&1
+  step load_x16 60 python3 benchmarks/load_rate.py "$repeated" --n $((65536 / SCALE))  # one worker's decoding
   step bench_build_x16 200 degrade bench --build --recipe maug --source "$repeated" --device $DEVICE \
     --batch-size $((1024 / SCALE)) --n $((65536 / SCALE))
   rm -rf "$repeated"
