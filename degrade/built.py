@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import yaml
 
@@ -26,6 +27,17 @@ def flat_params(table: pa.Table) -> dict[str, np.ndarray]:
     """The params column as {'stage.field': (N,) array}."""
     params = flat_table(table.select(["params"]))
     return {name[len("params."):]: params.column(name).to_numpy(zero_copy_only=False) for name in params.column_names}
+
+
+def gather_rows(table: pa.Table, batches: list[pa.RecordBatch], starts: np.ndarray, rows: np.ndarray) -> pa.Table:
+    """The ``rows`` (indices into ``table``, any order) as a table of one-row slices of its record
+    ``batches`` (``table.to_batches()``, whose first rows are ``starts``): nothing is copied, and
+    only the pages of those rows are read. (``pa.Table.take`` combines all the chunks of a column
+    first: on a 50 k-pair raw build, 3.7 GB, the first batch of 256 rows took 5.6 s and 5.8 GB of
+    memory, and each one after it 0.31 s; this, 32 and 36-42 ms.)"""
+    batch_of = np.searchsorted(starts, rows, side="right") - 1
+    return pa.Table.from_batches([batches[b].slice(row - starts[b], 1) for b, row in zip(batch_of, rows)],
+                                 schema=table.schema)
 
 
 def _decode(value, image_format: str, side: int) -> torch.Tensor:
@@ -52,7 +64,11 @@ class BuiltPairs:
         self.name = str(self.folder)
         dataset = open_dataset(self.folder)
         self._length = len(dataset)
-        self._table = None
+        highest = pc.max(dataset.data.table.column("identity")).as_py()
+        self.num_identities = 0 if highest is None else highest + 1  # identities are numbered from 0
+        self._table: pa.Table | None = None
+        self._batches: list[pa.RecordBatch] = []
+        self._starts = np.zeros(0, dtype=np.int64)
         stored = dataset.features.get("attributes")
         self.attribute_names: list[str] = list(stored) if stored else []
         missing = [name for name in attribute_columns or () if name not in self.attribute_names]
@@ -65,16 +81,17 @@ class BuiltPairs:
         return self._length
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_table": None}
+        return {**self.__dict__, "_table": None, "_batches": []}
 
-    @property
-    def table(self) -> pa.Table:
+    def _rows(self, rows: torch.Tensor) -> pa.Table:
         if self._table is None:
             self._table = open_dataset(self.folder).data.table
-        return self._table
+            self._batches = self._table.to_batches()
+            self._starts = np.cumsum([0] + [len(batch) for batch in self._batches[:-1]])
+        return gather_rows(self._table, self._batches, self._starts, rows.numpy())
 
     def load(self, rows: torch.Tensor) -> PairBatch:
-        table = self.table.take(pa.array(rows.numpy()))
+        table = self._rows(rows)
         recipe, image_format = self.recipe, self.manifest["format"]
         params = {k: torch.from_numpy(np.array(v)) for k, v in flat_params(table).items()}
         sides = recipe.native_sides(params)

@@ -42,6 +42,20 @@ def test_lfw_round_trip_gives_the_engines_pairs(tmp_path, lfw_source, image_form
         assert torch.allclose(stored.params[name].to(values.dtype), values), name
 
 
+def test_a_builds_rows_load_in_any_order_across_its_batches_and_shards(tmp_path):
+    recipe, source = load_recipe("maug"), open_source("demo")
+    build_dataset(recipe, source, tmp_path / "ds", limit=40, batch_size=8, shard_size=16, image_format="raw",
+                  progress=False)
+    pairs, rows = BuiltPairs(tmp_path / "ds"), [39, 0, 15, 16, 8, 39, 23]  # shard and batch edges, a repeat
+    stored, dataset = pairs.load(torch.tensor(rows)), open_dataset(tmp_path / "ds")
+    for n, row in enumerate(rows):
+        as_read = dataset[row]
+        assert int(stored.key[n]) == as_read["key"] == row
+        assert stored.lq[n].permute(1, 2, 0).numpy().tobytes() == as_read["lq"]
+        assert int(stored.params["resize.side"][n]) == as_read["params"]["resize"]["side"]
+    assert pairs.num_identities == int(make_pairs(recipe, source, torch.arange(40)).identity.max()) + 1
+
+
 @pytest.mark.parametrize("image_format", ["png", "raw"])
 def test_a_cpu_build_degrades_and_encodes_in_its_decoding_workers_and_writes_the_same_bytes(
         tmp_path, lfw_source, image_format):

@@ -197,12 +197,11 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     try:
         if options["from_dataset"]:
             stream = PairStream.from_dataset(options["from_dataset"], attribute_columns, **stream_options)
-            classes = int(stream.source.table.column("identity").to_numpy().max()) + 1
         else:
             recipe = load_recipe(options["recipe"] or default_recipe)
             faces = training_source(options["source"], recipe.size, options["exclude_pairs"], options["exclude_folds"])
             stream = PairStream.from_source(recipe, faces, attributes=attributes, **stream_options)
-            classes = faces.num_identities
+        classes = stream.source.num_identities
     except (RecipeError, SourceError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     spec = {**spec, "backbone": options["backbone"], "head": options["head"], "classes": classes}
