@@ -84,6 +84,8 @@ class BuiltPairs:
         return {**self.__dict__, "_table": None, "_batches": []}
 
     def _rows(self, rows: torch.Tensor) -> pa.Table:
+        if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < len(self)):
+            raise IndexError(f"{self.folder}: rows {int(rows.min())}..{int(rows.max())} asked of a build of {len(self)}")
         if self._table is None:
             self._table = open_dataset(self.folder).data.table
             self._batches = self._table.to_batches()

@@ -54,6 +54,8 @@ def test_a_builds_rows_load_in_any_order_across_its_batches_and_shards(tmp_path)
         assert stored.lq[n].permute(1, 2, 0).numpy().tobytes() == as_read["lq"]
         assert int(stored.params["resize.side"][n]) == as_read["params"]["resize"]["side"]
     assert pairs.num_identities == int(make_pairs(recipe, source, torch.arange(40)).identity.max()) + 1
+    with pytest.raises(IndexError, match="rows 3..40 asked of a build of 40"):
+        pairs.load(torch.tensor([3, 40]))
 
 
 @pytest.mark.parametrize("image_format", ["png", "raw"])

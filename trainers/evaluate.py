@@ -57,7 +57,6 @@ def embed(model: nn.Module, images: torch.Tensor, device: str | torch.device = "
     return torch.cat(out)
 
 
-
 def kfold_accuracy(scores: torch.Tensor, same: torch.Tensor, fold: torch.Tensor) -> tuple[float, float]:
     """Verification accuracy, each fold tested at the threshold best on the other folds: (mean, std)."""
     folds = fold.unique()
