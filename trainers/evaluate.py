@@ -57,6 +57,16 @@ def embed(model: nn.Module, images: torch.Tensor, device: str | torch.device = "
     return torch.cat(out)
 
 
+def embed_probes(model: nn.Module, faces: torch.Tensor, side: int, device: str | torch.device = "cpu",
+                 progress: tqdm | None = None) -> torch.Tensor:
+    """:func:`embed` of uint8 faces (N, 3, S, S) probed at ``side`` px (as they are when ``side`` >= S),
+    made and embedded 1,024 at a time, so memory does not grow with N (a float copy of LFW's
+    folds 1-8 and one of its probes alone took 2 GB)."""
+    native = getattr(model, "native_input", False)
+    return torch.cat([embed(model, probe(to_float(block), side, native), device, progress)
+                      for block in faces.split(1024)])
+
+
 def kfold_accuracy(scores: torch.Tensor, same: torch.Tensor, fold: torch.Tensor) -> tuple[float, float]:
     """Verification accuracy, each fold tested at the threshold best on the other folds: (mean, std)."""
     folds = fold.unique()
@@ -113,14 +123,13 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
         raise ValueError(f"{len(faces.skipped)} evaluation images could not be read: {faces.skipped[0][1]}")
     position = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
     position[keys] = torch.arange(len(keys))
-    hq = to_float(faces.hq)
-    native = getattr(model, "native_input", False)
+    size = faces.hq.shape[-1]
     results: dict[str, dict[str, dict[str, float]]] = {"same": {}, "cross": {}}
-    embedded = len(hq) * (1 + sum(side < hq.shape[-1] for side in resolutions))  # HQ, then each lower side
+    embedded = len(faces.hq) * (1 + sum(side < size for side in resolutions))  # HQ, then each lower side
     with tqdm(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
-        hq_embedding = embed(model, hq, device, bar)
+        hq_embedding = embed_probes(model, faces.hq, size, device, bar)
         for side in resolutions:
-            lq_embedding = hq_embedding if side >= hq.shape[-1] else embed(model, probe(hq, side, native), device, bar)
+            lq_embedding = hq_embedding if side >= size else embed_probes(model, faces.hq, side, device, bar)
             a, b = position[left], position[right]
             results["same"][str(side)] = verification_metrics((lq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
             results["cross"][str(side)] = verification_metrics((hq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
@@ -143,14 +152,13 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
     has_probe = torch.isin(identity, identity[~first])
     gallery = first & has_probe
     probes = ~first
-    hq = to_float(faces.hq)
     gallery_identity = identity[gallery]
     results = {}
     embedded = int(gallery.sum()) + int(probes.sum()) * len(resolutions)
     with tqdm(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
-        gallery_embedding = embed(model, hq[gallery], device, bar)
+        gallery_embedding = embed_probes(model, faces.hq[gallery], faces.hq.shape[-1], device, bar)
         for side in resolutions:
-            probe_embedding = embed(model, probe(hq[probes], side, getattr(model, "native_input", False)), device, bar)
+            probe_embedding = embed_probes(model, faces.hq[probes], side, device, bar)
             ranking = (probe_embedding @ gallery_embedding.T).argsort(dim=1, descending=True)
             hits = gallery_identity[ranking] == identity[probes][:, None]
             results[str(side)] = {"rank1": hits[:, :1].any(1).float().mean().item(),
