@@ -30,7 +30,7 @@ def decoded(data: bytes) -> np.ndarray:
 def lfw_jpegs(lfw_source):
     """12 real LFW files (bytes) and their identity indices."""
     keys = list(range(0, 1200, 100))
-    return [lfw_source.files[k].read_bytes() for k in keys], [int(lfw_source.identities[k]) for k in keys]
+    return [lfw_source.read(k)[0] for k in keys], [int(lfw_source.identities[k]) for k in keys]
 
 
 def test_recordio_reads_insightface_layout_back(tmp_path, lfw_jpegs):
@@ -172,6 +172,20 @@ def test_truncated_and_non_image_files_are_skipped_with_reasons(tmp_path, face):
     strict = open_source(str(tmp_path / "faces"), strict=True)
     with pytest.raises(SourceError, match="b.jpg: truncated JPEG"):
         strict.load(torch.arange(4))
+
+
+def test_a_folder_source_orders_identities_and_files_by_name_and_keeps_only_images(tmp_path, face):
+    for name in ["b/2.png", "b/1.JPG", "a/z.jpg", "a/\u00e9t\u00e9.jpeg"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(cv2.imencode(".png", face)[1].tobytes())
+    (tmp_path / "a" / "notes.txt").write_text("not a face")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "readme.md").write_text("no faces here")
+    source = open_source(str(tmp_path))
+    assert [source.sample_name(key) for key in range(len(source))] == ["a/z.jpg", "a/\u00e9t\u00e9.jpeg", "b/1.JPG", "b/2.png"]
+    assert source.identities.tolist() == [0, 0, 1, 1] and source.identity_names == ["a", "b"]
+    assert source.read(1)[1] == str(tmp_path / "a" / "\u00e9t\u00e9.jpeg")
+    assert torch.equal(source.load(torch.tensor([3])).hq[0], torch.from_numpy(face[:, :, ::-1].copy()).permute(2, 0, 1))
 
 
 def test_empty_and_missing_sources_are_clear_errors(tmp_path):
