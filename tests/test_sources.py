@@ -85,6 +85,13 @@ def test_corrupt_recordio_is_named(tmp_path, lfw_jpegs):
         open_source(str(tmp_path))
 
 
+def test_a_recordio_with_an_empty_index_is_named(tmp_path):
+    (tmp_path / "train.rec").write_bytes(b"")
+    (tmp_path / "train.idx").write_text("\n")
+    with pytest.raises(SourceError, match="train.rec: holds no image records"):
+        open_source(str(tmp_path))
+
+
 def test_saved_hf_dataset_parquet_and_arrow_sources(tmp_path, lfw_jpegs):
     images, labels = lfw_jpegs
     table = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "label": labels})
