@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from degrade.arrow import SUMMARY, open_dataset, read_manifest
@@ -38,7 +39,7 @@ def describe_dataset(folder: str | Path) -> str:
     manifest = read_manifest(folder)
     table = dataset.data.table
     lines = [
-        f"{folder}: {len(dataset)} pairs, {len(set(dataset['identity']))} identities, "
+        f"{folder}: {len(dataset)} pairs, {pc.count_distinct(table.column('identity')).as_py()} identities, "
         f"{len(list(folder.glob('data-*.arrow')))} shards, format {manifest['format']}",
         f"recipe {manifest['recipe']} (seed {manifest['seed']}) from source {manifest['source']}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
