@@ -123,6 +123,7 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
         raise ValueError(f"{len(faces.skipped)} evaluation images could not be read: {faces.skipped[0][1]}")
     position = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
     position[keys] = torch.arange(len(keys))
+    a, b = position[left], position[right]
     size = faces.hq.shape[-1]
     results: dict[str, dict[str, dict[str, float]]] = {"same": {}, "cross": {}}
     embedded = len(faces.hq) * (1 + sum(side < size for side in resolutions))  # HQ, then each lower side
@@ -130,7 +131,6 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
         hq_embedding = embed_probes(model, faces.hq, size, device, bar)
         for side in resolutions:
             lq_embedding = hq_embedding if side >= size else embed_probes(model, faces.hq, side, device, bar)
-            a, b = position[left], position[right]
             results["same"][str(side)] = verification_metrics((lq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
             results["cross"][str(side)] = verification_metrics((hq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
     return results
@@ -152,13 +152,13 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
     has_probe = torch.isin(identity, identity[~first])
     gallery = first & has_probe
     probes = ~first
-    gallery_identity = identity[gallery]
+    gallery_identity, probe_faces = identity[gallery], faces.hq[probes]
     results = {}
-    embedded = int(gallery.sum()) + int(probes.sum()) * len(resolutions)
+    embedded = int(gallery.sum()) + len(probe_faces) * len(resolutions)
     with tqdm(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
         gallery_embedding = embed_probes(model, faces.hq[gallery], faces.hq.shape[-1], device, bar)
         for side in resolutions:
-            probe_embedding = embed_probes(model, faces.hq[probes], side, device, bar)
+            probe_embedding = embed_probes(model, probe_faces, side, device, bar)
             ranking = (probe_embedding @ gallery_embedding.T).argsort(dim=1, descending=True)
             hits = gallery_identity[ranking] == identity[probes][:, None]
             results[str(side)] = {"rank1": hits[:, :1].any(1).float().mean().item(),
