@@ -3,6 +3,7 @@
 #   DATA=../shared/data RESULTS=runs/gpu bash benchmarks/gpu_engine.sh
 # SCALE=64 DEVICE=cpu divides every size by 64 and runs on the CPU (to check the script itself).
 # PARTS="tests build" runs only those of: tests bench build train trainers (default: all).
+# ROUNDS=1 times the engine and the OpenCV loop once each in the bench step (default: 3, best of each).
 # ARCHIVE=path.tgz: after each step, the logs so far (no checkpoints) are packed there.
 # Each step is time-limited and logged to $RESULTS/<step>.txt; a failing step does not stop the rest.
 set -u
@@ -13,6 +14,7 @@ SCALE=${SCALE:-1}
 LFW=$DATA/lfw112
 TEACHER=$DATA/weights/mobilefacenet/068.ckpt
 PARTS=${PARTS:-tests bench build train trainers}
+ROUNDS=${ROUNDS:-3}
 mkdir -p "$RESULTS"
 wants() { [[ " $PARTS " == *" $1 "* ]]; }
 
@@ -33,7 +35,7 @@ fi
 if wants bench; then
   for recipe in catface mixed mixed_no_turbulence; do
     step "bench_$recipe" 90 degrade bench --recipe $recipe --source "$LFW" --device $DEVICE \
-      --batch-size $((8192 / SCALE)) --n $((65536 / SCALE))
+      --batch-size $((8192 / SCALE)) --n $((65536 / SCALE)) --rounds $ROUNDS
   done
   step profile_mixed 90 python3 benchmarks/profile_engine.py --recipe mixed --source "$LFW" --device $DEVICE \
     --batch-size $((8192 / SCALE))
@@ -45,6 +47,8 @@ if wants build; then
   repeated=${TMPDIR:-/tmp}/degrade_lfw_x16
   python3 benchmarks/make_recordio.py "$LFW" "$repeated" --repeats 16 > /dev/null 2>&1
   step load_x16 60 python3 benchmarks/load_rate.py "$repeated" --n $((65536 / SCALE))  # one worker's decoding
+  step bounds_x16 90 python3 benchmarks/build_bounds.py "$repeated" --device $DEVICE --batch-size $((1024 / SCALE)) \
+    --n $((153200 / SCALE))  # each stage of a build alone, and its steady rate
   step bench_build_x16 200 degrade bench --build --recipe maug --source "$repeated" --device $DEVICE \
     --batch-size $((1024 / SCALE)) --n $((65536 / SCALE))
   rm -rf "$repeated"
