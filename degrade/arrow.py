@@ -284,15 +284,19 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     bar.update(sum(stop - first for i, (first, stop) in bounds.items() if i not in todo))
     key_batches = {i: torch.arange(*bounds[i]).split(batch_size) for i in todo}
     batches = [keys for i in todo for keys in key_batches[i]]
-    made = pair_batches(recipe, source, batches, device, seed, num_workers,
+    # Not pinned: on the H100 machine the DataLoader's one pinning thread held 16 workers' decoding
+    # to 49-62 k faces/s, against 87-99 k without it, and took 1 s more to the first batch
+    # (`benchmarks/build_bounds.py`); whole builds in alternating rounds were within their noise.
+    made = pair_batches(recipe, source, batches, device, seed, num_workers, pin_memory=False,
                         finish=functools.partial(_rows_to_write, recipe=recipe, image_format=image_format))
     table_of = functools.partial(_rows_table, schema=schema, image_format=image_format, source=source,
                                  attributes=attributes)
     # Each shard's batches are written in order by one thread, shards alternating between the
     # threads; at most SHARD_WRITERS shards' worth of batches wait, so memory stays bounded.
     waiting_at_most = SHARD_WRITERS * math.ceil(shard_size / batch_size)
-    with contextlib.ExitStack() as threads:
-        writers = [threads.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in range(SHARD_WRITERS)]
+    with contextlib.ExitStack() as running:
+        running.callback(made.close)  # the decoding workers stop here, inside the build's time
+        writers = [running.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in range(SHARD_WRITERS)]
         waiting: collections.deque = collections.deque()
         for slot, index in enumerate(todo):
             first, stop = bounds[index]

@@ -77,7 +77,8 @@ class _Degrade:
 
 
 def pair_batches(recipe: Recipe, source: Source, batches: Sequence[torch.Tensor], device: str | torch.device = "cpu",
-                 seed: int | None = None, num_workers: int = 0, finish: Callable = _as_tuple) -> Iterator:
+                 seed: int | None = None, num_workers: int = 0, finish: Callable = _as_tuple,
+                 pin_memory: bool = True) -> Iterator:
     """Each key batch decoded and degraded, in order: ``finish(the decoded faces, their pairs on
     ``device``)``, by default the two as a tuple.
 
@@ -85,11 +86,13 @@ def pair_batches(recipe: Recipe, source: Source, batches: Sequence[torch.Tensor]
     torch thread: processes scale over the cores where the threads of one process do not (every
     op call holds the GIL between kernels of a few microseconds; `degrade bench --device cpu`).
     ``finish`` (picklable) runs there too, so work on the pairs such as laying them out for
-    writing is spread over the workers. On a GPU the engine and ``finish`` run in this process.
+    writing is spread over the workers. On a GPU the engine and ``finish`` run in this process,
+    and with ``pin_memory`` the decoded batches are pinned (by a thread of the DataLoader) before
+    they are copied to it; without, they are copied from the workers' shared memory as they come.
     """
     device = torch.device(device)
     if device.type == "cpu" and num_workers > 0:
         yield from decoded_batches(source, batches, num_workers, then=_Degrade(recipe, seed, finish))
         return
-    for faces in decoded_batches(source, batches, num_workers, pin_memory=device.type == "cuda"):
+    for faces in decoded_batches(source, batches, num_workers, pin_memory=pin_memory and device.type == "cuda"):
         yield finish(faces, degrade_faces(recipe, faces, device, seed))

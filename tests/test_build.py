@@ -188,6 +188,17 @@ def test_cuda_stream_prefetches_the_same_pairs_as_the_cpu(lfw_source):
         assert (cuda_batch["lq"].cpu().int() - cpu_batch["lq"].int()).abs().float().mean() < 1.0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_build_with_decoding_workers_writes_the_faces_and_pairs_of_a_cpu_build(tmp_path, lfw_source):
+    recipe = load_recipe("maug")
+    for device in ("cuda", "cpu"):
+        build_dataset(recipe, lfw_source, tmp_path / device, limit=100, batch_size=32, shard_size=64, device=device,
+                      num_workers=2, image_format="raw", progress=False)
+    on_cuda, on_cpu = (BuiltPairs(tmp_path / device).load(torch.arange(100)) for device in ("cuda", "cpu"))
+    assert torch.equal(on_cuda.key, on_cpu.key) and torch.equal(on_cuda.hq, on_cpu.hq)
+    assert (on_cuda.lq.int() - on_cpu.lq.int()).abs().float().mean() < 1.0
+
+
 def test_prefetching_keeps_the_order_raises_the_producers_error_and_stops_early():
     def numbered(count, fail_at=None):
         for n in range(count):
