@@ -11,7 +11,7 @@ import torch
 from degrade.loader import decoded_batches
 from degrade.sources import SourceError, open_source
 from degrade.sources.attributes import Attributes
-from degrade.sources.base import decode_image
+from degrade.sources.base import decode_image, jpeg_components
 from degrade.sources.pairs import write_bin
 from degrade.sources.recordio import MAGIC, RecordFile, pack_record, write_insightface_recordio, write_recordio
 
@@ -151,6 +151,18 @@ def test_greyscale_rgba_and_16_bit_are_converted(face):
     deep = face[:, :, ::-1].astype(np.uint16) * 257
     image, fixes = decode_image(cv2.imencode(".png", deep)[1].tobytes(), "deep.png", 112)
     assert fixes == ["16-bit to 8-bit"] and np.array_equal(image, face)
+
+
+def test_colour_jpegs_decode_straight_to_rgb_and_grey_ones_are_still_converted(face, lfw_jpegs):
+    for data in lfw_jpegs[0]:
+        image, fixes = decode_image(data, "lfw.jpg", 112)
+        swapped = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+        assert jpeg_components(data) == 3 and fixes == [] and np.array_equal(image, swapped)
+    progressive = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    grey = cv2.imencode(".jpg", cv2.cvtColor(face, cv2.COLOR_RGB2GRAY))[1].tobytes()
+    assert jpeg_components(progressive) == 3 and jpeg_components(grey) == 1
+    assert jpeg_components(cv2.imencode(".png", face)[1].tobytes()) is None
+    assert decode_image(grey, "grey.jpg", 112)[1] == ["greyscale to RGB"]
 
 
 def test_other_sizes_are_resized_or_refused_when_strict(face):
