@@ -200,17 +200,19 @@ def _init_build_worker(recipe_source: str, source_spec: str, image_format: str) 
 
 def _time_opencv_build(recipe_source: str, source_spec: str, image_format: str, pairs: int, workers: int,
                        out: Path) -> float:
+    """Pairs/s of the OpenCV pipeline, its chunks' rows written as they come (as a build writes)."""
     context = multiprocessing.get_context("fork")
+    schema = pa.schema([("key", pa.int64()), ("identity", pa.int64()), ("hq", pa.binary()), ("lq", pa.binary())])
+    written = 0
     started = time.perf_counter()
-    with context.Pool(workers, initializer=_init_build_worker, initargs=(recipe_source, source_spec, image_format)) as pool:
+    with (context.Pool(workers, initializer=_init_build_worker, initargs=(recipe_source, source_spec, image_format))
+          as pool, pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer):
         chunks = [(first, min(first + CHUNK, pairs)) for first in range(0, pairs, CHUNK)]
-        rows = [row for chunk in pool.imap(_opencv_build_chunk, chunks) for row in chunk]
-    keys, identities, hq, lq = zip(*rows)
-    table = pa.table({"key": pa.array(keys, pa.int64()), "identity": pa.array(identities, pa.int64()),
-                      "hq": pa.array(hq, pa.binary()), "lq": pa.array(lq, pa.binary())})
-    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return len(rows) / (time.perf_counter() - started)
+        for rows in filter(None, pool.imap(_opencv_build_chunk, chunks)):
+            columns = [pa.array(column, field.type) for column, field in zip(zip(*rows), schema)]
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+            written += len(rows)
+    return written / (time.perf_counter() - started)
 
 
 def run_build_bench(recipe_source: str, source_spec: str, device: str = "cpu", batch_size: int = 256,
