@@ -28,11 +28,6 @@ from degrade.recipe import load_recipe
 from degrade.sources import open_source
 
 
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def decoding_rate(source, batches: list[torch.Tensor], workers: int) -> tuple[float, float]:
     """(faces/s after the first batch, seconds to the first batch)."""
     started = time.perf_counter()

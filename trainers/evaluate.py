@@ -152,7 +152,7 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
     has_probe = torch.isin(identity, identity[~first])
     gallery = first & has_probe
     probes = ~first
-    gallery_identity, probe_faces = identity[gallery], faces.hq[probes]
+    gallery_identity, probe_identity, probe_faces = identity[gallery], identity[probes], faces.hq[probes]
     results = {}
     embedded = int(gallery.sum()) + len(probe_faces) * len(resolutions)
     with tqdm(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
@@ -160,7 +160,7 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
         for side in resolutions:
             probe_embedding = embed_probes(model, probe_faces, side, device, bar)
             ranking = (probe_embedding @ gallery_embedding.T).argsort(dim=1, descending=True)
-            hits = gallery_identity[ranking] == identity[probes][:, None]
+            hits = gallery_identity[ranking] == probe_identity[:, None]
             results[str(side)] = {"rank1": hits[:, :1].any(1).float().mean().item(),
                                   "rank5": hits[:, :5].any(1).float().mean().item()}
     return results
