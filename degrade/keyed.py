@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from degrade.fused import kernels_for
+
 _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
@@ -114,14 +116,24 @@ def _normal_quantiles(device: torch.device) -> torch.Tensor:
     return (math.sqrt(2) * torch.erfinv(2 * p - 1)).to(device=device, dtype=torch.float32)
 
 
-def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                 shared: torch.Tensor | None = None) -> torch.Tensor:
     """Standard normal draws: (N,) int64 seeds -> (N, *shape), a pure function of each seed.
 
     Inverse-CDF sampling from a table: each 16-bit half of a hashed word picks one of 65,536
     normal quantiles (tails end at ±4.32). Two draws per hash and no transcendental functions
     make it 2-3x faster than Box-Muller on a CPU, and a table look-up is bit-identical on
-    every device.
+    every device. ``shared``: (N,) bool, samples whose channels (the first axis of ``shape``)
+    all repeat the first channel's draws.
+
+    On a GPU with Triton this is one kernel (``triton_kernels.normal_field``, the same bits):
+    the torch code below runs about fifteen passes over the field (the hash's shifts, masks and
+    products, the split into halves, the look-up).
     """
+    shared = torch.zeros(len(seeds), dtype=torch.bool, device=seeds.device) if shared is None else shared
+    kernels = kernels_for(seeds)
+    if kernels is not None:
+        return kernels.normal_field(seeds, shape, _normal_quantiles(seeds.device), shared).to(dtype)
     count = math.prod(shape)
     half = (count + 1) // 2
     bits = field_bits(seeds, half)
@@ -132,7 +144,11 @@ def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
     # index_select takes the int32 index as it is; plain indexing converts it to int64 first:
     # 22 against 73 us per 3x112x112 field on one CPU core (the gaussian_noise line of `degrade bench`).
     draws = _normal_quantiles(seeds.device).index_select(0, index[:, :count].flatten())
-    return draws.to(dtype).reshape(len(seeds), *shape)
+    field = draws.to(dtype).reshape(len(seeds), *shape)
+    if len(shape) > 1 and shape[0] > 1:
+        weight = shared.to(dtype).view(-1, *[1] * len(shape))
+        field[:, 1:].lerp_(field[:, :1].expand(-1, shape[0] - 1, *shape[1:]), weight)  # weight 1 copies exactly
+    return field
 
 
 # Streams hashed at once: the first draw of a KeyedRandom hashes this many consecutive streams

@@ -18,11 +18,8 @@ from degrade.ops.base import Op, Params, as_probability, as_range, per_sample
 
 def _noise_field(params: Params, images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) standard normal field; grey samples share one field across channels."""
-    n, c, h, w = images.shape
-    field = normal_field(params["seed"].to(images.device), (c, h, w), images.dtype)
-    grey = per_sample(params["grey"], images)
-    field[:, 1:].lerp_(field[:, :1].expand(-1, c - 1, -1, -1), grey)  # weight 1 copies channel 0 exactly
-    return field
+    grey = params["grey"].to(device=images.device, dtype=torch.bool)
+    return normal_field(params["seed"].to(images.device), tuple(images.shape[1:]), images.dtype, shared=grey)
 
 
 @dataclasses.dataclass

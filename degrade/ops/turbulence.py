@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from degrade.fused import kernels_for
 from degrade.keyed import KeyedRandom
 from degrade.ops.base import ConfigError, Op, Params, as_range, per_sample
 from degrade.ops.blur import GaussianBlur
@@ -60,6 +61,28 @@ def aperture_averaged_gradient_power(patch: float):
         return radius ** (-5 / 3) * airy ** 2
 
     return power
+
+
+def blend_levels(levels: list[torch.Tensor], position: torch.Tensor) -> torch.Tensor:
+    """Per-pixel linear interpolation between blur levels: each pixel takes the two levels around
+    its own position, level k with the hat weight max(0, 1 - |position - k|).
+
+    Args:
+        levels: (N, C, H, W) images, the same image blurred at levels 0, 1, ... (0: not at all).
+        position: (N, 1, H, W) each pixel's level, in [0, len(levels) - 1].
+    Returns:
+        (N, C, H, W) in [0, 1].
+
+    On a GPU with Triton, one kernel reads every level once (``triton_kernels.blend_levels``); the
+    torch code below reads and writes the whole batch twice per level.
+    """
+    kernels = kernels_for(position)
+    if kernels is not None and len(levels) == 5:
+        return kernels.blend_levels(levels, position)
+    out = levels[0] * (1 - position).clamp(min=0)
+    for k, level in enumerate(levels[1:], 1):
+        out.addcmul_(level, (1 - (position - k).abs()).clamp(min=0))
+    return out.clamp_(0, 1)
 
 
 @dataclasses.dataclass
@@ -124,19 +147,16 @@ class Turbulence(Op):
             return warped.clamp(0, 1)
         sigma_map = self.blur_sigma_map(params, height, width).to(images.dtype)
         top = sigma_map.amax(dim=(1, 2, 3)).clamp(min=1e-3)
-        # Each pixel interpolates linearly between the two levels around its own width: level k
-        # enters with the hat weight max(0, 1 - |position - k|), summed level by level.
         position = (sigma_map / per_sample(top, images) * (BLUR_LEVELS - 1)).clamp(0, BLUR_LEVELS - 1)
-        out = warped * (1 - position).clamp(min=0)
+        levels = [warped]
         for k in range(1, BLUR_LEVELS):
             # Each level's kernel reaches 3 times its largest possible sigma: on a CPU the four
             # convolutions take 64 taps per axis where one size for all (the last's) took 100.
             kernel_side = 2 * math.ceil(3 * self._max_sigma() * k / (BLUR_LEVELS - 1)) + 1
             blur = GaussianBlur(sigma=[0.05, 20.0], kernel_size=[kernel_side, kernel_side])
-            level = blur.apply(warped, {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05),
-                                        "kernel_size": torch.full((n,), kernel_side, device=images.device)})
-            out.addcmul_(level, (1 - (position - k).abs()).clamp(min=0))
-        return out.clamp_(0, 1)
+            levels.append(blur.apply(warped, {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05),
+                                              "kernel_size": torch.full((n,), kernel_side, device=images.device)}))
+        return blend_levels(levels, position)
 
     def _max_sigma(self) -> float:
         """Upper bound on the local blur width in px, for a fixed kernel size (log-normal at +4 sd)."""

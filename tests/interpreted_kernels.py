@@ -1,0 +1,36 @@
+"""Run the Triton kernels on fixed CPU inputs and save their outputs: ``python -m
+tests.interpreted_kernels OUT.pt``, with ``TRITON_INTERPRET=1`` (set by ``test_kernels.py``,
+which compares the outputs with the torch code's). A process of its own, because Triton reads
+that variable when the kernels are defined."""
+
+import sys
+
+import torch
+
+from degrade import triton_kernels
+from degrade.keyed import _normal_quantiles, normal_field, uniform_field
+
+SEEDS = torch.tensor([0, 1, 2 ** 32 - 1, 123456789, 2 ** 31 + 5])
+SHARED = torch.tensor([True, False, True, False, False])
+FIELD_SHAPES = [(3, 9, 7), (2, 5), (1,)]
+
+
+def blend_inputs() -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Five (5, 3, 9, 7) levels in [0, 1] and (5, 1, 9, 7) positions in [0, 4], some on whole levels."""
+    levels = [uniform_field(SEEDS + 1000 * k, (3, 9, 7)) for k in range(5)]
+    position = 4 * uniform_field(SEEDS + 7, (1, 9, 7))
+    position[:, 0, 0, :5] = torch.arange(5, dtype=torch.float32)
+    return levels, position
+
+
+def torch_normal_field(shape: tuple[int, ...], shared: torch.Tensor) -> torch.Tensor:
+    return normal_field(SEEDS, shape, shared=shared)
+
+
+if __name__ == "__main__":
+    outputs = {}
+    for shape in FIELD_SHAPES:
+        table = _normal_quantiles(SEEDS.device)
+        outputs[shape] = triton_kernels.normal_field(SEEDS, shape, table, SHARED)
+    outputs["blend"] = triton_kernels.blend_levels(*blend_inputs())
+    torch.save(outputs, sys.argv[1])

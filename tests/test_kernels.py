@@ -1,0 +1,61 @@
+"""The Triton kernels compute what the torch code they stand in for computes: checked on a CPU
+by Triton's interpreter, and on a GPU where there is one."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from degrade.ops.turbulence import blend_levels
+from tests.interpreted_kernels import FIELD_SHAPES, SEEDS, SHARED, blend_inputs, torch_normal_field
+
+triton = pytest.importorskip("triton", reason="Triton is not installed")
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory) -> dict:
+    """The kernels' outputs on CPU tensors, run by Triton's interpreter in a process of its own."""
+    out = tmp_path_factory.mktemp("kernels") / "outputs.pt"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "tests.interpreted_kernels", str(out)], cwd=root, check=True,
+                   env={**os.environ, "TRITON_INTERPRET": "1"})
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("shape", FIELD_SHAPES)
+def test_the_normal_field_kernel_draws_the_same_bits_as_the_torch_code(interpreted, shape):
+    expected = torch_normal_field(shape, SHARED)
+    assert torch.equal(interpreted[shape], expected)
+
+
+def test_shared_samples_repeat_their_first_channel_and_the_others_do_not():
+    field = torch_normal_field((3, 9, 7), SHARED)
+    for sample, shared in enumerate(SHARED):
+        repeated = torch.equal(field[sample, 1], field[sample, 0]) and torch.equal(field[sample, 2], field[sample, 0])
+        assert repeated == bool(shared)
+    assert torch.equal(field[~SHARED], torch_normal_field((3, 9, 7), torch.zeros_like(SHARED))[~SHARED])
+
+
+def test_the_blend_kernel_interpolates_the_levels_as_the_torch_code_does(interpreted):
+    levels, position = blend_inputs()
+    expected = blend_levels(levels, position)
+    assert torch.allclose(interpreted["blend"], expected, atol=1e-6, rtol=0)
+    on_whole_levels = interpreted["blend"][:, :, 0, :5]  # position k there: exactly level k
+    assert torch.allclose(on_whole_levels, torch.stack([levels[k][:, :, 0, k] for k in range(5)], -1), atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_kernels_give_the_cpu_values():
+    from degrade import triton_kernels
+    from degrade.keyed import _normal_quantiles
+
+    cuda = torch.device("cuda")
+    for shape in FIELD_SHAPES:
+        field = triton_kernels.normal_field(SEEDS.to(cuda), shape, _normal_quantiles(cuda), SHARED.to(cuda))
+        assert torch.equal(field.cpu(), torch_normal_field(shape, SHARED))
+    levels, position = blend_inputs()
+    blended = triton_kernels.blend_levels([level.to(cuda) for level in levels], position.to(cuda))
+    assert torch.allclose(blended.cpu(), blend_levels(levels, position), atol=1e-6, rtol=0)
