@@ -110,7 +110,7 @@ def byte_field(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _normal_quantiles(device: torch.device) -> torch.Tensor:
+def normal_quantiles(device: torch.device) -> torch.Tensor:
     """(65536,) float32: standard normal quantiles at (i + 0.5) / 65536."""
     p = (torch.arange(65536, dtype=torch.float64) + 0.5) / 65536
     return (math.sqrt(2) * torch.erfinv(2 * p - 1)).to(device=device, dtype=torch.float32)
@@ -133,7 +133,7 @@ def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
     shared = torch.zeros(len(seeds), dtype=torch.bool, device=seeds.device) if shared is None else shared
     kernels = kernels_for(seeds)
     if kernels is not None:
-        return kernels.normal_field(seeds, shape, _normal_quantiles(seeds.device), shared).to(dtype)
+        return kernels.normal_field(seeds, shape, shared).to(dtype)
     count = math.prod(shape)
     half = (count + 1) // 2
     bits = field_bits(seeds, half)
@@ -143,7 +143,7 @@ def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
     index[:, half:] &= 0xFFFF  # the arithmetic shift copied the sign bit
     # index_select takes the int32 index as it is; plain indexing converts it to int64 first:
     # 22 against 73 us per 3x112x112 field on one CPU core (the gaussian_noise line of `degrade bench`).
-    draws = _normal_quantiles(seeds.device).index_select(0, index[:, :count].flatten())
+    draws = normal_quantiles(seeds.device).index_select(0, index[:, :count].flatten())
     field = draws.to(dtype).reshape(len(seeds), *shape)
     if len(shape) > 1 and shape[0] > 1:
         weight = shared.to(dtype).view(-1, *[1] * len(shape))

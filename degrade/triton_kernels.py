@@ -4,7 +4,8 @@ Each computes what the torch code it stands in for computes, in one pass over th
 torch runs a dozen elementwise kernels, each reading and writing the whole batch:
 
 * :func:`normal_field` is ``keyed.normal_field`` bit for bit: the same 32-bit hash of the same
-  counters, the same table of normal quantiles.
+  counters, the same table of normal quantiles. :func:`add_normal_noise` adds such a field to
+  images without writing it (``noise.GaussianNoise``), to float rounding.
 * :func:`blend_levels` is ``turbulence.blend_levels`` to float rounding.
 
 This module needs Triton (it comes with PyTorch's CUDA wheels on Linux); :func:`degrade.fused.kernels_for`
@@ -20,14 +21,14 @@ import torch
 import triton
 import triton.language as tl
 
+from degrade.keyed import normal_quantiles
+
 _BLOCK = 1024  # elements per program: one sample's slice of a plane
 
 
 @triton.jit
-def _normal_field_kernel(seeds_ptr, shared_ptr, table_ptr, out_ptr, count, half, plane, BLOCK: tl.constexpr):
-    sample = tl.program_id(0)
-    element = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = element < count
+def _normal_draws(seeds_ptr, shared_ptr, table_ptr, sample, element, inside, half, plane):
+    """Draws ``element`` of ``sample``'s field, as ``keyed.normal_field`` makes them."""
     seed = tl.load(seeds_ptr + sample).to(tl.uint32, bitcast=True)
     # a shared sample repeats its first channel: every element takes the draw of its pixel there
     source = tl.where(tl.load(shared_ptr + sample) != 0, element % plane, element)
@@ -41,21 +42,54 @@ def _normal_field_kernel(seeds_ptr, shared_ptr, table_ptr, out_ptr, count, half,
     x *= 0x846CA68B
     x ^= x >> 16
     quantile = tl.where(high, x >> 16, x & 0xFFFF)
-    draws = tl.load(table_ptr + quantile, mask=inside)
+    return tl.load(table_ptr + quantile, mask=inside)
+
+
+@triton.jit
+def _normal_field_kernel(seeds_ptr, shared_ptr, table_ptr, out_ptr, count, half, plane, BLOCK: tl.constexpr):
+    sample = tl.program_id(0)
+    element = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = element < count
+    draws = _normal_draws(seeds_ptr, shared_ptr, table_ptr, sample, element, inside, half, plane)
     tl.store(out_ptr + sample.to(tl.int64) * count + element, draws, mask=inside)
 
 
-def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], table: torch.Tensor,
-                 shared: torch.Tensor) -> torch.Tensor:
-    """``keyed.normal_field``: (N,) int64 seeds, a (65536,) float32 quantile table and (N,) bool
-    ``shared`` (samples whose channels, the first axis of ``shape``, all repeat the first)
-    -> (N, *shape) float32 standard normal draws."""
+@triton.jit
+def _add_normal_noise_kernel(images_ptr, seeds_ptr, shared_ptr, table_ptr, sigma_ptr, out_ptr, count, half, plane,
+                             BLOCK: tl.constexpr):
+    sample = tl.program_id(0)
+    element = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = element < count
+    draws = _normal_draws(seeds_ptr, shared_ptr, table_ptr, sample, element, inside, half, plane)
+    at = sample.to(tl.int64) * count + element
+    noisy = tl.load(images_ptr + at, mask=inside) + draws * tl.load(sigma_ptr + sample)
+    tl.store(out_ptr + at, tl.minimum(tl.maximum(noisy, 0), 1), mask=inside)
+
+
+def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], shared: torch.Tensor) -> torch.Tensor:
+    """``keyed.normal_field``: (N,) int64 seeds and (N,) bool ``shared`` (samples whose channels,
+    the first axis of ``shape``, all repeat the first) -> (N, *shape) float32 standard normal draws."""
     n, count = len(seeds), math.prod(shape)
     out = torch.empty(n, *shape, dtype=torch.float32, device=seeds.device)
     if n and count:
         grid = (n, triton.cdiv(count, _BLOCK))
-        _normal_field_kernel[grid](seeds.to(torch.int32), shared.to(torch.uint8), table, out, count,
-                                   (count + 1) // 2, math.prod(shape[1:]), BLOCK=_BLOCK)
+        _normal_field_kernel[grid](seeds.to(torch.int32), shared.to(torch.uint8), normal_quantiles(seeds.device),
+                                   out, count, (count + 1) // 2, math.prod(shape[1:]), BLOCK=_BLOCK)
+    return out
+
+
+def add_normal_noise(images: torch.Tensor, seeds: torch.Tensor, shared: torch.Tensor,
+                     sigma: torch.Tensor) -> torch.Tensor:
+    """``clamp(images + sigma * keyed.normal_field(seeds, shape, shared=shared), 0, 1)`` without making
+    the field: (N, C, H, W) float32 images, (N,) int64 seeds, (N,) bool ``shared`` (grey noise,
+    the same in every channel) and (N,) float32 ``sigma`` -> (N, C, H, W) float32 in [0, 1]."""
+    n, count = len(images), images[0].numel() if len(images) else 0
+    out = torch.empty_like(images)
+    if n and count:
+        grid = (n, triton.cdiv(count, _BLOCK))
+        _add_normal_noise_kernel[grid](images.contiguous(), seeds.to(torch.int32), shared.to(torch.uint8),
+                                       normal_quantiles(images.device), sigma.contiguous(), out, count,
+                                       (count + 1) // 2, math.prod(images.shape[2:]), BLOCK=_BLOCK)
     return out
 
 

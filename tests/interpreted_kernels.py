@@ -8,7 +8,7 @@ import sys
 import torch
 
 from degrade import triton_kernels
-from degrade.keyed import _normal_quantiles, normal_field, uniform_field
+from degrade.keyed import normal_field, uniform_field
 
 SEEDS = torch.tensor([0, 1, 2 ** 32 - 1, 123456789, 2 ** 31 + 5])
 SHARED = torch.tensor([True, False, True, False, False])
@@ -23,6 +23,11 @@ def blend_inputs() -> tuple[list[torch.Tensor], torch.Tensor]:
     return levels, position
 
 
+def noise_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(5, 3, 9, 7) images in [0, 1], their seeds, which are grey, and sigmas up to 0.3."""
+    return uniform_field(SEEDS + 3, (3, 9, 7)), SEEDS, SHARED, torch.linspace(0.0, 0.3, len(SEEDS))
+
+
 def torch_normal_field(shape: tuple[int, ...], shared: torch.Tensor) -> torch.Tensor:
     return normal_field(SEEDS, shape, shared=shared)
 
@@ -30,7 +35,7 @@ def torch_normal_field(shape: tuple[int, ...], shared: torch.Tensor) -> torch.Te
 if __name__ == "__main__":
     outputs = {}
     for shape in FIELD_SHAPES:
-        table = _normal_quantiles(SEEDS.device)
-        outputs[shape] = triton_kernels.normal_field(SEEDS, shape, table, SHARED)
+        outputs[shape] = triton_kernels.normal_field(SEEDS, shape, SHARED)
+    outputs["noise"] = triton_kernels.add_normal_noise(*noise_inputs())
     outputs["blend"] = triton_kernels.blend_levels(*blend_inputs())
     torch.save(outputs, sys.argv[1])

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from degrade.keyed import normal_field
 from degrade.ops.turbulence import blend_levels
-from tests.interpreted_kernels import FIELD_SHAPES, SEEDS, SHARED, blend_inputs, torch_normal_field
+from tests.interpreted_kernels import FIELD_SHAPES, SEEDS, SHARED, blend_inputs, noise_inputs, torch_normal_field
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 
@@ -39,6 +40,17 @@ def test_shared_samples_repeat_their_first_channel_and_the_others_do_not():
     assert torch.equal(field[~SHARED], torch_normal_field((3, 9, 7), torch.zeros_like(SHARED))[~SHARED])
 
 
+def torch_noise(images: torch.Tensor, seeds: torch.Tensor, shared: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    field = normal_field(seeds, tuple(images.shape[1:]), shared=shared)
+    return (images + sigma.view(-1, 1, 1, 1) * field).clamp(0, 1)
+
+
+def test_the_noise_kernel_adds_the_same_field_and_clamps(interpreted):
+    expected = torch_noise(*noise_inputs())
+    assert torch.allclose(interpreted["noise"], expected, atol=1e-6, rtol=0)
+    assert ((expected == 0) | (expected == 1)).any()  # the clamp was exercised
+
+
 def test_the_blend_kernel_interpolates_the_levels_as_the_torch_code_does(interpreted):
     levels, position = blend_inputs()
     expected = blend_levels(levels, position)
@@ -50,12 +62,12 @@ def test_the_blend_kernel_interpolates_the_levels_as_the_torch_code_does(interpr
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_a_gpu_the_kernels_give_the_cpu_values():
     from degrade import triton_kernels
-    from degrade.keyed import _normal_quantiles
-
     cuda = torch.device("cuda")
     for shape in FIELD_SHAPES:
-        field = triton_kernels.normal_field(SEEDS.to(cuda), shape, _normal_quantiles(cuda), SHARED.to(cuda))
+        field = triton_kernels.normal_field(SEEDS.to(cuda), shape, SHARED.to(cuda))
         assert torch.equal(field.cpu(), torch_normal_field(shape, SHARED))
+    noisy = triton_kernels.add_normal_noise(*[tensor.to(cuda) for tensor in noise_inputs()])
+    assert torch.allclose(noisy.cpu(), torch_noise(*noise_inputs()), atol=1e-6, rtol=0)
     levels, position = blend_inputs()
     blended = triton_kernels.blend_levels([level.to(cuda) for level in levels], position.to(cuda))
     assert torch.allclose(blended.cpu(), blend_levels(levels, position), atol=1e-6, rtol=0)
