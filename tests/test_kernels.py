@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from degrade.keyed import normal_field
+from degrade.ops.jpeg import _colour_planes, _decoded_rgb
 from degrade.ops.turbulence import blend_levels
-from tests.interpreted_kernels import FIELD_SHAPES, SEEDS, SHARED, blend_inputs, noise_inputs, torch_normal_field
+from tests.interpreted_kernels import FIELD_SHAPES, SEEDS, SHARED, blend_inputs, decoding_inputs, encoding_inputs, noise_inputs, torch_normal_field
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 
@@ -51,6 +52,21 @@ def test_the_noise_kernel_adds_the_same_field_and_clamps(interpreted):
     assert ((expected == 0) | (expected == 1)).any()  # the clamp was exercised
 
 
+def test_the_encoding_kernel_gives_the_torch_codes_colour_planes(interpreted):
+    (luma, chroma), (expected_luma, expected_chroma) = interpreted["colour_planes"], _colour_planes(encoding_inputs())
+    assert luma.shape == (5, 1, 32, 32) and chroma.shape == (5, 2, 16, 16)
+    assert torch.allclose(luma, expected_luma, atol=1e-4, rtol=0)
+    assert torch.allclose(chroma, expected_chroma, atol=1e-4, rtol=0)
+    assert torch.equal(luma[:, 0, 31], luma[:, 0, 26]) and torch.equal(luma[:, 0, :, 31], luma[:, 0, :, 29])  # edges replicated
+
+
+def test_the_decoding_kernel_gives_the_torch_codes_8_bit_levels(interpreted):
+    expected = _decoded_rgb(*decoding_inputs())
+    assert interpreted["decoded"].shape == (5, 3, 27, 30)
+    assert torch.equal(interpreted["decoded"], expected)
+    assert torch.equal((expected[:, 0, 0, :4] * 255).round(), torch.tensor([100.0, 102, 102, 104]).expand(5, -1))  # halves to even
+
+
 def test_the_blend_kernel_interpolates_the_levels_as_the_torch_code_does(interpreted):
     levels, position = blend_inputs()
     expected = blend_levels(levels, position)
@@ -68,6 +84,11 @@ def test_on_a_gpu_the_kernels_give_the_cpu_values():
         assert torch.equal(field.cpu(), torch_normal_field(shape, SHARED))
     noisy = triton_kernels.add_normal_noise(*[tensor.to(cuda) for tensor in noise_inputs()])
     assert torch.allclose(noisy.cpu(), torch_noise(*noise_inputs()), atol=1e-6, rtol=0)
+    for planes, expected in zip(triton_kernels.colour_planes(encoding_inputs().to(cuda)), _colour_planes(encoding_inputs())):
+        assert torch.allclose(planes.cpu(), expected, atol=1e-4, rtol=0)
+    luma, chroma, height, width = decoding_inputs()
+    decoded = triton_kernels.decoded_rgb(luma.to(cuda), chroma.to(cuda), height, width)
+    assert ((decoded.cpu() - _decoded_rgb(luma, chroma, height, width)) * 255).abs().max() <= 1
     levels, position = blend_inputs()
     blended = triton_kernels.blend_levels([level.to(cuda) for level in levels], position.to(cuda))
     assert torch.allclose(blended.cpu(), blend_levels(levels, position), atol=1e-6, rtol=0)

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from degrade.fused import kernels_for
 from degrade.keyed import KeyedRandom
 from degrade.ops.base import Op, Params, as_range
 
@@ -138,22 +139,59 @@ def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor
     Returns:
         (N, 3, H, W) float in [0, 1], on 8-bit levels.
     """
-    n, _, h, w = images.shape
-    pad_h, pad_w = -h % 16, -w % 16
-    pixels = (images * 255).round_()
-    if pad_h or pad_w:
-        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
     tables = quantisation_tables(quality.to(images.device))
-    luma = _round_trip_planes(_combine(_RGB_TO_LUMA, pixels), tables[:, 0], 128)
+    luma, chroma = _colour_planes(images)
+    luma = _round_trip_planes(luma, tables[:, 0], 128)
+    chroma = _round_trip_planes(chroma, tables[:, 1], 0)
+    h, w = images.shape[-2:]
+    return _decoded_rgb(luma, chroma, h, w)
+
+
+def _colour_planes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's first steps: 8-bit levels, edges replicated to whole MCUs, RGB to YCbCr, 4:2:0.
+
+    Args:
+        images: (N, 3, h, w) float in [0, 1].
+    Returns:
+        (N, 1, H, W) luma on the 0-255 scale and (N, 2, H / 2, W / 2) Cb and Cr centred on 0, each
+        the average of a 2x2 quad; H and W are h and w rounded up to multiples of 16.
+
+    On a GPU with Triton, one kernel (``triton_kernels.colour_planes``).
+    """
+    kernels = kernels_for(images)
+    if kernels is not None and images.dtype == torch.float32:
+        return kernels.colour_planes(images)
+    h, w = images.shape[-2:]
+    pixels = (images * 255).round_()
+    if h % 16 or w % 16:
+        pixels = F.pad(pixels, (0, -w % 16, 0, -h % 16), mode="replicate")
     # Averaging 2x2 pixels commutes with the (linear) colour transform: sum RGB, then convert with
     # the weights divided by 4 (exact: a power of two). Rows first, then columns: the adds over
     # whole rows halve the pixels before the ones with a stride of 2 in the row, 10 against 13 us
     # per face on one CPU core for the other order. The sums of 8-bit levels are exact either way.
     rows = pixels[..., 0::2, :] + pixels[..., 1::2, :]
     quads = rows[..., 0::2] + rows[..., 1::2]
-    chroma = _round_trip_planes(_combine(_RGB_TO_CHROMA_OF_QUAD_SUM, quads), tables[:, 1], 0)
+    return _combine(_RGB_TO_LUMA, pixels), _combine(_RGB_TO_CHROMA_OF_QUAD_SUM, quads)
+
+
+def _decoded_rgb(luma: torch.Tensor, chroma: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The decoder's last steps: chroma up-sampled, YCbCr to RGB, rounded to 8-bit levels, padding cropped.
+
+    Args:
+        luma: (N, 1, H, W) decoded luma, on the 0-255 scale.
+        chroma: (N, 2, H / 2, W / 2) decoded Cb and Cr, centred on 0.
+    Returns:
+        (N, 3, height, width) float in [0, 1], on 8-bit levels.
+
+    On a GPU with Triton, one kernel (``triton_kernels.decoded_rgb``) instead of the dozen passes
+    over the planes below. With this and :func:`_colour_planes` as kernels the op takes 6.9 ms for
+    8,192 faces on the H100, against 15.9 ms.
+    """
+    kernels = kernels_for(luma)
+    if kernels is not None and luma.dtype == torch.float32:
+        return kernels.decoded_rgb(luma, chroma, height, width)
     rgb = _combine(_CHROMA_TO_RGB, _upsample_twice(_upsample_twice(chroma, -1), -2), base=luma)
-    return rgb[:, :, :h, :w].round_().clamp_(0, 255).mul_(1 / 255)
+    return rgb[:, :, :height, :width].round_().clamp_(0, 255).mul_(1 / 255)
 
 
 @dataclasses.dataclass
