@@ -130,10 +130,10 @@ def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
     the torch code below runs about fifteen passes over the field (the hash's shifts, masks and
     products, the split into halves, the look-up).
     """
-    shared = torch.zeros(len(seeds), dtype=torch.bool, device=seeds.device) if shared is None else shared
     kernels = kernels_for(seeds)
     if kernels is not None:
-        return kernels.normal_field(seeds, shape, shared).to(dtype)
+        none_shared = torch.zeros(len(seeds), dtype=torch.bool, device=seeds.device)
+        return kernels.normal_field(seeds, shape, none_shared if shared is None else shared).to(dtype)
     count = math.prod(shape)
     half = (count + 1) // 2
     bits = field_bits(seeds, half)
@@ -145,7 +145,7 @@ def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
     # 22 against 73 us per 3x112x112 field on one CPU core (the gaussian_noise line of `degrade bench`).
     draws = normal_quantiles(seeds.device).index_select(0, index[:, :count].flatten())
     field = draws.to(dtype).reshape(len(seeds), *shape)
-    if len(shape) > 1 and shape[0] > 1:
+    if shared is not None and len(shape) > 1 and shape[0] > 1:
         weight = shared.to(dtype).view(-1, *[1] * len(shape))
         field[:, 1:].lerp_(field[:, :1].expand(-1, shape[0] - 1, *shape[1:]), weight)  # weight 1 copies exactly
     return field

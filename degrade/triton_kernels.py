@@ -13,6 +13,9 @@ torch runs a dozen elementwise kernels, each reading and writing the whole batch
 This module needs Triton (it comes with PyTorch's CUDA wheels on Linux); :func:`degrade.fused.kernels_for`
 says whether it runs for a tensor. With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors,
 which is how the CPU-only test suite checks them.
+
+On the H100, per 8,192 faces: noise 11.6 -> 1.7 ms, turbulence 52.9 -> 40.8 ms, JPEG 15.9 -> 6.9 ms
+(``docs/benchmarks.md``, session 12).
 """
 
 from __future__ import annotations
