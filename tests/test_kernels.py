@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from degrade.keyed import normal_field
 from degrade.ops.jpeg import _colour_planes, _decoded_rgb
+from degrade.ops.noise import GaussianNoise
 from degrade.ops.turbulence import blend_levels
 from tests.interpreted_kernels import FIELD_SHAPES, SEEDS, SHARED, blend_inputs, decoding_inputs, encoding_inputs, noise_inputs, torch_normal_field
 
@@ -42,8 +42,8 @@ def test_shared_samples_repeat_their_first_channel_and_the_others_do_not():
 
 
 def torch_noise(images: torch.Tensor, seeds: torch.Tensor, shared: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    field = normal_field(seeds, tuple(images.shape[1:]), shared=shared)
-    return (images + sigma.view(-1, 1, 1, 1) * field).clamp(0, 1)
+    """The Gaussian noise op's torch code (this process's tensors are on the CPU) with these inputs."""
+    return GaussianNoise().apply(images, {"sigma": 255 * sigma, "grey": shared, "seed": seeds})
 
 
 def test_the_noise_kernel_adds_the_same_field_and_clamps(interpreted):

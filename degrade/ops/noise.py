@@ -17,10 +17,15 @@ from degrade.keyed import KeyedRandom, normal_field
 from degrade.ops.base import Op, Params, as_probability, as_range, per_sample
 
 
+def _field_keys(params: Params, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's (N,) seed and (N,) bool grey flag (one field shared by its channels), on the images' device."""
+    return params["seed"].to(images.device), params["grey"].to(device=images.device, dtype=torch.bool)
+
+
 def _noise_field(params: Params, images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) standard normal field; grey samples share one field across channels."""
-    grey = params["grey"].to(device=images.device, dtype=torch.bool)
-    return normal_field(params["seed"].to(images.device), tuple(images.shape[1:]), images.dtype, shared=grey)
+    seeds, grey = _field_keys(params, images)
+    return normal_field(seeds, tuple(images.shape[1:]), images.dtype, shared=grey)
 
 
 @dataclasses.dataclass
@@ -47,8 +52,7 @@ class GaussianNoise(Op):
         sigma = per_sample(params["sigma"], images) / 255.0
         kernels = kernels_for(images)
         if kernels is not None and images.dtype == torch.float32:  # one pass, the field never written
-            grey = params["grey"].to(device=images.device, dtype=torch.bool)
-            return kernels.add_normal_noise(images, params["seed"].to(images.device), grey, sigma.view(-1))
+            return kernels.add_normal_noise(images, *_field_keys(params, images), sigma.view(-1))
         field = _noise_field(params, images)
         return torch.addcmul(images, field, sigma, out=field).clamp_(0, 1)
 
