@@ -3,7 +3,7 @@
     python3 benchmarks/build_bounds.py /tmp/lfw_x16 --recipe maug --device cuda --batch-size 1024 --n 65536
 
 Stages, each at full speed on its own (pairs or faces per second):
-  decoding   the DataLoader's workers reading and decoding the source, as a build gets the batches
+  decoding   the DataLoader's workers reading and decoding the source, each batch copied to the device
   engine     one decoded batch degraded again and again and copied back as the writer gets it
   writing    one batch's rows written again and again as raw Arrow shards on the writer threads
   build      ``build_dataset`` end to end (raw), the three overlapped
@@ -28,10 +28,11 @@ from degrade.recipe import load_recipe
 from degrade.sources import open_source
 
 
-def decoding_rate(source, batches: list[torch.Tensor], workers: int) -> tuple[float, float]:
-    """(faces/s after the first batch, seconds to the first batch)."""
+def decoding_rate(source, batches: list[torch.Tensor], workers: int, device: torch.device) -> tuple[float, float]:
+    """(faces/s after the first batch, seconds to the first batch), each batch's faces copied to
+    ``device`` as a build on it takes them (through the workers' slot ring)."""
     started = time.perf_counter()
-    stream = decoded_batches(source, batches, workers)
+    stream = decoded_batches(source, batches, workers, to=device)
     next(stream)
     warm = time.perf_counter()
     faces = sum(len(batch.key) for batch in stream)
@@ -86,7 +87,7 @@ def main() -> None:
     n = min(args.n, len(source))
     batches = list(torch.arange(n).split(args.batch_size))
 
-    decoded, start_up = decoding_rate(source, batches, args.workers)
+    decoded, start_up = decoding_rate(source, batches, args.workers, device)
     faces = source.load(batches[0])
     engine = engine_rate(recipe, faces, device, repeats=max(1, n // len(faces.key)))
     rows = HostRows.of(faces, degrade_faces(recipe, faces, device), recipe)

@@ -25,10 +25,11 @@ def channels_last(images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def stack_channels_first(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """A non-empty sequence of (H, W, C) uint8 arrays of one shape -> (N, C, H, W) uint8 on the CPU."""
+def stack_channels_first(images: Sequence[np.ndarray], out: torch.Tensor | None = None) -> torch.Tensor:
+    """A non-empty sequence of (H, W, C) uint8 arrays of one shape -> (N, C, H, W) uint8 on the CPU,
+    written into the first N rows of ``out`` (contiguous, (>= N, C, H, W) uint8) when it is given."""
     h, w, c = images[0].shape
-    out = np.empty((len(images), c, h, w), np.uint8)
-    for image, target in zip(images, out):
+    stacked = np.empty((len(images), c, h, w), np.uint8) if out is None else out[:len(images)].numpy()
+    for image, target in zip(images, stacked):
         cv2.split(image, list(target))
-    return torch.from_numpy(out)
+    return torch.from_numpy(stacked)

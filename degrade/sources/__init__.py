@@ -30,8 +30,10 @@ class Source(Protocol):
 
     def sample_name(self, key: int) -> str: ...
 
-    def load(self, keys: torch.Tensor) -> Faces:
-        """Decode (N,) int64 keys; unreadable ones are skipped (or raise when the source is strict)."""
+    def load(self, keys: torch.Tensor, out: torch.Tensor | None = None) -> Faces:
+        """Decode (N,) int64 keys; unreadable ones are skipped (or raise when the source is strict).
+        With ``out``, a contiguous (>= N, 3, S, S) uint8 tensor, the M faces decoded are written
+        into its first M rows and ``hq`` is that view of it."""
         ...
 
 

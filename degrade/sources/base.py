@@ -128,7 +128,7 @@ class EncodedSource:
     def read(self, key: int) -> tuple[bytes, str]:
         raise NotImplementedError
 
-    def load(self, keys: torch.Tensor) -> Faces:
+    def load(self, keys: torch.Tensor, out: torch.Tensor | None = None) -> Faces:
         images, good, skipped, fixes = [], [], [], collections.Counter()
         for key in keys.tolist():
             try:
@@ -143,5 +143,5 @@ class EncodedSource:
             images.append(image)
             good.append(key)
         key_tensor = torch.tensor(good, dtype=torch.int64)
-        hq = stack_channels_first(images) if images else torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
+        hq = stack_channels_first(images, out) if images else torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
         return Faces(key=key_tensor, identity=self.identities[key_tensor], hq=hq, skipped=skipped, fixes=fixes)

@@ -80,15 +80,17 @@ class DemoSource:
     def sample_name(self, key: int) -> str:
         return f"{self.identity_name(key // self.images_per_identity)}/{key:07d}.png"
 
-    def load(self, keys: torch.Tensor) -> Faces:
-        """Render faces for (N,) int64 keys: uint8 (N, 3, S, S), nothing ever skipped."""
+    def load(self, keys: torch.Tensor, out: torch.Tensor | None = None) -> Faces:
+        """Render faces for (N,) int64 keys: uint8 (N, 3, S, S), nothing ever skipped; into the
+        first N rows of ``out`` when it is given."""
         keys = keys.to(torch.int64)
         if len(keys) and (int(keys.min()) < 0 or int(keys.max()) >= len(self)):
             raise IndexError(f"demo source has keys 0..{len(self) - 1}, asked for {keys.min()}..{keys.max()}")
         identities = self.identity_of(keys)
-        chunks = [(self.render(identities[rows], keys[rows]) * 255).round_().to(torch.uint8)
-                  for rows in torch.arange(len(keys)).split(_RENDER_CHUNK)]
-        hq = torch.cat(chunks) if chunks else torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8)
+        hq = torch.empty(len(keys), 3, self.size, self.size, dtype=torch.uint8) if out is None else out[:len(keys)]
+        for start in range(0, len(keys), _RENDER_CHUNK):
+            rows = slice(start, start + _RENDER_CHUNK)
+            hq[rows] = (self.render(identities[rows], keys[rows]) * 255).round_().to(torch.uint8)
         return Faces(key=keys, identity=identities, hq=hq)
 
     def render(self, identities: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,8 @@ class SubsetSource:
     def sample_name(self, key: int) -> str:
         return self.source.sample_name(int(self.keys[key]))
 
-    def load(self, keys: torch.Tensor) -> Faces:
-        faces = self.source.load(self.keys[keys])
+    def load(self, keys: torch.Tensor, out: torch.Tensor | None = None) -> Faces:
+        faces = self.source.load(self.keys[keys], out)
         local_of = dict(zip(self.keys[keys].tolist(), keys.tolist()))
         local = torch.tensor([local_of[k] for k in faces.key.tolist()], dtype=torch.int64)
         skipped = [(local_of[k], reason) for k, reason in faces.skipped]

@@ -1,0 +1,68 @@
+"""Decoding workers: batches come back in order and whole, however they cross between processes."""
+
+import types
+
+import pytest
+import torch
+
+from degrade import loader
+from degrade.loader import SlotRing, decoded_batches
+from degrade.sources import Faces, open_source
+from degrade.sources.demo import DemoSource
+
+
+def test_faces_through_the_slot_ring_equal_decoding_in_process(lfw_source):
+    # 2 workers reuse their 5 slots each about six times over; batch sizes vary (the last is short).
+    batches = torch.arange(0, 4 * 7 * 10 + 3).split(7)
+    through_ring = list(decoded_batches(lfw_source, batches, num_workers=2, to=torch.device("cpu")))
+    in_process = [lfw_source.load(keys) for keys in batches]
+    assert [len(faces.key) for faces in through_ring] == [7] * 40 + [3]
+    for got, expected in zip(through_ring, in_process):
+        assert torch.equal(got.key, expected.key) and torch.equal(got.identity, expected.identity)
+        assert torch.equal(got.hq, expected.hq)
+    # What a consumer is given is its own copy: later batches do not overwrite it.
+    assert len({faces.hq.data_ptr() for faces in through_ring}) == len(batches)
+
+
+def test_skipped_inputs_and_every_source_kind_come_through_the_ring(tmp_path, lfw_source):
+    folder = tmp_path / "faces" / "bob"
+    folder.mkdir(parents=True)
+    for name, key in (("a.jpg", 0), ("c.jpg", 1)):
+        (folder / name).write_bytes(lfw_source.read(key)[0])
+    (folder / "b.jpg").write_bytes(b"not an image")
+    folder_source = open_source(str(tmp_path / "faces"))
+    for source in (folder_source, DemoSource(identities=3)):
+        batches = torch.arange(len(source)).split(2)
+        through_ring = list(decoded_batches(source, batches, num_workers=2, to=torch.device("cpu")))
+        for got, keys in zip(through_ring, batches):
+            expected = source.load(keys)
+            assert got.key.tolist() == expected.key.tolist() and got.skipped == expected.skipped
+            assert torch.equal(got.hq, expected.hq)
+        if source is folder_source:
+            assert [faces.key.tolist() for faces in through_ring] == [[0], [2]]
+            assert "b.jpg: not a readable image" in dict(through_ring[0].skipped)[1]
+
+
+class _Levels:
+    """A source whose face for key k is filled with level k."""
+
+    size = 4
+
+    def load(self, keys: torch.Tensor, out: torch.Tensor) -> Faces:
+        hq = out[:len(keys)]
+        hq.copy_(keys.to(torch.uint8).view(-1, 1, 1, 1).expand_as(hq))
+        return Faces(key=keys, identity=torch.zeros_like(keys), hq=hq)
+
+
+def test_a_worker_never_overwrites_a_slot_the_consumer_has_not_taken(monkeypatch):
+    monkeypatch.setattr(loader, "get_worker_info", lambda: types.SimpleNamespace(id=0))
+    monkeypatch.setattr(loader, "SLOT_WAIT_SECONDS", 0.05)
+    ring, source = SlotRing(workers=1, capacity=2, depth=2), _Levels()
+    first, second = ring.load(source, torch.tensor([1])), ring.load(source, torch.tensor([2, 2]))
+    with pytest.raises(RuntimeError, match="slot 0 not taken by the consumer"):
+        ring.load(source, torch.tensor([3]))
+    assert ring.take(first, torch.device("cpu")).hq.unique().tolist() == [1]
+    third = ring.load(source, torch.tensor([3]))
+    assert (third.slot, third.images) == (0, None)  # the consumer has the slot mapped already
+    assert ring.take(second, torch.device("cpu")).hq.unique().tolist() == [2]
+    assert ring.take(third, torch.device("cpu")).hq.unique().tolist() == [3]
