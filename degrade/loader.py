@@ -78,6 +78,8 @@ class SlotRing:
         if first_use:
             self._made[slot] = torch.empty(self.capacity, 3, source.size, source.size, dtype=torch.uint8).share_memory_()
         faces = source.load(keys, out=self._made[slot])
+        if len(faces.key) and faces.hq.data_ptr() != self._made[slot].data_ptr():  # a source that ignores `out`
+            self._made[slot][:len(faces.key)].copy_(faces.hq)
         self.free[worker, slot] = False
         self._used += 1
         return _InSlot(worker, slot, len(faces.key), faces.key.numpy(), faces.identity.numpy(), faces.skipped,

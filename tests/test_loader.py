@@ -44,12 +44,15 @@ def test_skipped_inputs_and_every_source_kind_come_through_the_ring(tmp_path, lf
 
 
 class _Levels:
-    """A source whose face for key k is filled with level k."""
+    """A source whose face for key k is filled with level k; with ``own_memory`` it ignores ``out``."""
 
     size = 4
 
+    def __init__(self, own_memory: bool = False) -> None:
+        self.own_memory = own_memory
+
     def load(self, keys: torch.Tensor, out: torch.Tensor) -> Faces:
-        hq = out[:len(keys)]
+        hq = torch.empty(len(keys), 3, 4, 4, dtype=torch.uint8) if self.own_memory else out[:len(keys)]
         hq.copy_(keys.to(torch.uint8).view(-1, 1, 1, 1).expand_as(hq))
         return Faces(key=keys, identity=torch.zeros_like(keys), hq=hq)
 
@@ -66,3 +69,10 @@ def test_a_worker_never_overwrites_a_slot_the_consumer_has_not_taken(monkeypatch
     assert (third.slot, third.images) == (0, None)  # the consumer has the slot mapped already
     assert ring.take(second, torch.device("cpu")).hq.unique().tolist() == [2]
     assert ring.take(third, torch.device("cpu")).hq.unique().tolist() == [3]
+
+
+def test_faces_of_a_source_that_ignores_out_are_copied_into_the_slot(monkeypatch):
+    monkeypatch.setattr(loader, "get_worker_info", lambda: types.SimpleNamespace(id=0))
+    ring, source = SlotRing(workers=1, capacity=3, depth=1), _Levels(own_memory=True)
+    for level in (5, 7):
+        assert ring.take(ring.load(source, torch.tensor([level] * 3)), torch.device("cpu")).hq.unique().tolist() == [level]
