@@ -134,8 +134,8 @@ def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers
 
     Works for any object with a ``load(keys)`` method whose result has ``pin_memory()``. With
     ``then`` (a picklable callable), the workers yield ``then(faces)`` instead. With ``to`` (and
-    neither ``then`` nor ``pin_memory``), each batch's HQ faces come on that device, passed from
-    the workers through a :class:`SlotRing`.
+    neither ``then`` nor ``pin_memory``; ``source`` a :class:`Source`), each batch's HQ faces come
+    on that device, passed from the workers through a :class:`SlotRing`.
     """
     if to is not None and (then is not None or pin_memory):
         raise ValueError("decoded_batches: `to` moves the decoded faces themselves; give it without `then` or `pin_memory`")
