@@ -212,6 +212,21 @@ def test_teacher_verifies_lfw_at_98_5_percent(teacher, lfw_source):
     assert results["same"]["112"]["accuracy"] >= 0.985
 
 
+def test_teacher_identifies_lfw_faces_well_at_112_px_and_near_chance_at_7(teacher, lfw_source):
+    from trainers.evaluate import identification
+
+    images_per_identity = torch.bincount(lfw_source.identities)
+    chosen = torch.nonzero(images_per_identity >= 8).squeeze(1)[:12]  # 12 identities, 209 faces
+    keys = torch.nonzero(torch.isin(lfw_source.identities, chosen)).squeeze(1)
+    results = identification(teacher, lfw_source, keys, [112, 14, 7])
+    rank1 = {side: results[side]["rank1"] for side in results}
+    assert rank1["112"] >= 0.95
+    assert rank1["112"] - 0.2 > rank1["14"] > rank1["7"] + 0.2
+    assert rank1["7"] < 0.25  # chance is 1 / 12
+    assert all(results[side]["rank5"] >= rank1[side] for side in results)
+    assert results["7"]["rank5"] < 0.7 < results["14"]["rank5"]
+
+
 # ---- smoke training -------------------------------------------------------------------------
 
 
