@@ -98,7 +98,8 @@ class BuiltPairs:
         params = {k: torch.from_numpy(np.array(v)) for k, v in flat_params(table).items()}
         sides = recipe.native_sides(params)
         canvas = recipe.output_size
-        hq = torch.stack([_decode(v, image_format, recipe.size) for v in table.column("hq").to_pylist()])
+        decoded = [_decode(value, image_format, recipe.size) for value in table.column("hq").to_pylist()]
+        hq = torch.stack(decoded) if decoded else torch.empty(0, 3, recipe.size, recipe.size, dtype=torch.uint8)
         lq = torch.zeros(len(hq), 3, canvas, canvas, dtype=torch.uint8)
         for n, value in enumerate(table.column("lq").to_pylist()):
             side = int(sides[n]) if sides is not None else canvas

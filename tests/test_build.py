@@ -56,6 +56,8 @@ def test_a_builds_rows_load_in_any_order_across_its_batches_and_shards(tmp_path)
     assert pairs.num_identities == int(make_pairs(recipe, source, torch.arange(40)).identity.max()) + 1
     with pytest.raises(IndexError, match="rows 3..40 asked of a build of 40"):
         pairs.load(torch.tensor([3, 40]))
+    none = pairs.load(torch.tensor([], dtype=torch.int64))
+    assert none.hq.shape == (0, 3, 112, 112) and none.lq.shape[0] == 0 and none.params["resize.side"].dtype == torch.int64
 
 
 @pytest.mark.parametrize("image_format", ["png", "raw"])
