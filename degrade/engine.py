@@ -99,8 +99,14 @@ def degrade_uint8(recipe: Recipe, hq: torch.Tensor, keys: torch.Tensor,
     params = recipe.sample(keys, seed)
     if len(hq) == 0:
         return hq.new_zeros(0, hq.shape[1], recipe.output_size, recipe.output_size), params
-    lq = [to_uint8(recipe.apply(to_float(hq[rows]), {k: v[rows] for k, v in params.items()}))
-          for rows in chunks(len(hq), hq.device)]
+    # Inference mode skips autograd's bookkeeping on each of the few hundred small tensor ops a CPU
+    # chunk takes. One core of the 2-core machine, batches of 256, fresh processes alternating with
+    # the code before it: `mixed_no_turbulence` 298-322 against 313-344 us per pair, `mixed` and
+    # `catface` 3-5 % faster, `maug` unchanged; the same bytes. Its tensors cannot take part in
+    # autograd, so the LQ handed back is the concatenation made outside it, a normal tensor.
+    with torch.inference_mode():
+        lq = [to_uint8(recipe.apply(to_float(hq[rows]), {k: v[rows] for k, v in params.items()}))
+              for rows in chunks(len(hq), hq.device)]
     return torch.cat(lq), params
 
 
