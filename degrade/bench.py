@@ -126,8 +126,10 @@ def _time_engine_processes(recipe_source: str, hq: torch.Tensor, pairs: int, wor
     return _pool_rate(workers, _init_engine_worker, (recipe_source, hq), _engine_batch, firsts)
 
 
+@torch.inference_mode()
 def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict[str, float]:
-    """Each op alone on every sample of the batch, in the engine's CPU chunks on a CPU (one thread)."""
+    """Each op alone on every sample of the batch, in the engine's CPU chunks on a CPU (one thread),
+    in inference mode as the engine runs them."""
     images = to_float(hq)
     params = recipe.sample(torch.arange(len(hq), device=device))
     rates = {}
