@@ -2,7 +2,8 @@
 
 import torch
 
-from degrade.engine import to_float, to_uint8
+from degrade.engine import degrade_uint8, to_float, to_uint8
+from degrade.recipe import load_recipe
 
 
 def test_uint8_faces_survive_the_round_trip_through_float():
@@ -29,3 +30,14 @@ def test_to_uint8_reads_strided_batches_by_their_logical_layout():
     channels_last = images.contiguous(memory_format=torch.channels_last)
     assert torch.equal(to_uint8(channels_last), expected)
     assert torch.equal(to_uint8(images[:, :, 2:18, 3:21]), expected[:, :, 2:18, 3:21])
+
+
+def test_the_engines_pairs_are_ordinary_tensors_that_training_code_can_use():
+    # The engine runs its ops in inference mode; what it returns must not be an inference tensor.
+    hq = torch.randint(0, 256, (20, 3, 112, 112), dtype=torch.uint8)
+    lq, params = degrade_uint8(load_recipe("mixed_no_turbulence"), hq, torch.arange(20))
+    assert not lq.is_inference() and not any(value.is_inference() for value in params.values())
+    weight = torch.ones(1, requires_grad=True)
+    (to_float(lq) * weight).sum().backward()  # saved for backward: refused for inference tensors
+    assert torch.isclose(weight.grad, to_float(lq).sum(), rtol=1e-5)
+    lq.add_(1)  # in place: refused for inference tensors outside inference mode
