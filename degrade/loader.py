@@ -31,9 +31,8 @@ class _InSlot:
 
     worker: int
     slot: int
-    count: int
-    key: np.ndarray        # (count,) int64
-    identity: np.ndarray   # (count,) int64
+    key: np.ndarray        # (M,) int64, the faces in the slot's first M rows
+    identity: np.ndarray   # (M,) int64
     skipped: list
     fixes: collections.Counter
     images: torch.Tensor | None  # the slot, (capacity, 3, S, S) uint8 in shared memory, or None
@@ -82,15 +81,15 @@ class SlotRing:
             self._made[slot][:len(faces.key)].copy_(faces.hq)
         self.free[worker, slot] = False
         self._used += 1
-        return _InSlot(worker, slot, len(faces.key), faces.key.numpy(), faces.identity.numpy(), faces.skipped,
-                       faces.fixes, self._made[slot] if first_use else None)
+        return _InSlot(worker, slot, faces.key.numpy(), faces.identity.numpy(), faces.skipped, faces.fixes,
+                       self._made[slot] if first_use else None)
 
     def take(self, item: _InSlot, device: torch.device) -> Faces:
         """In the consumer: the batch with its HQ faces copied to ``device``; the slot is free again
         when this returns (a copy from pageable memory to a GPU has read its source by then)."""
         if item.images is not None:
             self._mapped[item.worker, item.slot] = item.images
-        hq = self._mapped[item.worker, item.slot][:item.count].to(device, non_blocking=True, copy=True)
+        hq = self._mapped[item.worker, item.slot][:len(item.key)].to(device, non_blocking=True, copy=True)
         self.free[item.worker, item.slot] = True
         return Faces(torch.from_numpy(item.key), torch.from_numpy(item.identity), hq, item.skipped, item.fixes)
 
