@@ -60,6 +60,21 @@ def test_a_builds_rows_load_in_any_order_across_its_batches_and_shards(tmp_path)
     assert none.hq.shape == (0, 3, 112, 112) and none.lq.shape[0] == 0 and none.params["resize.side"].dtype == torch.int64
 
 
+def test_a_raw_build_is_a_source_that_gives_the_same_pairs_as_the_faces_it_was_made_from(tmp_path):
+    demo = open_source("demo")
+    build_dataset(load_recipe("maug"), demo, tmp_path / "hq", limit=40, batch_size=16, shard_size=16,
+                  image_format="raw", progress=False)
+    stored = open_source(str(tmp_path / "hq"))
+    keys = torch.tensor([0, 17, 39])
+    assert len(stored) == 40 and torch.equal(stored.load(keys).hq, demo.load(keys).hq)
+    assert [stored.identity_name(int(i)) for i in stored.load(keys).identity] == \
+        [demo.identity_name(int(i)) for i in demo.load(keys).identity]
+    catface = load_recipe("catface")
+    build_dataset(catface, stored, tmp_path / "again", batch_size=16, image_format="raw", progress=False)
+    assert torch.equal(BuiltPairs(tmp_path / "again").load(torch.arange(40)).lq,
+                       make_pairs(catface, demo, torch.arange(40)).lq)
+
+
 @pytest.mark.parametrize("image_format", ["png", "raw"])
 def test_a_cpu_build_degrades_and_encodes_in_its_decoding_workers_and_writes_the_same_bytes(
         tmp_path, lfw_source, image_format):

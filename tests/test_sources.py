@@ -11,7 +11,7 @@ import torch
 from degrade.loader import decoded_batches
 from degrade.sources import SourceError, open_source
 from degrade.sources.attributes import Attributes
-from degrade.sources.base import decode_image, jpeg_components
+from degrade.sources.base import decode_image, decode_raw_pixels, jpeg_components
 from degrade.sources.pairs import write_bin
 from degrade.sources.recordio import MAGIC, RecordFile, pack_record, write_insightface_recordio, write_recordio
 
@@ -103,6 +103,19 @@ def test_saved_hf_dataset_parquet_and_arrow_sources(tmp_path, lfw_jpegs):
         faces = source.load(torch.tensor([0, 5]))
         assert np.array_equal(faces.hq[1].permute(1, 2, 0).numpy(), decoded(images[5]))
         assert source.identity_name(int(faces.identity[1])) == str(labels[5])
+
+
+def test_raw_pixels_are_read_as_they_are_resized_like_decoded_images_and_a_wrong_length_is_named():
+    face = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    same, fixes = decode_raw_pixels(face.tobytes(), "row 3", 64)
+    assert np.array_equal(same, face) and fixes == []
+    larger, fixes = decode_raw_pixels(face.tobytes(), "row 3", 112)
+    assert larger.shape == (112, 112, 3) and fixes == ["resized to 112x112"]
+    assert np.array_equal(larger, cv2.resize(face, (112, 112), interpolation=cv2.INTER_CUBIC))
+    with pytest.raises(SourceError, match="row 3: is 64x64, expected 112x112"):
+        decode_raw_pixels(face.tobytes(), "row 3", 112, strict=True)
+    with pytest.raises(SourceError, match="row 3: 100 bytes are not the raw pixels of a square RGB image"):
+        decode_raw_pixels(bytes(100), "row 3", 112)
 
 
 def test_table_without_an_image_column_is_a_clear_error(tmp_path):

@@ -2,7 +2,8 @@
 
 * ``demo`` or ``demo:IDENTITIES``: built-in synthetic faces, 10 per identity (100 identities by default);
 * a folder with ``train.rec`` / ``train.idx``, or a ``.rec`` file: insightface RecordIO;
-* a dataset folder saved with ``save_to_disk``, a ``.parquet`` or an ``.arrow`` file: a table;
+* a dataset folder saved with ``save_to_disk``, a ``.parquet`` or an ``.arrow`` file: a table (a degrade
+  build's HQ faces, a raw build's read with nothing to decode);
 * a ``pairs.txt``-style file: the images of an LFW-style verification protocol;
 * a ``.bin`` file: an insightface verification set;
 * any other folder: identity sub-folders of images.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -68,6 +69,16 @@ def decode_image(data: bytes, name: str, size: int, strict: bool = False) -> tup
     return _resized(image, name, size, strict, fixes)
 
 
+def decode_raw_pixels(data: bytes, name: str, size: int, strict: bool = False) -> tuple[np.ndarray, list[str]]:
+    """(size, size, 3) RGB uint8 from the raw HxWx3 bytes of a square image (a ``degrade build
+    --format raw`` column), and the conversions made. Raises :class:`SourceError` naming ``name``
+    when the byte count is not that of a square RGB image."""
+    side = math.isqrt(len(data) // 3)
+    if side == 0 or 3 * side * side != len(data):
+        raise SourceError(f"{name}: {len(data)} bytes are not the raw pixels of a square RGB image")
+    return _resized(np.frombuffer(data, np.uint8).reshape(side, side, 3), name, size, strict, [])
+
+
 def _resized(image: np.ndarray, name: str, size: int, strict: bool, fixes: list[str]) -> tuple[np.ndarray, list[str]]:
     """An (H, W, 3) RGB image at (size, size): area when shrinking, bicubic when enlarging."""
     if image.shape[:2] != (size, size):
@@ -105,8 +116,8 @@ class EncodedSource:
 
     Subclasses set ``name``, ``size``, ``strict``, ``identities`` ((len,) int64) and
     ``identity_names``, and implement :meth:`read` (the encoded bytes of a key and a name
-    for messages). :meth:`load` decodes a batch, skipping (or, when strict, refusing)
-    unreadable images.
+    for messages); one whose bytes are not an image file overrides :meth:`decode`. :meth:`load`
+    decodes a batch, skipping (or, when strict, refusing) unreadable images.
     """
 
     name: str
@@ -128,12 +139,16 @@ class EncodedSource:
     def read(self, key: int) -> tuple[bytes, str]:
         raise NotImplementedError
 
+    def decode(self, data: bytes, where: str) -> tuple[np.ndarray, list[str]]:
+        """The (size, size, 3) RGB uint8 face in the bytes :meth:`read` gave, and the conversions made."""
+        return decode_image(data, where, self.size, self.strict)
+
     def load(self, keys: torch.Tensor, out: torch.Tensor | None = None) -> Faces:
         images, good, skipped, fixes = [], [], [], collections.Counter()
         for key in keys.tolist():
             try:
                 data, where = self.read(key)
-                image, made = decode_image(data, where, self.size, self.strict)
+                image, made = self.decode(data, where)
             except SourceError as error:
                 if self.strict:
                     raise

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from degrade.sources.base import EncodedSource, SourceError
+from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels
 
 IMAGE_COLUMNS = ("image", "img", "face", "hq")
-LABEL_COLUMNS = ("label", "identity", "labels", "id")
+# A degrade build has "identity_name" (the names of its source) and "identity" (their numbers).
+LABEL_COLUMNS = ("label", "identity_name", "identity", "labels", "id")
 
 
 def open_table(path: Path):
@@ -33,8 +35,19 @@ def open_table(path: Path):
     raise SourceError(f"{path}: expected a dataset folder, a .parquet or an .arrow file")
 
 
+def holds_raw_pixels(path: Path) -> bool:
+    """Whether the table at ``path`` is (a shard of) a ``degrade build --format raw``, whose image
+    columns hold raw HxWx3 pixels: its manifest, in the dataset folder or beside the shard file, says so."""
+    from degrade.arrow import MANIFEST
+
+    manifest = (path if path.is_dir() else path.parent) / MANIFEST
+    return manifest.is_file() and json.loads(manifest.read_text()).get("format") == "raw"
+
+
 class TableSource(EncodedSource):
-    """Rows of a table with an image column (HF ``Image`` or raw bytes) and an identity column.
+    """Rows of a table with an image column (HF ``Image`` or encoded bytes) and an identity column.
+    A raw build's HQ column is read as the pixels it holds, with nothing to decode: a build made
+    once from JPEGs serves as the source of builds with other recipes.
 
     Args:
         path: dataset folder, .parquet or .arrow file.
@@ -62,6 +75,7 @@ class TableSource(EncodedSource):
         # ...) took 262 us to read whole, its image 12 us.
         self.table, self.image_column = table.select_columns([image_column]), image_column
         self.name, self.size, self.strict = str(path), size, strict
+        self.raw_pixels = holds_raw_pixels(path)
         labels = table[label_column]
         self.identity_names = sorted({str(v) for v in labels}, key=lambda v: (len(v), v))
         lookup = {name: index for index, name in enumerate(self.identity_names)}
@@ -79,3 +93,8 @@ class TableSource(EncodedSource):
         if isinstance(value, (bytes, bytearray)):
             return bytes(value), where
         raise SourceError(f"{where}: image column {self.image_column!r} holds {type(value).__name__}, not image bytes")
+
+    def decode(self, data: bytes, where: str) -> tuple[np.ndarray, list[str]]:
+        if self.raw_pixels:
+            return decode_raw_pixels(data, where, self.size, self.strict)
+        return super().decode(data, where)
