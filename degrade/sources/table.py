@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,10 @@ def open_table(path: Path):
 def holds_raw_pixels(path: Path) -> bool:
     """Whether the table at ``path`` is (a shard of) a ``degrade build --format raw``, whose image
     columns hold raw HxWx3 pixels: its manifest, in the dataset folder or beside the shard file, says so."""
-    from degrade.arrow import MANIFEST
+    from degrade.arrow import MANIFEST, read_manifest
 
-    manifest = (path if path.is_dir() else path.parent) / MANIFEST
-    return manifest.is_file() and json.loads(manifest.read_text()).get("format") == "raw"
+    folder = path if path.is_dir() else path.parent
+    return (folder / MANIFEST).is_file() and read_manifest(folder).get("format") == "raw"
 
 
 class TableSource(EncodedSource):
