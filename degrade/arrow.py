@@ -301,12 +301,16 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
         for slot, index in enumerate(todo):
             first, stop = bounds[index]
             writer, shard = writers[slot % SHARD_WRITERS], _ShardFile(out / names[index], schema, table_of, stop - first)
-            for _ in key_batches[index]:
-                rows, skipped, fixes = next(made)
-                bar.update(len(skipped) + (0 if rows is None else len(rows.key)))
-                waiting.append(writer.submit(shard.add, rows, skipped, fixes))
-                while len(waiting) > waiting_at_most:
-                    waiting.popleft().result()
+            try:
+                for _ in key_batches[index]:
+                    rows, skipped, fixes = next(made)
+                    bar.update(len(skipped) + (0 if rows is None else len(rows.key)))
+                    waiting.append(writer.submit(shard.add, rows, skipped, fixes))
+                    while len(waiting) > waiting_at_most:
+                        waiting.popleft().result()
+            except BaseException:  # a batch could not be made: after its queued writes, the shard's file is let go
+                writer.submit(shard.release)
+                raise
             waiting.append(writer.submit(shard.close))
         for pending in waiting:
             pending.result()
@@ -363,6 +367,10 @@ class _ShardFile:
             self.rows += table.num_rows
         self.skipped += skipped
         self.fixes.update(fixes)
+
+    def release(self) -> None:
+        """Close the file unfinished: the shard stays ``.partial`` (a build that failed before its end)."""
+        self.sink.close()
 
     def close(self) -> None:
         self.stream.close()

@@ -1,6 +1,7 @@
 """The command line as a user runs it: recipes, preview, build (and its resume), clear errors."""
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,16 @@ def test_under_strict_a_corrupt_image_fails_the_build_naming_the_file(tmp_path):
     assert result.exit_code != 0
     assert "1.jpg: truncated JPEG" in result.output
     assert not (tmp_path / "ds" / "state.json").exists()
+    unfinished = tmp_path / "ds" / "data-00000-of-00001.arrow.partial"
+    assert unfinished.exists() and os.path.realpath(unfinished) not in _open_files()  # let go, not left to the garbage collector
+
+
+def _open_files() -> set[str]:
+    """The paths this process holds open (Linux)."""
+    descriptors = Path("/proc/self/fd")
+    if not descriptors.is_dir():
+        pytest.skip("needs /proc/self/fd")
+    return {os.path.realpath(descriptors / fd) for fd in os.listdir(descriptors)}
 
 
 def test_an_empty_source_is_a_clear_error(tmp_path):
