@@ -51,7 +51,17 @@ if wants build; then
     --n $((153200 / SCALE))  # each stage of a build alone, and its steady rate
   step bench_build_x16 200 degrade bench --build --recipe maug --source "$repeated" --device $DEVICE \
     --batch-size $((1024 / SCALE)) --n $((65536 / SCALE))
-  rm -rf "$repeated"
+  # The same with the GIL handed between threads every 0.1 ms (Python's default: 5 ms): if the PNG
+  # rate rises, the build's PNG encoding threads wait for the GIL (docs/benchmarks.md, session 15).
+  step bench_build_x16_switch 200 python3 -c "import sys; sys.setswitchinterval(1e-4); from degrade.cli import main; main()" \
+    bench --build --recipe maug --source "$repeated" --device $DEVICE --batch-size $((1024 / SCALE)) --n $((65536 / SCALE))
+  # target 2 end to end (the build's own timer): from the JPEGs, then from that raw build read back
+  # as the source, which has nothing to decode
+  step build_x16_raw 200 degrade build --recipe maug --source "$repeated" --format raw --device $DEVICE \
+    --batch-size $((1024 / SCALE)) --limit $((153200 / SCALE)) --out "$repeated.raw"
+  step build_from_raw 200 degrade build --recipe maug --source "$repeated.raw" --format raw --device $DEVICE \
+    --batch-size $((1024 / SCALE)) --out "$repeated.again"
+  rm -rf "$repeated" "$repeated.raw" "$repeated.again"
 fi
 wants train && step bench_train 90 degrade bench --train iresnet50 --recipe maug --source "$LFW" --device $DEVICE \
   --batch-size $((512 / SCALE)) --n $((40960 / SCALE)) --precision bf16

@@ -222,8 +222,3 @@ class Resize(Op):
     @property
     def changes_size(self) -> bool:
         return self.output == "native"
-
-
-def crop_native(images: torch.Tensor, side: torch.Tensor) -> list[torch.Tensor]:
-    """Cut each native-size sample out of its zero canvas: (N, C, S, S) -> N tensors (C, s, s)."""
-    return [image[:, :s, :s] for image, s in zip(images, side.tolist())]
