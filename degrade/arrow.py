@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -41,6 +42,9 @@ from degrade.ops import Params
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source
 from degrade.sources.attributes import Attributes
+
+if TYPE_CHECKING:
+    import datasets
 
 # PNG encoding is the cost of a PNG build, so: zlib's Huffman coding alone (no search for repeated
 # strings) after the "average" row filter. On one core of the 2-core machine, LFW faces: 0.26 ms
@@ -451,7 +455,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def open_dataset(path: str | Path):
+def open_dataset(path: str | Path) -> datasets.Dataset:
     """``datasets.load_from_disk`` for a degrade build, with a clear error for an unfinished one."""
     import datasets
 

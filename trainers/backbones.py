@@ -21,7 +21,7 @@ from torch import nn
 BACKBONES: dict[str, Callable[[], nn.Module]] = {}
 
 
-def register(name: str):
+def register(name: str) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     def decorate(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         BACKBONES[name] = factory
         return factory

@@ -224,7 +224,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                    f"checkpoints in {config.out}")
 
 
-def open_model(text: str, selection: str | None):
+def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
     """``NAME=BACKBONE[:WEIGHTS]`` (a plain backbone) or ``NAME=CHECKPOINT`` (a `degrade train` run's
     last.pt or step-*.pt, rebuilt with its own head, fusion or branches) -> (name, model)."""
     from trainers.registry import load_trained

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -61,7 +62,7 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     return 0.1 ** sum(progress >= m for m in config.milestones)
 
 
-def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     trainable = [p for p in parameters if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)

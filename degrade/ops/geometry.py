@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -14,7 +15,7 @@ from degrade.ops.fields import filtered_field, warp
 
 
 @functools.lru_cache(maxsize=16)
-def gaussian_power(correlation: float):
+def gaussian_power(correlation: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Spectrum of white noise smoothed by a Gaussian of std ``correlation`` pixels. One function
     per correlation length, so that the fields' filters made from it are cached."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -50,7 +50,7 @@ def residual_phase_variance(strength: torch.Tensor | float) -> torch.Tensor | fl
 
 
 @functools.lru_cache(maxsize=16)
-def aperture_averaged_gradient_power(patch: float):
+def aperture_averaged_gradient_power(patch: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Spectral shape of the tilt field: κ^{-5/3} · Airy(κ · patch)², DC set to the lowest bin.
     One function per patch size, so that the fields' filters made from it are cached."""
 

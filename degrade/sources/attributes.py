@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from degrade.sources import Source
 from degrade.sources.base import SourceError
 
 
@@ -52,7 +53,7 @@ class Attributes:
         chosen.values = {k: v[index] for k, v in self.values.items()}
         return chosen
 
-    def lookup(self, source, keys: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+    def lookup(self, source: Source, keys: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         """(M, A) float32 attributes of the samples ``keys`` of ``source`` (NaN where missing)."""
         missing = np.full(len(self.names), np.nan, np.float32)
         if self.keyed_by == "file":

@@ -6,7 +6,9 @@ import dataclasses
 
 import torch
 
+from degrade.sources import Source
 from degrade.sources.base import Faces
+from degrade.sources.pairs import PairsSource
 
 
 class SubsetSource:
@@ -43,7 +45,7 @@ class SubsetSource:
         return dataclasses.replace(faces, key=local, identity=self.labels[local], skipped=skipped)
 
 
-def identities_outside_pairs(source, pairs_source, folds: list[int]) -> torch.Tensor:
+def identities_outside_pairs(source: Source, pairs_source: PairsSource, folds: list[int]) -> torch.Tensor:
     """Keys of ``source`` whose identity names do not appear in ``folds`` (from 1) of a pairs protocol."""
     pairs = pairs_source.pairs
     chosen = torch.isin(pairs.fold, torch.tensor(folds) - 1)

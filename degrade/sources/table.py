@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels
 
+if TYPE_CHECKING:
+    import datasets
+
 IMAGE_COLUMNS = ("image", "img", "face", "hq")
 # A degrade build has "identity_name" (the names of its source) and "identity" (their numbers).
 LABEL_COLUMNS = ("label", "identity_name", "identity", "labels", "id")
 
 
-def open_table(path: Path):
+def open_table(path: Path) -> datasets.Dataset:
     """A ``datasets.Dataset`` for a save_to_disk folder, a ``.parquet`` or an ``.arrow`` file."""
     import datasets
 
