@@ -312,7 +312,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
                     waiting.append(writer.submit(shard.add, rows, skipped, fixes))
                     while len(waiting) > waiting_at_most:
                         waiting.popleft().result()
-            except BaseException:  # a batch could not be made: after its queued writes, the shard's file is let go
+            except BaseException:  # the build stops inside this shard: after its queued writes, its file is let go
                 writer.submit(shard.release)
                 raise
             waiting.append(writer.submit(shard.close))
