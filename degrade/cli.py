@@ -57,6 +57,13 @@ def _source(spec: str, size: int, strict: bool = False):
         raise click.ClickException(str(error)) from None
 
 
+def _build_workers() -> int:
+    """Decoding workers per build process: this machine's cores shared among the ranks torchrun
+    started on it (``LOCAL_WORLD_SIZE``), at most 16 each, at least 1."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min((os.cpu_count() or 1) // ranks_here, 16))
+
+
 recipe_option = click.option("--recipe", "-r", required=True, metavar="NAME|FILE",
                              help="Built-in recipe name (see `degrade recipes`) or a recipe YAML file.")
 source_option = click.option(
@@ -164,7 +171,8 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
               help="`png`: HF Image columns; `raw`: uint8 HxWx3 bytes (fastest to write and read).")
 @click.option("--num-workers", "-j", default=None, type=click.IntRange(0),
               help="DataLoader processes decoding HQ images; on a CPU they also degrade them, one core each "
-                   "(default: every core, at most 16; 0: all in this process).")
+                   "(default: every core, at most 16, under torchrun shared among the ranks of a machine; "
+                   "0: all in this process).")
 @click.option("--attributes", type=click.Path(dir_okay=False, exists=True), default=None,
               help="CSV/TSV of per-sample attributes keyed by 'file' or 'identity' (first column).")
 @click.option("--strict", is_flag=True, help="Fail on unreadable or wrongly sized images instead of skipping / resizing.")
@@ -191,9 +199,10 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
                                 shard_size=shard_size, device=resolve_device(device),
-                                num_workers=min(os.cpu_count() or 1, 16) if num_workers is None else num_workers,
+                                num_workers=_build_workers() if num_workers is None else num_workers,
                                 image_format=image_format, attributes=table)
-    click.echo(f"wrote {target}: {summary.describe()}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank has the whole summary: one says it
+        click.echo(f"wrote {target}: {summary.describe()}")
 
 
 @main.command("inspect")

@@ -170,6 +170,7 @@ def test_two_ranks_under_torchrun_write_the_same_bytes_as_one(tmp_path):
                           *command, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=environment)
     assert two.returncode == 0, two.stderr[-2000:]
     assert folder_bytes(tmp_path / "two") == folder_bytes(tmp_path / "one")
+    assert two.stdout.count("wrote ") == 1 and "200 pairs in 7 shards" in two.stdout  # rank 0 says it, once
 
 
 def test_inspect_reports_counts_skips_and_histograms(tmp_path):

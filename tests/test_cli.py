@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from degrade import cli
 from degrade.cli import main
 from degrade.engine import make_pairs
 from degrade.recipe import builtin_recipes, load_recipe
@@ -181,6 +182,17 @@ def _open_files() -> set[str]:
     if not descriptors.is_dir():
         pytest.skip("needs /proc/self/fd")
     return {os.path.realpath(descriptors / fd) for fd in os.listdir(descriptors)}
+
+
+@pytest.mark.parametrize("cores, ranks_here, workers", [(64, None, 16), (64, "8", 8), (96, "8", 12), (2, "4", 1), (2, None, 2)])
+def test_a_builds_decoding_workers_share_the_machines_cores_among_its_torchrun_ranks(monkeypatch, cores, ranks_here,
+                                                                                      workers):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if ranks_here is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks_here)
+    assert cli._build_workers() == workers
 
 
 def test_an_empty_source_is_a_clear_error(tmp_path):
