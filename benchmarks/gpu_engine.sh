@@ -2,7 +2,8 @@
 # Issue #6's GPU measurements and a CUDA check of every trainer, in one run on a GPU machine.
 #   DATA=../shared/data RESULTS=runs/gpu bash benchmarks/gpu_engine.sh
 # SCALE=64 DEVICE=cpu divides every size by 64 and runs on the CPU (to check the script itself).
-# PARTS="tests build" runs only those of: tests bench build train trainers (default: all).
+# PARTS="tests build" runs only those of: tests bench build target2 train trainers (default: all; each of
+# build and target2 fits in one 10-minute call).
 # ROUNDS=1 times the engine and the OpenCV loop once each in the bench step (default: 3, best of each).
 # ARCHIVE=path.tgz: after each step, the logs so far (no checkpoints) are packed there.
 # Each step is time-limited and logged to $RESULTS/<step>.txt; a failing step does not stop the rest.
@@ -13,7 +14,7 @@ DEVICE=${DEVICE:-cuda}
 SCALE=${SCALE:-1}
 LFW=$DATA/lfw112
 TEACHER=$DATA/weights/mobilefacenet/068.ckpt
-PARTS=${PARTS:-tests bench build train trainers}
+PARTS=${PARTS:-tests bench build target2 train trainers}
 ROUNDS=${ROUNDS:-3}
 mkdir -p "$RESULTS"
 wants() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -40,18 +41,22 @@ if wants bench; then
   step profile_mixed 90 python3 benchmarks/profile_engine.py --recipe mixed --source "$LFW" --device $DEVICE \
     --batch-size $((8192 / SCALE))
 fi
+# LFW 16 times over as RecordIO (JPEG), for a steady state past the workers' start-up
+repeated=${TMPDIR:-/tmp}/degrade_lfw_x16
+if wants build || wants target2; then
+  python3 benchmarks/make_recordio.py "$LFW" "$repeated" --repeats 16 > /dev/null 2>&1
+fi
 if wants build; then
   step bench_build 90 degrade bench --build --recipe maug --source "$LFW" --device $DEVICE \
     --batch-size $((1024 / SCALE)) --n $((9575 / SCALE))
-  # LFW 16 times over as RecordIO (JPEG), for a steady state past the workers' start-up
-  repeated=${TMPDIR:-/tmp}/degrade_lfw_x16
-  python3 benchmarks/make_recordio.py "$LFW" "$repeated" --repeats 16 > /dev/null 2>&1
   step load_x16 60 python3 benchmarks/load_rate.py "$repeated" --n $((65536 / SCALE))  # one worker's decoding
   step bounds_x16 90 python3 benchmarks/build_bounds.py "$repeated" --device $DEVICE --batch-size $((1024 / SCALE)) \
     --n $((153200 / SCALE))  # each stage of a build alone, and its steady rate
   step bench_build_x16 200 degrade bench --build --recipe maug --source "$repeated" --device $DEVICE \
     --batch-size $((1024 / SCALE)) --n $((65536 / SCALE))
-  # The same with the GIL handed between threads every 0.1 ms (Python's default: 5 ms): if the PNG
+fi
+if wants target2; then
+  # bench_build_x16 again with the GIL handed between threads every 0.1 ms (Python's default: 5 ms): if the PNG
   # rate rises, the build's PNG encoding threads wait for the GIL (docs/benchmarks.md, session 15).
   step bench_build_x16_switch 200 python3 -c "import sys; sys.setswitchinterval(1e-4); from degrade.cli import main; main()" \
     bench --build --recipe maug --source "$repeated" --device $DEVICE --batch-size $((1024 / SCALE)) --n $((65536 / SCALE))
@@ -61,8 +66,9 @@ if wants build; then
     --batch-size $((1024 / SCALE)) --limit $((153200 / SCALE)) --out "$repeated.raw"
   step build_from_raw 200 degrade build --recipe maug --source "$repeated.raw" --format raw --device $DEVICE \
     --batch-size $((1024 / SCALE)) --out "$repeated.again"
-  rm -rf "$repeated" "$repeated.raw" "$repeated.again"
+  rm -rf "$repeated.raw" "$repeated.again"
 fi
+rm -rf "$repeated"
 wants train && step bench_train 90 degrade bench --train iresnet50 --recipe maug --source "$LFW" --device $DEVICE \
   --batch-size $((512 / SCALE)) --n $((40960 / SCALE)) --precision bf16
 wants trainers || exit 0
