@@ -473,4 +473,8 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
 
 
 def read_manifest(path: str | Path) -> dict:
-    return json.loads((Path(path) / MANIFEST).read_text())
+    """The settings a build recorded (recipe text, seed, source, format, versions)."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        raise BuildError(f"{path}: not a degrade build (no {MANIFEST})")
+    return json.loads(manifest.read_text())

@@ -59,10 +59,10 @@ class BuiltPairs:
 
     def __init__(self, folder: str | Path, attribute_columns: list[str] | tuple[str, ...] | None = None) -> None:
         self.folder = Path(folder)
+        dataset = open_dataset(self.folder)
         self.manifest = read_manifest(self.folder)
         self.recipe: Recipe = parse_recipe(yaml.safe_load(self.manifest["recipe_text"]), source=self.manifest["recipe"])
         self.name = str(self.folder)
-        dataset = open_dataset(self.folder)
         self._length = len(dataset)
         highest = pc.max(dataset.data.table.column("identity")).as_py()
         self.num_identities = 0 if highest is None else highest + 1  # identities are numbered from 0

@@ -11,7 +11,8 @@ from degrade.recipe import load_recipe
 from degrade.sources import open_source
 from degrade.sources.subset import SubsetSource
 from degrade.stream import PairStream
-from trainers.backbones import build_backbone, checkpoint_state
+from trainers.backbones import build_backbone
+from trainers.checkpoints import backbone_state
 from trainers.evaluate import embed, faces_per_pass, kfold_accuracy, probe, roc_auc, tar_at_far
 from trainers.heads import AdaFace, ArcFace, CosFace
 from trainers.losses import log_exp_contrast
@@ -197,7 +198,7 @@ def teacher():
 
 
 def test_teacher_state_dict_matches_the_module_exactly(teacher):
-    stored = checkpoint_state(TEACHER)
+    stored = backbone_state(TEACHER)
     assert set(stored) == set(teacher.state_dict())
     assert len(stored) == 333
     assert all(stored[k].shape == v.shape for k, v in teacher.state_dict().items())

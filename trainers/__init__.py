@@ -1,1 +1,1 @@
-"""Trainers for the distillation and fusion models of LRFR, BTNet, CATFace and LGAF (to come)."""
+"""Trainers for the distillation and fusion models of LRFR, BTNet, CATFace and LGAF."""

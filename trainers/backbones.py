@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainers.checkpoints import load_backbone_weights
+
 BACKBONES: dict[str, Callable[[], nn.Module]] = {}
 
 
@@ -210,16 +212,6 @@ def iresnet100() -> nn.Module:
     return IResNet([3, 13, 30, 3])
 
 
-def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The backbone weights in a checkpoint file: a bare state dict, or one under a usual key."""
-    loaded = torch.load(str(path), map_location="cpu", weights_only=False)
-    for key in ("backbone", "net_state_dict", "state_dict", "model"):
-        if isinstance(loaded, dict) and key in loaded and isinstance(loaded[key], dict):
-            loaded = loaded[key]
-            break
-    return {k.removeprefix("module."): v for k, v in loaded.items()}
-
-
 def pyramid(backbone: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """The map after each of ``backbone.stages()`` for (N, 3, S, S) faces in [0, 1]; the last is ``features``."""
     x, maps = backbone.prepare(images), []
@@ -249,5 +241,5 @@ def build_backbone(name: str, checkpoint: str | Path | None = None) -> nn.Module
         raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
     model = BACKBONES[name]()
     if checkpoint is not None:
-        model.load_state_dict(checkpoint_state(checkpoint))
+        load_backbone_weights(model, checkpoint)
     return model

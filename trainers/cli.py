@@ -9,7 +9,8 @@ import click
 import torch
 
 from degrade.cli import resolve_device
-from trainers.backbones import BACKBONES, build_backbone, checkpoint_state
+from trainers.backbones import BACKBONES, build_backbone
+from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
 
 def parse_resolutions(text: str) -> list[int]:
@@ -99,7 +100,7 @@ def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str
 
     def load_teacher(trainer) -> None:
         if teacher:
-            trainer.teacher.load_state_dict(checkpoint_state(teacher))
+            load_backbone_weights(trainer.teacher, teacher)
 
     run(spec, "maug", load_teacher, **options)
 
@@ -135,15 +136,23 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
         raise click.UsageError("stage 2 needs --stage1 (the stage-1 run's last.pt)")
     attributes, stage1 = None, None
     if stage == "1":
+        from degrade.arrow import BuildError
         from degrade.built import BuiltPairs
+        from degrade.sources import SourceError
 
-        table = None if from_dataset else Attributes(attribute_file)
-        names = table.names if table else BuiltPairs(from_dataset).attribute_names
-        columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in names else ())
-        attributes = table.select(columns) if table else None
+        try:
+            table = None if from_dataset else Attributes(attribute_file)
+            names = table.names if table else BuiltPairs(from_dataset).attribute_names
+            columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in names else ())
+            attributes = table.select(columns) if table else None
+        except (BuildError, SourceError) as error:
+            raise click.ClickException(str(error)) from None
     else:
-        stage1 = torch.load(stage1_checkpoint, map_location="cpu", weights_only=False)
-        if stage1.get("spec", {}).get("trainer") != "catface":
+        try:
+            stage1 = training_checkpoint(stage1_checkpoint)
+        except CheckpointError as error:
+            raise click.BadParameter(str(error), param_hint="--stage1") from None
+        if (stage1["spec"] or {}).get("trainer") != "catface":
             raise click.BadParameter(f"{stage1_checkpoint} is not a CATFace stage-1 checkpoint", param_hint="--stage1")
         columns = tuple(stage1["spec"]["columns"])
 
@@ -185,6 +194,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     ``attributes`` (an Attributes table) joins pairs made on the fly; ``attribute_columns`` picks
     the attributes of pairs read from a build.
     """
+    from degrade.arrow import BuildError
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
     from degrade.stream import PairStream
@@ -202,15 +212,15 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
             faces = training_source(options["source"], recipe.size, options["exclude_pairs"], options["exclude_folds"])
             stream = PairStream.from_source(recipe, faces, attributes=attributes, **stream_options)
         classes = stream.source.num_identities
-    except (RecipeError, SourceError, ValueError) as error:
+    except (RecipeError, SourceError, BuildError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     spec = {**spec, "backbone": options["backbone"], "head": options["head"], "classes": classes}
     try:
         trainer = build_trainer(spec, build_backbone(options["backbone"], options["init"]))
+        if load_weights is not None:
+            load_weights(trainer)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    if load_weights is not None:
-        load_weights(trainer)
     config = TrainConfig(out=Path(options["out"]), steps=options["steps"], max_steps=options["max_steps"],
                          optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
                          schedule=options["schedule"], warmup_steps=options["warmup"],
@@ -218,7 +228,10 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
     (config.out).mkdir(parents=True, exist_ok=True)
     (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
-    rows = train(trainer, stream, config, device)
+    try:
+        rows = train(trainer, stream, config, device)
+    except CheckpointError as error:  # the run folder's last.pt
+        raise click.ClickException(f"{error} (the checkpoint this run would resume from)") from None
     if rows:
         click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
                    f"checkpoints in {config.out}")
@@ -232,14 +245,18 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
     name, _, model_spec = text.partition("=")
     backbone_name, _, weights = model_spec.partition(":")
     if name and backbone_name in BACKBONES:
-        return name, build_backbone(backbone_name, weights or None)
+        try:
+            return name, build_backbone(backbone_name, weights or None)
+        except CheckpointError as error:
+            raise click.BadParameter(str(error), param_hint="--model") from None
     if not (name and Path(model_spec).is_file()):
         raise click.BadParameter(f"expected NAME=BACKBONE[:WEIGHTS] with a backbone of {', '.join(sorted(BACKBONES))}, "
                                  f"or NAME=CHECKPOINT of a training run; got {text!r}", param_hint="--model")
     try:
         model = load_trained(model_spec)
     except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--model") from None
+        raise click.BadParameter(f"{error}; for plain backbone weights name the backbone, e.g. "
+                                 f"{name}=mobilefacenet:{model_spec}", param_hint="--model") from None
     if selection is not None and hasattr(model.trainer.backbone, "selection"):
         model.trainer.backbone.selection = selection
     return name, model

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from degrade.stream import PairStream
+from trainers.checkpoints import training_checkpoint
 
 
 @dataclasses.dataclass
@@ -176,7 +177,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     step, samples_seen = 0, 0
     last = out / "last.pt"
     if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = training_checkpoint(last)
         trainer.load_state_dict(state["trainer"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from trainers.backbones import build_backbone, feature_shape
+from trainers.checkpoints import training_checkpoint
 
 
 def _lrfr(spec: dict, backbone: nn.Module) -> nn.Module:
@@ -81,10 +82,7 @@ class Embedder(nn.Module):
 
 def load_trained(path: str | Path) -> Embedder:
     """The model in a training checkpoint (``last.pt`` or ``step-*.pt``) rebuilt from its spec."""
-    state = torch.load(str(path), map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "spec" not in state or "trainer" not in state:
-        raise ValueError(f"{path}: not a degrade training checkpoint (no trainer spec); for plain backbone "
-                         f"weights name the backbone, e.g. mobilefacenet:{path}")
+    state = training_checkpoint(path)
     trainer = build_trainer(state["spec"])
     trainer.load_state_dict(state["trainer"])
     return Embedder(trainer.eval())

@@ -46,7 +46,8 @@ class Attributes:
         """The same table restricted to ``names`` (in that order)."""
         missing = [n for n in names if n not in self.names]
         if missing:
-            raise SourceError(f"{self.path}: no column {missing[0]!r} (has {', '.join(self.names[:8])}, ...)")
+            shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
+            raise SourceError(f"{self.path}: no column {missing[0]!r} (has {shown})")
         index = [self.names.index(n) for n in names]
         chosen = object.__new__(Attributes)
         chosen.path, chosen.keyed_by, chosen.names = self.path, self.keyed_by, list(names)

@@ -1,0 +1,117 @@
+"""An input to `degrade train` or `degrade eval` that cannot be used fails with one message naming
+it and saying why: a checkpoint (--init, --teacher, --stage1, eval --model, the run's last.pt),
+a folder that is not a finished build (--from-dataset), an attributes table without the columns
+CATFace needs."""
+
+import datasets
+import pytest
+import torch
+from click.testing import CliRunner
+
+from degrade.cli import main
+from trainers.backbones import build_backbone
+from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """name -> (path, what the message says about it)."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    (folder / "empty.pt").write_bytes(b"")
+    (folder / "text.pt").write_text("garbage\n")
+    torch.save([1, 2, 3], folder / "list.pt")
+    torch.save(build_backbone("iresnet18").state_dict(), folder / "iresnet18.pt")
+    return {
+        "empty": (str(folder / "empty.pt"), "not a PyTorch checkpoint (EOFError"),
+        "text": (str(folder / "text.pt"), "not a PyTorch checkpoint"),
+        "list": (str(folder / "list.pt"), "holds no backbone weights (a list"),
+        "other backbone": (str(folder / "iresnet18.pt"), "not weights of this MobileFaceNet: 283 of its tensors missing"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "list", "other backbone"])
+def test_backbone_weights_that_do_not_fit_are_refused_naming_the_file(bad_files, kind):
+    path, says = bad_files[kind]
+    with pytest.raises(CheckpointError) as error:
+        load_backbone_weights(build_backbone("mobilefacenet"), path)
+    assert str(error.value).startswith(f"{path}: ") and says in str(error.value)
+
+
+def test_weights_of_another_shape_are_refused_naming_the_tensor(tmp_path):
+    state = build_backbone("mobilefacenet").state_dict()
+    state["conv1.conv.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save({"state_dict": state}, tmp_path / "reshaped.pt")
+    with pytest.raises(CheckpointError, match=r"reshaped.pt: not weights of this MobileFaceNet \(.*conv1.conv.weight"):
+        load_backbone_weights(build_backbone("mobilefacenet"), tmp_path / "reshaped.pt")
+
+
+def test_weights_under_a_usual_key_with_ddp_prefixes_load_exactly(tmp_path):
+    source = build_backbone("mobilefacenet")
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "ddp.pt")
+    assert set(backbone_state(tmp_path / "ddp.pt")) == set(source.state_dict())
+    target = build_backbone("mobilefacenet", tmp_path / "ddp.pt")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
+def test_a_file_without_trainer_and_spec_is_not_a_training_checkpoint(bad_files):
+    path, _ = bad_files["other backbone"]
+    with pytest.raises(CheckpointError, match="not a degrade training checkpoint"):
+        training_checkpoint(path)
+
+
+def _fails_naming(result, path: str, says: str) -> None:
+    assert result.exit_code in (1, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert path in result.output and says in result.output
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "other backbone"])
+def test_train_init_and_teacher_name_a_bad_checkpoint(tmp_path, bad_files, kind):
+    path, says = bad_files[kind]
+    for option in ("--init", "--teacher"):
+        result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", option, path, "--steps", "1",
+                                           "--device", "cpu", "--out", str(tmp_path / "run")])
+        _fails_naming(result, path, says)
+
+
+def test_a_run_folder_whose_last_checkpoint_is_unreadable_is_not_resumed(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_text("junk\n")
+    result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", "--steps", "1", "--device", "cpu",
+                                       "--out", str(tmp_path / "run")])
+    _fails_naming(result, str(tmp_path / "run" / "last.pt"), "not a PyTorch checkpoint")
+    assert "resume" in result.output and (tmp_path / "run" / "last.pt").read_text() == "junk\n"
+
+
+def test_catface_stage1_names_a_bad_checkpoint(tmp_path, bad_files):
+    for kind in ("empty", "list"):
+        path, _ = bad_files[kind]
+        result = CliRunner().invoke(main, ["train", "catface", "--stage", "2", "--stage1", path, "--source", "demo",
+                                           "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
+        _fails_naming(result, path, "not a PyTorch checkpoint" if kind == "empty" else "not a degrade training checkpoint")
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "other backbone"])
+def test_eval_names_a_bad_checkpoint_given_as_weights_or_as_a_run(bad_files, small_pairs, kind):
+    path, says = bad_files[kind]
+    for model in (f"x=mobilefacenet:{path}", f"x={path}"):
+        result = CliRunner().invoke(main, ["eval", "--model", model, "--pairs", str(small_pairs), "--device", "cpu"])
+        _fails_naming(result, path, says if model.startswith("x=mobilefacenet") or kind != "other backbone"
+                      else "not a degrade training checkpoint")
+
+
+def test_from_dataset_of_a_folder_that_is_not_a_degrade_build_names_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    datasets.Dataset.from_dict({"a": [1, 2]}).save_to_disk(str(tmp_path / "other"))
+    for folder, says in (("empty", "not a dataset folder (no state.json)"), ("other", "not a degrade build (no degrade.json)")):
+        for trainer in ("lrfr", "catface"):
+            result = CliRunner().invoke(main, ["train", trainer, "--from-dataset", str(tmp_path / folder), "--steps", "1",
+                                               "--device", "cpu", "--out", str(tmp_path / "run")])
+            _fails_naming(result, str(tmp_path / folder), says)
+
+
+def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_path):
+    (tmp_path / "attributes.tsv").write_text("file\tSmiling\nbob/0.jpg\t1\n")
+    result = CliRunner().invoke(main, ["train", "catface", "--attributes", str(tmp_path / "attributes.tsv"), "--steps", "1",
+                                       "--device", "cpu", "--out", str(tmp_path / "run")])
+    _fails_naming(result, "attributes.tsv", "no column 'Male' (has Smiling)")

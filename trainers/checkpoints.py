@@ -1,0 +1,67 @@
+"""Reading checkpoint files: backbone weights (``--init``, ``--teacher``, ``eval --model``) and
+training checkpoints (resume, CATFace's ``--stage1``), with one clear error for a file that
+cannot be used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def read_checkpoint(path: str | Path) -> object:
+    """What ``torch.save`` wrote to ``path``, loaded onto the CPU.
+
+    Raises :class:`CheckpointError` naming the file when it is not a PyTorch checkpoint: an empty,
+    truncated or foreign file makes ``torch.load`` raise any of EOFError, UnpicklingError,
+    ValueError, RuntimeError or others, with messages such as "invalid literal for int()" that
+    say neither which file nor what is wrong with it."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except OSError as error:
+        raise CheckpointError(f"{path}: {error.strerror or error}") from None
+    except Exception as error:  # noqa: BLE001 - see the docstring: torch.load has no error type of its own
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+
+
+def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The backbone weights in a checkpoint file: a bare state dict, or one under a usual key
+    (``backbone``, ``net_state_dict``, ``state_dict``, ``model``), ``module.`` prefixes dropped."""
+    loaded = read_checkpoint(path)
+    for key in ("backbone", "net_state_dict", "state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not (isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values())):
+        raise CheckpointError(f"{path}: holds no backbone weights (a {type(loaded).__name__}, not a dict of tensors)")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Fill ``model`` with the weights in ``path``; every parameter and buffer must be there, with its shape."""
+    state = backbone_state(path)
+    kind = type(model).__name__
+    try:
+        fit = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a weight of another shape
+        detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise CheckpointError(f"{path}: not weights of this {kind} ({detail})") from None
+    if fit.missing_keys or fit.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: not weights of this {kind}: {len(fit.missing_keys)} of its tensors missing"
+            + (f" (e.g. {fit.missing_keys[0]!r})" if fit.missing_keys else "")
+            + f", {len(fit.unexpected_keys)} it does not have"
+            + (f" (e.g. {fit.unexpected_keys[0]!r})" if fit.unexpected_keys else ""))
+
+
+def training_checkpoint(path: str | Path) -> dict:
+    """A ``degrade train`` checkpoint (``last.pt``, ``step-*.pt``): a dict with the trainer's weights and spec."""
+    state = read_checkpoint(path)
+    if not (isinstance(state, dict) and "trainer" in state and "spec" in state):
+        raise CheckpointError(f"{path}: not a degrade training checkpoint (no trainer weights and spec)")
+    return state
