@@ -252,6 +252,11 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size)
     if train_backbone:
+        from trainers.backbones import BACKBONES
+
+        if train_backbone not in BACKBONES:
+            raise click.BadParameter(f"unknown backbone {train_backbone!r}; use one of {', '.join(sorted(BACKBONES))}",
+                                     param_hint="--train")
         click.echo(run_train_bench(recipe, faces, train_backbone, resolve_device(device), batch_size, pairs, workers,
                                    precision))
     elif end_to_end:

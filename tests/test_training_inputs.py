@@ -1,7 +1,7 @@
 """An input to `degrade train` or `degrade eval` that cannot be used fails with one message naming
 it and saying why: a checkpoint (--init, --teacher, --stage1, eval --model, the run's last.pt),
 a folder that is not a finished build (--from-dataset), an attributes table without the columns
-CATFace needs."""
+CATFace needs, folds the pairs file does not have, an unknown backbone."""
 
 import datasets
 import pytest
@@ -115,3 +115,15 @@ def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_p
     result = CliRunner().invoke(main, ["train", "catface", "--attributes", str(tmp_path / "attributes.tsv"), "--steps", "1",
                                        "--device", "cpu", "--out", str(tmp_path / "run")])
     _fails_naming(result, "attributes.tsv", "no column 'Male' (has Smiling)")
+
+
+@pytest.mark.parametrize("folds", ["3", "1,3", "0,1"])
+def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pairs, folds):
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
+                                       "--folds", folds, "--device", "cpu"])
+    _fails_naming(result, str(small_pairs), "has folds 1-2, and k-fold accuracy needs two or more of them")
+
+
+def test_bench_train_names_an_unknown_backbone():
+    result = CliRunner().invoke(main, ["bench", "--train", "resnet9000", "--recipe", "maug", "--device", "cpu"])
+    _fails_naming(result, "resnet9000", "use one of iresnet100, iresnet18, iresnet50, mobilefacenet")

@@ -291,10 +291,14 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
         raise click.ClickException(str(error)) from None
     if not hasattr(protocol, "pairs"):
         raise click.ClickException(f"{pairs}: not a pairs protocol (.txt pairs file or .bin)")
+    chosen_folds = parse_folds(folds)
+    if chosen_folds is not None and not (set(chosen_folds) <= set(range(1, protocol.folds + 1)) and len(chosen_folds) > 1):
+        raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}, and k-fold accuracy needs two or more of "
+                                 f"them; got {folds!r}", param_hint="--folds")
     runs = {}
     for text in models:
         name, model = open_model(text, selection)
-        results = evaluate_pairs(model, protocol, sides, parse_folds(folds), resolve_device(device),
+        results = evaluate_pairs(model, protocol, sides, chosen_folds, resolve_device(device),
                                  progress=f"{name}: verification")
         if gallery_source is not None:
             results["identification"] = identification(model, gallery_source, torch.arange(len(gallery_source)),
