@@ -36,7 +36,7 @@ def _recipe(name: str):
 
 
 @contextlib.contextmanager
-def _reported(*errors: type[Exception]) -> Iterator[None]:
+def reported(*errors: type[Exception]) -> Iterator[None]:
     """``errors`` (whose messages name the file and the problem), and an OSError (an output path
     that cannot be made or written: not a folder, no space, no permission), end the command with
     one ``Error: ...`` line and exit 1 rather than a traceback."""
@@ -154,7 +154,7 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
     keys = keys[keys < len(faces)]
     if len(keys) == 0:
         raise click.ClickException(f"source {faces.name} has {len(faces)} samples; --start {start} is past the end")
-    with _reported(SourceError):
+    with reported(SourceError):
         write_preview(loaded, make_pairs(loaded, faces, keys, resolve_device(device), seed), out)
     click.echo(f"wrote {out}: {len(keys)} pairs of recipe {loaded.name}")
 
@@ -195,7 +195,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size, strict)
     target = Path(out) if out else Path("out") / loaded.name
-    with _reported(BuildError, SourceError):
+    with reported(BuildError, SourceError):
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
                                 shard_size=shard_size, device=resolve_device(device),
@@ -214,7 +214,7 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
     from degrade.arrow import BuildError
     from degrade.inspect import describe_dataset, write_dataset_grid
 
-    with _reported(BuildError):
+    with reported(BuildError):
         click.echo(describe_dataset(folder))
         if grid:
             write_dataset_grid(folder, grid, count)

@@ -80,7 +80,7 @@ def test_a_run_folder_whose_last_checkpoint_is_unreadable_is_not_resumed(tmp_pat
     result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", "--steps", "1", "--device", "cpu",
                                        "--out", str(tmp_path / "run")])
     _fails_naming(result, str(tmp_path / "run" / "last.pt"), "not a PyTorch checkpoint")
-    assert "resume" in result.output and (tmp_path / "run" / "last.pt").read_text() == "junk\n"
+    assert (tmp_path / "run" / "last.pt").read_text() == "junk\n"
 
 
 def test_catface_stage1_names_a_bad_checkpoint(tmp_path, bad_files):
@@ -127,3 +127,14 @@ def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pair
 def test_bench_train_names_an_unknown_backbone():
     result = CliRunner().invoke(main, ["bench", "--train", "resnet9000", "--recipe", "maug", "--device", "cpu"])
     _fails_naming(result, "resnet9000", "use one of iresnet100, iresnet18, iresnet50, mobilefacenet")
+
+
+def test_an_output_folder_that_cannot_be_made_is_named_before_any_work(tmp_path, small_pairs):
+    (tmp_path / "file").write_text("")
+    out = str(tmp_path / "file" / "run")
+    trained = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", "--steps", "1", "--device", "cpu", "--out", out])
+    evaluated = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
+                                          "--device", "cpu", "--out", out])
+    for result in (trained, evaluated):
+        _fails_naming(result, out, "Not a directory")
+        assert "verification" not in result.output

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import torch
 
-from degrade.cli import resolve_device
+from degrade.cli import reported, resolve_device
 from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -226,12 +226,10 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          schedule=options["schedule"], warmup_steps=options["warmup"],
                          frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
-    (config.out).mkdir(parents=True, exist_ok=True)
-    (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
-    try:
+    with reported(CheckpointError):  # an --out that cannot be written, a last.pt there that cannot be read
+        config.out.mkdir(parents=True, exist_ok=True)
+        (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
         rows = train(trainer, stream, config, device)
-    except CheckpointError as error:  # the run folder's last.pt
-        raise click.ClickException(f"{error} (the checkpoint this run would resume from)") from None
     if rows:
         click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
                    f"checkpoints in {config.out}")
@@ -284,6 +282,9 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     from trainers.evaluate import evaluate_pairs, format_table, identification, plot_accuracy, write_results
 
     sides = parse_resolutions(resolutions)
+    if out:
+        with reported():  # before the evaluation, not after it
+            Path(out).mkdir(parents=True, exist_ok=True)
     try:
         protocol = open_source(pairs)
         gallery_source = open_source(gallery) if gallery else None
@@ -306,7 +307,7 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
         runs[name] = results
         click.echo(format_table(name, results))
     if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_results(runs, Path(out) / "results.json")
-        plot_accuracy(runs, Path(out) / "accuracy.png")
+        with reported():
+            write_results(runs, Path(out) / "results.json")
+            plot_accuracy(runs, Path(out) / "accuracy.png")
         click.echo(f"wrote {out}/results.json and {out}/accuracy.png")
