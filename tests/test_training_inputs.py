@@ -53,6 +53,27 @@ def test_weights_under_a_usual_key_with_ddp_prefixes_load_exactly(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
 
 
+class _OpensAFile:
+    """Unpickled by a full unpickler, it creates ``path``: what a malicious checkpoint could do."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_checkpoint_is_read_without_running_what_it_names(tmp_path):
+    marker = tmp_path / "ran"
+    state = build_backbone("mobilefacenet").state_dict()
+    torch.save({"state_dict": state, "extra": _OpensAFile(marker)}, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match=r"weights.pt: holds Python objects other than tensors .*\(io.open\)"):
+        backbone_state(tmp_path / "weights.pt")
+    assert not marker.exists()
+    torch.save({"state_dict": state, "epoch": 3, "note": "plain values load"}, tmp_path / "plain.pt")
+    assert set(backbone_state(tmp_path / "plain.pt")) == set(state)
+
+
 def test_a_file_without_trainer_and_spec_is_not_a_training_checkpoint(bad_files):
     path, _ = bad_files["other backbone"]
     with pytest.raises(CheckpointError, match="not a degrade training checkpoint"):

@@ -4,6 +4,8 @@ cannot be used."""
 
 from __future__ import annotations
 
+import pathlib
+import re
 from pathlib import Path
 
 import torch
@@ -15,17 +17,28 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: str | Path) -> object:
-    """What ``torch.save`` wrote to ``path``, loaded onto the CPU.
+    """What ``torch.save`` wrote to ``path``, loaded onto the CPU by torch's weights-only unpickler:
+    tensors and plain values (dicts, lists, numbers, strings), never code named in the file. A
+    checkpoint is a pickle, and a full unpickler calls whatever it names; face-recognition weights
+    are often downloaded. (``last.pt`` files of earlier versions name their run folder as a
+    ``PosixPath``, which is allowed too.)
 
-    Raises :class:`CheckpointError` naming the file when it is not a PyTorch checkpoint: an empty,
+    Raises :class:`CheckpointError` naming the file when it cannot be read this way: an empty,
     truncated or foreign file makes ``torch.load`` raise any of EOFError, UnpicklingError,
     ValueError, RuntimeError or others, with messages such as "invalid literal for int()" that
     say neither which file nor what is wrong with it."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals([pathlib.PosixPath]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except OSError as error:
         raise CheckpointError(f"{path}: {error.strerror or error}") from None
     except Exception as error:  # noqa: BLE001 - see the docstring: torch.load has no error type of its own
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsupported:
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors and plain values ({unsupported[1]}), which are not "
+                f"loaded, as unpickling them could run code from the file; if you trust it, save its weights alone, "
+                f"e.g. torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')") from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
 
 

@@ -239,7 +239,8 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
             if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
                 state = {"trainer": trainer.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                         "samples_seen": samples_seen, "config": dataclasses.asdict(config), "spec": spec}
+                         "samples_seen": samples_seen, "config": {**dataclasses.asdict(config), "out": str(config.out)},
+                         "spec": spec}
                 _save(last, state)
                 _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
                                                     "trainer": trainer.state_dict(), "step": step, "spec": spec})
