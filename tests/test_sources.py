@@ -1,5 +1,6 @@
 """Sources: each format reads back the pixels and identities it was given; odd inputs are handled."""
 
+import pickle
 import struct
 
 import cv2
@@ -143,6 +144,33 @@ def test_insightface_bin_gives_pairs(tmp_path, lfw_jpegs):
     source = open_source(str(tmp_path / "set.bin"))
     assert len(source) == 12 and source.pairs.same.tolist() == [True, False] * 3
     assert np.array_equal(source.load(torch.tensor([7])).hq[0].permute(1, 2, 0).numpy(), decoded(images[7]))
+
+
+def test_a_bin_of_numpy_images_and_flags_gives_the_same_pairs(tmp_path, lfw_jpegs):
+    images, _ = lfw_jpegs
+    as_arrays = ([np.frombuffer(image, np.uint8) for image in images], list(np.array([True, False] * 3)))
+    with open(tmp_path / "arrays.bin", "wb") as handle:
+        pickle.dump(as_arrays, handle, protocol=2)
+    source = open_source(str(tmp_path / "arrays.bin"))
+    assert source.pairs.same.tolist() == [True, False] * 3
+    assert np.array_equal(source.load(torch.tensor([7])).hq[0].permute(1, 2, 0).numpy(), decoded(images[7]))
+
+
+class _OpensAFile:
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):  # a full unpickler would create the file
+        return open, (self.path, "w")
+
+
+def test_a_bin_naming_anything_else_is_refused_without_running_it(tmp_path, lfw_jpegs):
+    images, _ = lfw_jpegs
+    with open(tmp_path / "evil.bin", "wb") as handle:
+        pickle.dump((images[:2], [_OpensAFile(tmp_path / "ran")]), handle, protocol=4)
+    with pytest.raises(SourceError, match=r"evil.bin: not an insightface .bin verification file \(it names io.open"):
+        open_source(str(tmp_path / "evil.bin"))
+    assert not (tmp_path / "ran").exists()
 
 
 # ---- odd inputs -----------------------------------------------------------------------------

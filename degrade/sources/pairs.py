@@ -90,6 +90,23 @@ class PairsSource(EncodedSource):
         return path.read_bytes(), str(path)
 
 
+# What an insightface .bin may name besides plain lists, bytes and bools: NumPy arrays and scalars
+# (some sets store images or flags as such; NumPy 1 and 2 module names, pickle protocols 2-5) and
+# the codec protocol 2 writes bytes with. Nothing else is looked up, so a downloaded file cannot
+# make the unpickler call code of its choosing (torch's weights-only unpickler allows the same).
+_BIN_GLOBALS = {(f"numpy.{core}.{module}", name) for core in ("core", "_core")
+                for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+_BIN_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _VerificationUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BIN_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a verification set does not hold "
+                                         "(not loaded: unpickling it could run code from the file)")
+        return super().find_class(module, name)
+
+
 class BinSource(EncodedSource):
     """An insightface verification ``.bin``: a pickle of (encoded images, same flags), pairs (2i, 2i+1).
 
@@ -101,7 +118,7 @@ class BinSource(EncodedSource):
         path = Path(path)
         try:
             with open(path, "rb") as handle:
-                images, same = pickle.load(handle, encoding="bytes")
+                images, same = _VerificationUnpickler(handle, encoding="bytes").load()
         except (OSError, pickle.UnpicklingError, ValueError, EOFError) as error:
             raise SourceError(f"{path}: not an insightface .bin verification file ({error})") from None
         if len(images) != 2 * len(same):
