@@ -2,6 +2,7 @@
 
 import pickle
 import struct
+import types
 
 import cv2
 import datasets
@@ -274,6 +275,25 @@ def test_attributes_keyed_by_identity(tmp_path):
     source = open_source("demo")
     values = Attributes(tmp_path / "a.csv").lookup(source, torch.tensor([0, 10, 20]), torch.tensor([0, 1, 2]))
     assert values[:2, 0].tolist() == [1.0, 0.0] and torch.isnan(values[2, 0])
+
+
+def test_attributes_read_blanks_as_nan_keep_names_as_text_and_take_a_repeated_keys_last_row(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b"identity,Male,Bald\r\n0001,1,\r\n0002,0,1\r\n\r\n0001,0,0.5\r\n")
+    attributes = Attributes(tmp_path / "a.csv")
+    assert attributes.names == ["Male", "Bald"] and set(attributes.rows) == {"0001", "0002"}
+    identities = types.SimpleNamespace(identity_name=lambda i: ["0002", "0001", "0003"][i])
+    values = attributes.lookup(identities, torch.tensor([5, 6, 7]), torch.tensor([0, 1, 2]))
+    assert values[:2].tolist() == [[0.0, 1.0], [0.0, 0.5]] and torch.isnan(values[2]).all()
+    assert attributes.select(["Bald"]).lookup(identities, torch.tensor([5]), torch.tensor([0])).tolist() == [[1.0]]
+
+
+@pytest.mark.parametrize("rows, says", [("bob.jpg\t1\n", "Expected 3 columns, got 2: bob.jpg"),
+                                        ("bob.jpg\tyes\t1\n", "column 'Male': CSV conversion error to float: invalid value 'yes'")])
+def test_an_attributes_row_that_cannot_be_read_is_named(tmp_path, rows, says):
+    (tmp_path / "a.tsv").write_text("file\tMale\tBald\nann.jpg\t1\t0\n" + rows)
+    with pytest.raises(SourceError) as error:
+        Attributes(tmp_path / "a.tsv")
+    assert str(error.value).startswith(f"{tmp_path / 'a.tsv'}: ") and says in str(error.value)
 
 
 def test_demo_takes_a_number_of_identities_of_ten_faces_each():
