@@ -23,9 +23,9 @@ class Attributes:
     """A table of numeric attributes keyed by file or by identity name.
 
     Read by Arrow's CSV reader into one (rows, attributes) float32 array and a dict from key to
-    row: a 1,000,000-row, 5-attribute TSV loads in 0.4 s and holds 130 MB, where parsing it row
-    by row into a small array per key took 3.4 s and 430 MB (2-core machine, docs/benchmarks.md).
-    A key listed twice takes its last row.
+    row: a 1,000,000-row, 5-attribute TSV loads in 0.5-0.7 s and adds 174-280 MB to the process,
+    where parsing it row by row into a small array per key took 3.4 s and 425 MB (2-core machine,
+    docs/benchmarks.md). A key listed twice takes its last row.
     """
 
     def __init__(self, path: str | Path) -> None:
