@@ -7,6 +7,7 @@ number. Samples with no row get NaN.
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class Attributes:
         with open(path, newline="") as handle:
             first_line = handle.readline()
         delimiter = "\t" if "\t" in first_line else ","
-        header = first_line.rstrip("\r\n").split(delimiter)
+        header = next(csv.reader([first_line.rstrip("\r\n")], delimiter=delimiter))
         if header[0] not in ("file", "identity"):
             raise SourceError(f"{path}:1: the first column must be 'file' or 'identity', got {header[0]!r}")
         types = {name: pa.float32() for name in header[1:]} | {header[0]: pa.string()}
@@ -50,7 +51,7 @@ class Attributes:
         self.rows = dict(zip(keys, range(len(keys))))
         # One more row of NaN at the end: where keys with no row of their own look.
         values = np.full((table.num_rows + 1, len(self.names)), np.nan, np.float32)
-        for column, name in enumerate(self.names):
+        for column in range(len(self.names)):
             values[:-1, column] = table.column(column + 1).to_numpy(zero_copy_only=False)
         self.values = values
 
