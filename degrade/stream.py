@@ -65,6 +65,8 @@ class PairStream:
                  seed: int | None = None, shuffle: bool = True, shuffle_seed: int = 0, num_workers: int = 0,
                  rank: int | None = None, world_size: int | None = None, degrade_on_the_fly: bool = True,
                  attributes=None) -> None:
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"PairStream: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
         self.recipe, self.source, self.batch_size = recipe, source, batch_size
         self.device = torch.device(device)
         self.seed, self.shuffle, self.shuffle_seed, self.num_workers = seed, shuffle, shuffle_seed, num_workers

@@ -268,3 +268,9 @@ def test_streaming_a_build_gives_the_same_pairs_as_streaming_on_the_fly(tmp_path
 def test_a_source_too_small_for_one_batch_per_rank_is_refused():
     with pytest.raises(ValueError, match="make no full batch"):
         PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=600, world_size=2, rank=0)
+
+
+@pytest.mark.parametrize("options", [dict(batch_size=0), dict(batch_size=8, num_workers=-1)])
+def test_a_stream_without_a_positive_batch_size_or_with_negative_workers_is_refused(options):
+    with pytest.raises(ValueError, match="batch_size must be >= 1 and num_workers >= 0"):
+        PairStream.from_source(load_recipe("maug"), open_source("demo"), **options)
