@@ -152,6 +152,7 @@ class Recipe:
 
         ``images`` is never written to; the tensors made on the way are, where a stage changes
         some rows only (see ``_apply_chain``)."""
+        self._check_images(images)
         made_here = False
         stages = iter(zip(self.stages, self.stages[1:] + [None]))
         for stage, following in stages:
@@ -171,8 +172,22 @@ class Recipe:
         return images
 
     def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int | None = None) -> tuple[torch.Tensor, Params]:
+        """Degrade (N, 3, S, S) float images in [0, 1] whose sample keys are ``keys`` ((N,) integers):
+        the LQ images and the params drawn for them."""
+        self._check_images(images)
+        if keys.shape != images.shape[:1] or keys.is_floating_point():
+            raise ValueError(f"recipe {self.name!r}: expects one integer key per image, got keys of shape "
+                             f"{tuple(keys.shape)} ({keys.dtype}) for {len(images)} images")
         params = self.sample(keys.to(images.device), seed)
         return self.apply(images, params), params
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        """Refuse anything but a float (N, 3, H, W) batch: uint8 faces would be filtered by matrices
+        cast to uint8 (zeros) without an error."""
+        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            hint = "; for uint8 faces use degrade.engine.degrade_uint8 (or to_float first)" if images.dtype == torch.uint8 else ""
+            raise ValueError(f"recipe {self.name!r}: expects float (N, 3, H, W) images in [0, 1], "
+                             f"got {tuple(images.shape)} {images.dtype}{hint}")
 
 
 def leaf_params(params: Params, leaf: Leaf) -> Params:

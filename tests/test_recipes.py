@@ -1,5 +1,6 @@
 """Recipes: every shipped recipe loads and runs; a sample's LQ depends only on (recipe, seed, key)."""
 
+import re
 import textwrap
 
 import pytest
@@ -87,6 +88,19 @@ def test_seed_changes_the_draws_and_the_default_seed_is_the_recipes():
     keys = torch.arange(8)
     assert torch.equal(recipe.sample(keys)["jpeg.quality"], recipe.sample(keys, seed=recipe.seed)["jpeg.quality"])
     assert not torch.equal(recipe.sample(keys, seed=1)["jpeg.quality"], recipe.sample(keys, seed=2)["jpeg.quality"])
+
+
+@pytest.mark.parametrize("images, keys, says", [
+    (torch.zeros(2, 3, 112, 112, dtype=torch.uint8), torch.arange(2), "got (2, 3, 112, 112) torch.uint8; for uint8 faces"),
+    (torch.rand(2, 1, 112, 112), torch.arange(2), "expects float (N, 3, H, W) images in [0, 1], got (2, 1, 112, 112)"),
+    (torch.rand(3, 112, 112), torch.arange(3), "expects float (N, 3, H, W) images in [0, 1], got (3, 112, 112)"),
+    (torch.rand(2, 3, 112, 112), torch.arange(3), "one integer key per image, got keys of shape (3,)"),
+    (torch.rand(2, 3, 112, 112), torch.tensor([0.0, 1.0]), "one integer key per image, got keys of shape (2,) (torch.float32)"),
+])
+def test_a_recipe_refuses_images_or_keys_it_cannot_degrade(images, keys, says):
+    # uint8 faces went through as zeros: the resize's matrices were cast to uint8
+    with pytest.raises(ValueError, match="recipe 'maug': .*" + re.escape(says)):
+        load_recipe("maug")(images, keys)
 
 
 def test_catface_splits_every_batch_in_half_by_key(faces):
