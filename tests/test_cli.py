@@ -199,3 +199,18 @@ def test_an_empty_source_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "empty")])
     assert result.exit_code != 0 and "no images found" in result.output
+
+
+def test_a_source_file_of_a_kind_degrade_does_not_read_is_named_as_such(tmp_path):
+    (tmp_path / "faces.zip").write_bytes(b"PK")
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "faces.zip")])
+    assert result.exit_code == 1 and f"{tmp_path / 'faces.zip'}: not a kind of source degrade reads" in result.output
+
+
+@pytest.mark.parametrize("sizes", [dict(batch_size=0), dict(shard_size=0)])
+def test_build_dataset_refuses_empty_batches_or_shards(tmp_path, sizes):
+    from degrade.arrow import BuildError, build_dataset
+
+    with pytest.raises(BuildError, match="batch_size and shard_size must be >= 1"):
+        build_dataset(load_recipe("maug"), DemoSource(), tmp_path / "out", limit=10, progress=False, **sizes)
+    assert not (tmp_path / "out").exists()

@@ -66,6 +66,9 @@ def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
         from degrade.sources.pairs import PairsSource
 
         return PairsSource(path, size, strict)
+    if path.is_file():
+        raise SourceError(f"{path}: not a kind of source degrade reads (a folder of identity sub-folders, an insightface "
+                          ".rec, a .parquet or .arrow table, an LFW-style pairs .txt or a .bin verification set)")
     from degrade.sources.folder import FolderSource
 
     return FolderSource(path, size, strict)
