@@ -159,3 +159,14 @@ def test_an_output_folder_that_cannot_be_made_is_named_before_any_work(tmp_path,
     for result in (trained, evaluated):
         _fails_naming(result, out, "Not a directory")
         assert "verification" not in result.output
+
+
+def test_identification_on_a_folder_without_probes_is_refused_before_verifying(tmp_path, small_pairs):
+    face = small_pairs.parent / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
+    for identity in ("ann", "bob"):
+        (tmp_path / "gallery" / identity).mkdir(parents=True)
+        (tmp_path / "gallery" / identity / "0.jpg").write_bytes(face.read_bytes())
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs), "--device", "cpu",
+                                       "--identification", str(tmp_path / "gallery")])
+    _fails_naming(result, str(tmp_path / "gallery"), "identification needs identities with two or more images")
+    assert "verification" not in result.output

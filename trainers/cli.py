@@ -299,11 +299,17 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     runs = {}
     for text in models:
         name, model = open_model(text, selection)
+        identified = None
+        if gallery_source is not None:
+            try:
+                identified = identification(model, gallery_source, torch.arange(len(gallery_source)), sides,
+                                            resolve_device(device), progress=f"{name}: identification")
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--identification") from None
         results = evaluate_pairs(model, protocol, sides, chosen_folds, resolve_device(device),
                                  progress=f"{name}: verification")
-        if gallery_source is not None:
-            results["identification"] = identification(model, gallery_source, torch.arange(len(gallery_source)),
-                                                       sides, resolve_device(device), progress=f"{name}: identification")
+        if identified is not None:
+            results["identification"] = identified
         runs[name] = results
         click.echo(format_table(name, results))
     if out:

@@ -152,6 +152,9 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
     has_probe = torch.isin(identity, identity[~first])
     gallery = first & has_probe
     probes = ~first
+    if not probes.any():
+        raise ValueError(f"{source.name}: identification needs identities with two or more images (the first of "
+                         "each is the gallery, the others its probes); every identity here has one")
     gallery_identity, probe_identity, probe_faces = identity[gallery], identity[probes], faces.hq[probes]
     results = {}
     embedded = int(gallery.sum()) + len(probe_faces) * len(resolutions)
