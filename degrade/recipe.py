@@ -101,15 +101,19 @@ class Recipe:
         return self.stages[-1].options[0].leaves[-1]
 
     @property
+    def makes_native_size(self) -> bool:
+        """Whether LQ faces stay at their small native sides (a last ``resize`` with ``output: native``)
+        rather than coming back at the input size."""
+        return self._last_leaf.op.changes_size
+
+    @property
     def output_size(self) -> int:
         """Side of the LQ tensor: the input size, or the canvas of a native-size resize."""
-        last = self._last_leaf.op
-        return max(last.all_sides) if last.changes_size else self.size
+        return max(self._last_leaf.op.all_sides) if self.makes_native_size else self.size
 
     def native_sides(self, params: Params) -> torch.Tensor | None:
         """(N,) side of each native-size LQ inside its canvas, or None when LQ keeps the input size."""
-        last = self._last_leaf
-        return params[f"{last.path}.side"] if last.op.changes_size else None
+        return params[f"{self._last_leaf.path}.side"] if self.makes_native_size else None
 
     def leaves_applied(self, params: Params, index: int) -> list[Leaf]:
         """The ops that ran on sample ``index``, in order (stage probability and one-of choice)."""

@@ -170,3 +170,15 @@ def test_identification_on_a_folder_without_probes_is_refused_before_verifying(t
                                        "--identification", str(tmp_path / "gallery")])
     _fails_naming(result, str(tmp_path / "gallery"), "identification needs identities with two or more images")
     assert "verification" not in result.output
+
+
+@pytest.mark.parametrize("trainer, recipe, says", [
+    ("btnet", "maug", "recipe 'maug' makes LQ faces at the input size; btnet trains on native-size LQ faces"),
+    ("lrfr", "btnet", "recipe 'btnet' makes native-size LQ faces (no up-sampling); lrfr trains on LQ faces at the input size"),
+    ("lgaf", "btnet", "lgaf trains on LQ faces at the input size (e.g. the lgaf recipe)"),
+])
+def test_a_recipe_whose_lq_size_the_trainer_cannot_take_is_refused_before_training(tmp_path, trainer, recipe, says):
+    result = CliRunner().invoke(main, ["train", trainer, "--recipe", recipe, "--steps", "1", "-b", "8", "--device", "cpu",
+                                       "--out", str(tmp_path / "run")])
+    _fails_naming(result, recipe, says)
+    assert not (tmp_path / "run").exists()

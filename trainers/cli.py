@@ -214,6 +214,11 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
         classes = stream.source.num_identities
     except (RecipeError, SourceError, BuildError, ValueError) as error:
         raise click.ClickException(str(error)) from None
+    takes_native = spec["trainer"] == "btnet"
+    if stream.recipe.makes_native_size != takes_native:
+        kind = {True: "native-size LQ faces (no up-sampling)", False: "LQ faces at the input size"}
+        raise click.ClickException(f"recipe {stream.recipe.name!r} makes {kind[stream.recipe.makes_native_size]}; "
+                                   f"{spec['trainer']} trains on {kind[takes_native]} (e.g. the {default_recipe} recipe)")
     spec = {**spec, "backbone": options["backbone"], "head": options["head"], "classes": classes}
     try:
         trainer = build_trainer(spec, build_backbone(options["backbone"], options["init"]))
