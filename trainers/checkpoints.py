@@ -39,7 +39,8 @@ def read_checkpoint(path: str | Path) -> object:
                 f"{path}: holds Python objects other than tensors and plain values ({unsupported[1]}), which are not "
                 f"loaded, as unpickling them could run code from the file; if you trust it, save its weights alone, "
                 f"e.g. torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+        detail = f"{type(error).__name__}: {error}" if str(error) else f"{type(error).__name__}, at {Path(path).stat().st_size} bytes"
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({detail})") from None
 
 
 def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -302,8 +302,7 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
         raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}, and k-fold accuracy needs two or more of "
                                  f"them; got {folds!r}", param_hint="--folds")
     runs = {}
-    for text in models:
-        name, model = open_model(text, selection)
+    for name, model in [open_model(text, selection) for text in models]:  # every --model checked before any work
         identified = None
         if gallery_source is not None:
             try:

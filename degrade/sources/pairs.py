@@ -119,7 +119,7 @@ class BinSource(EncodedSource):
         try:
             with open(path, "rb") as handle:
                 images, same = _VerificationUnpickler(handle, encoding="bytes").load()
-        except (OSError, pickle.UnpicklingError, ValueError, EOFError) as error:
+        except (OSError, pickle.UnpicklingError, ValueError, TypeError, EOFError) as error:
             raise SourceError(f"{path}: not an insightface .bin verification file ({error})") from None
         if len(images) != 2 * len(same):
             raise SourceError(f"{path}: {len(images)} images for {len(same)} pairs (expected two per pair)")
