@@ -178,7 +178,6 @@ class Recipe:
     def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int | None = None) -> tuple[torch.Tensor, Params]:
         """Degrade (N, 3, S, S) float images in [0, 1] whose sample keys are ``keys`` ((N,) integers):
         the LQ images and the params drawn for them."""
-        self._check_images(images)
         if keys.shape != images.shape[:1] or keys.is_floating_point():
             raise ValueError(f"recipe {self.name!r}: expects one integer key per image, got keys of shape "
                              f"{tuple(keys.shape)} ({keys.dtype}) for {len(images)} images")

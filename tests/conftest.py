@@ -16,6 +16,17 @@ LFW = SHARED_DATA / "lfw112"
 TEACHER = SHARED_DATA / "weights" / "mobilefacenet" / "068.ckpt"
 
 
+class OpensAFile:
+    """Unpickled by a full unpickler, it creates ``path``: what a malicious downloaded file
+    (checkpoint, .bin set) could do instead."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
 @pytest.fixture(scope="session")
 def lfw_source():
     if not (LFW / "images").is_dir():

@@ -17,7 +17,7 @@ from degrade.sources.base import decode_image, decode_raw_pixels, jpeg_component
 from degrade.sources.pairs import write_bin
 from degrade.sources.recordio import MAGIC, RecordFile, pack_record, write_insightface_recordio, write_recordio
 
-from .conftest import LFW
+from .conftest import LFW, OpensAFile
 
 
 def jpeg(image_rgb: np.ndarray, quality: int = 95) -> bytes:
@@ -157,18 +157,10 @@ def test_a_bin_of_numpy_images_and_flags_gives_the_same_pairs(tmp_path, lfw_jpeg
     assert np.array_equal(source.load(torch.tensor([7])).hq[0].permute(1, 2, 0).numpy(), decoded(images[7]))
 
 
-class _OpensAFile:
-    def __init__(self, path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):  # a full unpickler would create the file
-        return open, (self.path, "w")
-
-
 def test_a_bin_naming_anything_else_is_refused_without_running_it(tmp_path, lfw_jpegs):
     images, _ = lfw_jpegs
     with open(tmp_path / "evil.bin", "wb") as handle:
-        pickle.dump((images[:2], [_OpensAFile(tmp_path / "ran")]), handle, protocol=4)
+        pickle.dump((images[:2], [OpensAFile(tmp_path / "ran")]), handle, protocol=4)
     with pytest.raises(SourceError, match=r"evil.bin: not an insightface .bin verification file \(it names io.open"):
         open_source(str(tmp_path / "evil.bin"))
     assert not (tmp_path / "ran").exists()

@@ -12,6 +12,8 @@ from degrade.cli import main
 from trainers.backbones import build_backbone
 from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
 
+from .conftest import OpensAFile
+
 
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory) -> dict[str, tuple[str, str]]:
@@ -53,20 +55,10 @@ def test_weights_under_a_usual_key_with_ddp_prefixes_load_exactly(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
 
 
-class _OpensAFile:
-    """Unpickled by a full unpickler, it creates ``path``: what a malicious checkpoint could do."""
-
-    def __init__(self, path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
-
-
 def test_a_checkpoint_is_read_without_running_what_it_names(tmp_path):
     marker = tmp_path / "ran"
     state = build_backbone("mobilefacenet").state_dict()
-    torch.save({"state_dict": state, "extra": _OpensAFile(marker)}, tmp_path / "weights.pt")
+    torch.save({"state_dict": state, "extra": OpensAFile(marker)}, tmp_path / "weights.pt")
     with pytest.raises(CheckpointError, match=r"weights.pt: holds Python objects other than tensors .*\(io.open\)"):
         backbone_state(tmp_path / "weights.pt")
     assert not marker.exists()

@@ -140,13 +140,11 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
         from degrade.built import BuiltPairs
         from degrade.sources import SourceError
 
-        try:
+        with reported(BuildError, SourceError):
             table = None if from_dataset else Attributes(attribute_file)
             names = table.names if table else BuiltPairs(from_dataset).attribute_names
             columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in names else ())
             attributes = table.select(columns) if table else None
-        except (BuildError, SourceError) as error:
-            raise click.ClickException(str(error)) from None
     else:
         try:
             stage1 = training_checkpoint(stage1_checkpoint)
@@ -204,7 +202,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     device = torch.device(resolve_device(options["device"]))
     stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
                           shuffle_seed=options["seed"])
-    try:
+    with reported(RecipeError, SourceError, BuildError, ValueError):
         if options["from_dataset"]:
             stream = PairStream.from_dataset(options["from_dataset"], attribute_columns, **stream_options)
         else:
@@ -212,20 +210,16 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
             faces = training_source(options["source"], recipe.size, options["exclude_pairs"], options["exclude_folds"])
             stream = PairStream.from_source(recipe, faces, attributes=attributes, **stream_options)
         classes = stream.source.num_identities
-    except (RecipeError, SourceError, BuildError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
     takes_native = spec["trainer"] == "btnet"
     if stream.recipe.makes_native_size != takes_native:
         kind = {True: "native-size LQ faces (no up-sampling)", False: "LQ faces at the input size"}
         raise click.ClickException(f"recipe {stream.recipe.name!r} makes {kind[stream.recipe.makes_native_size]}; "
                                    f"{spec['trainer']} trains on {kind[takes_native]} (e.g. the {default_recipe} recipe)")
     spec = {**spec, "backbone": options["backbone"], "head": options["head"], "classes": classes}
-    try:
+    with reported(ValueError):
         trainer = build_trainer(spec, build_backbone(options["backbone"], options["init"]))
         if load_weights is not None:
             load_weights(trainer)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
     config = TrainConfig(out=Path(options["out"]), steps=options["steps"], max_steps=options["max_steps"],
                          optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
                          schedule=options["schedule"], warmup_steps=options["warmup"],
@@ -290,11 +284,9 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     if out:
         with reported():  # before the evaluation, not after it
             Path(out).mkdir(parents=True, exist_ok=True)
-    try:
+    with reported(SourceError):
         protocol = open_source(pairs)
         gallery_source = open_source(gallery) if gallery else None
-    except SourceError as error:
-        raise click.ClickException(str(error)) from None
     if not hasattr(protocol, "pairs"):
         raise click.ClickException(f"{pairs}: not a pairs protocol (.txt pairs file or .bin)")
     chosen_folds = parse_folds(folds)
