@@ -29,10 +29,8 @@ def resolve_device(name: str) -> str:
 def _recipe(name: str):
     from degrade.recipe import RecipeError, load_recipe
 
-    try:
+    with reported(RecipeError):
         return load_recipe(name)
-    except RecipeError as error:
-        raise click.ClickException(str(error)) from None
 
 
 @contextlib.contextmanager
@@ -51,10 +49,8 @@ def reported(*errors: type[Exception]) -> Iterator[None]:
 def _source(spec: str, size: int, strict: bool = False):
     from degrade.sources import SourceError, open_source
 
-    try:
+    with reported(SourceError):
         return open_source(spec, size, strict)
-    except SourceError as error:
-        raise click.ClickException(str(error)) from None
 
 
 def _build_workers() -> int:
