@@ -105,12 +105,15 @@ def test_catface_stage1_names_a_bad_checkpoint(tmp_path, bad_files):
 
 
 @pytest.mark.parametrize("kind", ["empty", "text", "other backbone"])
-def test_eval_names_a_bad_checkpoint_given_as_weights_or_as_a_run(bad_files, small_pairs, kind):
+def test_eval_names_a_bad_checkpoint_given_as_weights_or_as_a_run_and_leaves_no_output_folder(
+        tmp_path, bad_files, small_pairs, kind):
     path, says = bad_files[kind]
     for model in (f"x=mobilefacenet:{path}", f"x={path}"):
-        result = CliRunner().invoke(main, ["eval", "--model", model, "--pairs", str(small_pairs), "--device", "cpu"])
+        result = CliRunner().invoke(main, ["eval", "--model", model, "--pairs", str(small_pairs), "--device", "cpu",
+                                           "--out", str(tmp_path / "eval")])
         _fails_naming(result, path, says if model.startswith("x=mobilefacenet") or kind != "other backbone"
                       else "not a degrade training checkpoint")
+        assert not (tmp_path / "eval").exists()
 
 
 def test_from_dataset_of_a_folder_that_is_not_a_degrade_build_names_it(tmp_path):

@@ -281,9 +281,6 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     from trainers.evaluate import evaluate_pairs, format_table, identification, plot_accuracy, write_results
 
     sides = parse_resolutions(resolutions)
-    if out:
-        with reported():  # before the evaluation, not after it
-            Path(out).mkdir(parents=True, exist_ok=True)
     with reported(SourceError):
         protocol = open_source(pairs)
         gallery_source = open_source(gallery) if gallery else None
@@ -293,8 +290,12 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     if chosen_folds is not None and not (set(chosen_folds) <= set(range(1, protocol.folds + 1)) and len(chosen_folds) > 1):
         raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}, and k-fold accuracy needs two or more of "
                                  f"them; got {folds!r}", param_hint="--folds")
+    opened = [open_model(text, selection) for text in models]  # every --model checked before any work
+    if out:
+        with reported():  # made once every input is checked, and before the evaluation, not after it
+            Path(out).mkdir(parents=True, exist_ok=True)
     runs = {}
-    for name, model in [open_model(text, selection) for text in models]:  # every --model checked before any work
+    for name, model in opened:
         identified = None
         if gallery_source is not None:
             try:
