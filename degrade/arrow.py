@@ -301,6 +301,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     # threads; at most SHARD_WRITERS shards' worth of batches wait, so memory stays bounded.
     waiting_at_most = SHARD_WRITERS * math.ceil(shard_size / batch_size)
     with contextlib.ExitStack() as running:
+        running.callback(bar.close)  # last, also when the build stops: its line ends before any message
         running.callback(made.close)  # the decoding workers stop here, inside the build's time
         writers = [running.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in range(SHARD_WRITERS)]
         waiting: collections.deque = collections.deque()
@@ -320,7 +321,6 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
             waiting.append(writer.submit(shard.close))
         for pending in waiting:
             pending.result()
-    bar.close()
     _barrier(world)
     return _finish(out, names, total, recipe, seed, schema, image_format, started, done, rank)
 
@@ -457,17 +457,25 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
+def unfinished_progress(path: Path) -> str | None:
+    """How far the build in ``path`` got, as ``'2 of 40 shards written'``, while it is unfinished;
+    None for a finished build or a folder that holds none."""
+    manifest = path / MANIFEST
+    if not manifest.is_file() or (path / "state.json").is_file():
+        return None
+    done = len(list(path.glob("data-*.arrow")))
+    settings = json.loads(manifest.read_text())
+    return f"{done} of {math.ceil(settings['pairs'] / settings['shard_size'])} shards written"
+
+
 def open_dataset(path: str | Path) -> datasets.Dataset:
     """``datasets.load_from_disk`` for a degrade build, with a clear error for an unfinished one."""
     import datasets
 
     path = Path(path)
-    manifest = path / MANIFEST
-    if manifest.is_file() and not (path / "state.json").is_file():
-        done = len(list(path.glob("data-*.arrow")))
-        settings = json.loads(manifest.read_text())
-        expected = math.ceil(settings["pairs"] / settings["shard_size"])
-        raise BuildError(f"{path}: this build did not finish ({done} of {expected} shards written); "
+    progress = unfinished_progress(path)
+    if progress:
+        raise BuildError(f"{path}: this build did not finish ({progress}); "
                          "run the same `degrade build` command again to resume it")
     if not (path / "state.json").is_file():
         raise BuildError(f"{path}: not a dataset folder (no state.json)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,21 +185,50 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     when the same command runs again and ends byte-identical to an uninterrupted one. Under
     `torchrun --nproc-per-node N -m degrade build ...` the ranks split the shards.
     """
-    from degrade.arrow import BuildError, build_dataset
+    from degrade.arrow import BuildError, build_dataset, unfinished_progress
     from degrade.sources import SourceError
     from degrade.sources.attributes import Attributes
 
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size, strict)
     target = Path(out) if out else Path("out") / loaded.name
-    with reported(BuildError, SourceError):
-        table = Attributes(attributes) if attributes else None
-        summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
-                                shard_size=shard_size, device=resolve_device(device),
-                                num_workers=_build_workers() if num_workers is None else num_workers,
-                                image_format=image_format, attributes=table)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank has the whole summary: one says it
+    first_rank = os.environ.get("RANK", "0") == "0"  # under torchrun every rank knows it all: one says it
+    try:
+        with reported(BuildError, SourceError), _terminating_as_on_ctrl_c():
+            table = Attributes(attributes) if attributes else None
+            summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
+                                    shard_size=shard_size, device=resolve_device(device),
+                                    num_workers=_build_workers() if num_workers is None else num_workers,
+                                    image_format=image_format, attributes=table)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, _Terminated)
+        if first_rank:
+            progress = unfinished_progress(target) or "no shard written"
+            click.echo(f"{target}: {'terminated' if terminated else 'interrupted'}, {progress}; "
+                       "run the same command again to resume", err=True)
+        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None  # as a shell reports it
+    if first_rank:
         click.echo(f"wrote {target}: {summary.describe()}")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _terminating_as_on_ctrl_c() -> Iterator[None]:
+    """Inside, SIGTERM (`kill`, `timeout`, Slurm's preemption, `docker stop`) stops the command as
+    Ctrl-C does, through its exception handling (a build: workers shut down, the shard under way
+    left unfinished, a message saying how to resume) rather than ending the process where it is."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @main.command("inspect")

@@ -140,24 +140,44 @@ def _build_command(out: Path, *extra: str) -> list[str]:
             "--shard-size", "64", "--batch-size", "32", "--device", "cpu", "--out", str(out), *extra]
 
 
-def test_a_build_killed_mid_way_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path, lfw_source):
+@pytest.fixture(scope="module")
+def whole_build(tmp_path_factory) -> Path:
+    """The build of `_build_command` run to its end, uninterrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "whole"
+    subprocess.run(_build_command(out), check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return out
+
+
+@pytest.mark.parametrize("stop, says", [(signal.SIGKILL, None), (signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")],
+                         ids=["killed", "ctrl-c", "terminated"])
+def test_a_build_stopped_mid_way_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path, whole_build, stop, says):
+    """The signal goes to the build's main process (SIGKILL: the OOM killer) or to all its processes
+    (SIGINT: Ctrl-C in a terminal; SIGTERM: Slurm), which end at once: the decoding workers too,
+    which hold the build's stderr."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_build_command(tmp_path / "whole"), check=True, capture_output=True, env=environment)
-    process = subprocess.Popen(_build_command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=environment)
+    process = subprocess.Popen(_build_command(tmp_path / "stopped"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env=environment, start_new_session=True)
     deadline = time.time() + 120
-    while len(list((tmp_path / "killed").glob("data-*.arrow"))) < 3 and time.time() < deadline:
+    while len(list((tmp_path / "stopped").glob("data-*.arrow"))) < 3 and time.time() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = len(list((tmp_path / "killed").glob("data-*.arrow")))
+    if stop == signal.SIGKILL:
+        process.send_signal(stop)
+    else:
+        os.killpg(process.pid, stop)
+    errors = process.communicate(timeout=30)[1]
+    written = len(list((tmp_path / "stopped").glob("data-*.arrow")))
     assert 3 <= written < 10, "the build should have been stopped part way"
+    if says:  # the shell's exit code, and what to do next, not a traceback
+        assert process.returncode == 128 + stop
+        last_line = errors.replace("\r", "\n").rstrip().splitlines()[-1]
+        assert last_line == f"{tmp_path / 'stopped'}: {says}, {written} of 10 shards written; run the same command again to resume"
+        assert "Traceback" not in errors
     with pytest.raises(BuildError, match="did not finish"):
-        open_dataset(tmp_path / "killed")
-    resumed = subprocess.run(_build_command(tmp_path / "killed"), check=True, capture_output=True, text=True,
+        open_dataset(tmp_path / "stopped")
+    resumed = subprocess.run(_build_command(tmp_path / "stopped"), check=True, capture_output=True, text=True,
                              env=environment)
     assert f"({written} already done)" in resumed.stdout
-    assert folder_bytes(tmp_path / "killed") == folder_bytes(tmp_path / "whole")
+    assert folder_bytes(tmp_path / "stopped") == folder_bytes(whole_build)
 
 
 def test_two_ranks_under_torchrun_write_the_same_bytes_as_one(tmp_path):
