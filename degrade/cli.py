@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -45,6 +45,39 @@ def reported(*errors: type[Exception]) -> Iterator[None]:
         raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(f"{error.filename}: {error.strerror}" if error.filename else str(error)) from None
+
+
+def _first_rank() -> bool:
+    """Whether this process is rank 0 of a torchrun job, or runs alone: under torchrun every rank
+    knows the whole outcome, and one says it."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def ends_on_stop_signals(say: Callable[[str], str]) -> Iterator[None]:
+    """Ctrl-C, and SIGTERM (`kill`, `timeout`, Slurm's preemption, `docker stop`), stop the command
+    through its exception handling (a build's workers shut down, its shard under way left
+    unfinished), then end it with the line ``say("interrupted" or "terminated")`` (under torchrun,
+    from rank 0 alone) and the exit code a shell gives a command stopped by the signal, 130 or 143.
+    (By default Ctrl-C ends a click command with `Aborted!`, and SIGTERM ends the process where it is.)"""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, _Terminated)
+        if _first_rank():
+            click.echo(say("terminated" if terminated else "interrupted"), err=True)
+        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _source(spec: str, size: int, strict: bool = False):
@@ -192,43 +225,19 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size, strict)
     target = Path(out) if out else Path("out") / loaded.name
-    first_rank = os.environ.get("RANK", "0") == "0"  # under torchrun every rank knows it all: one says it
-    try:
-        with reported(BuildError, SourceError), _terminating_as_on_ctrl_c():
-            table = Attributes(attributes) if attributes else None
-            summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
-                                    shard_size=shard_size, device=resolve_device(device),
-                                    num_workers=_build_workers() if num_workers is None else num_workers,
-                                    image_format=image_format, attributes=table)
-    except KeyboardInterrupt as stop:
-        terminated = isinstance(stop, _Terminated)
-        if first_rank:
-            progress = unfinished_progress(target) or "no shard written"
-            click.echo(f"{target}: {'terminated' if terminated else 'interrupted'}, {progress}; "
-                       "run the same command again to resume", err=True)
-        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None  # as a shell reports it
-    if first_rank:
+
+    def stopped(how: str) -> str:
+        progress = unfinished_progress(target) or "no shard written"
+        return f"{target}: {how}, {progress}; run the same command again to resume"
+
+    with reported(BuildError, SourceError), ends_on_stop_signals(stopped):
+        table = Attributes(attributes) if attributes else None
+        summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
+                                shard_size=shard_size, device=resolve_device(device),
+                                num_workers=_build_workers() if num_workers is None else num_workers,
+                                image_format=image_format, attributes=table)
+    if _first_rank():
         click.echo(f"wrote {target}: {summary.describe()}")
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
-@contextlib.contextmanager
-def _terminating_as_on_ctrl_c() -> Iterator[None]:
-    """Inside, SIGTERM (`kill`, `timeout`, Slurm's preemption, `docker stop`) stops the command as
-    Ctrl-C does, through its exception handling (a build: workers shut down, the shard under way
-    left unfinished, a message saying how to resume) rather than ending the process where it is."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @main.command("inspect")

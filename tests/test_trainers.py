@@ -2,6 +2,11 @@
 loads exactly and verifies LFW; a CPU smoke run learns and resumes as the same run."""
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -257,6 +262,25 @@ def test_smoke_training_learns_and_resumes_as_the_same_run(tmp_path):
     assert [r["step"] for r in later_rows] == list(range(9, 17))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_a_run_stopped_by_sigterm_ends_at_once_saying_where_it_resumes(tmp_path):
+    """SIGTERM (Slurm's preemption) to every process of `degrade train`: exit 143 with one line,
+    and the decoding workers, which hold its stderr, gone with it."""
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "degrade", "train", "lrfr", "--source", "demo", "--steps", "400",
+                                "--checkpoint-every", "2", "-b", "8", "--device", "cpu", "-j", "2", "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(out.glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    errors = process.communicate(timeout=30)[1]
+    last = max(int(path.stem.removeprefix("step-")) for path in out.glob("step-*.pt"))
+    assert process.returncode == 143
+    assert errors.replace("\r", "\n").rstrip().splitlines()[-1] == (
+        f"{out}: terminated; run the same command again to resume from its last checkpoint, step {last}")
+    assert torch.load(out / "last.pt", weights_only=True)["step"] >= last  # saved just before the step's file
 
 
 def test_frozen_backbone_steps_train_only_the_head(tmp_path):

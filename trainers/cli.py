@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import click
 import torch
 
-from degrade.cli import reported, resolve_device
+from degrade.cli import ends_on_stop_signals, reported, resolve_device
 from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -225,13 +226,23 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          schedule=options["schedule"], warmup_steps=options["warmup"],
                          frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
-    with reported(CheckpointError):  # an --out that cannot be written, a last.pt there that cannot be read
+    # An --out that cannot be written, a last.pt there that cannot be read; Ctrl-C and SIGTERM.
+    with reported(CheckpointError), ends_on_stop_signals(functools.partial(_stopped_training, config.out)):
         config.out.mkdir(parents=True, exist_ok=True)
         (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
         rows = train(trainer, stream, config, device)
     if rows:
         click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
                    f"checkpoints in {config.out}")
+
+
+def _stopped_training(out: Path, how: str) -> str:
+    """What to say when a run stops on Ctrl-C or SIGTERM: where it can resume from."""
+    saved = sorted(out.glob("step-*.pt"))
+    if not saved:
+        return f"{out}: {how} before its first checkpoint; running the same command again starts it afresh"
+    return (f"{out}: {how}; run the same command again to resume from its last checkpoint, "
+            f"step {int(saved[-1].stem.removeprefix('step-')):,}")
 
 
 def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:

@@ -207,44 +207,44 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
             trainer.backbone.eval()
 
     clock = DataClock(device)
-    while step < end:
-        stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
-        batches = iter(stream)
-        while True:
-            clock.fetching()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            clock.fetched()
-            if step < config.frozen_backbone_steps or step == config.frozen_backbone_steps > 0:
-                freeze_backbone(step < config.frozen_backbone_steps)
-            with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
-                loss, metrics = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            samples_seen += per_batch
-            bar.update(1)
-            if step % config.log_every == 0 or step == end:
-                rate = (samples_seen - started_samples) / (time.perf_counter() - started)
-                row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
-                       "data_fraction": clock.data_fraction(),
-                       **{k: float(v) for k, v in metrics.items()}}
-                rows.append(row)
-                log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
-                state = {"trainer": trainer.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                         "samples_seen": samples_seen, "config": {**dataclasses.asdict(config), "out": str(config.out)},
-                         "spec": spec}
-                _save(last, state)
-                _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
-                                                    "trainer": trainer.state_dict(), "step": step, "spec": spec})
-            if step >= end:
-                break
-    bar.close()
+    with bar:  # closed when the loop ends, also on an exception: its line ends before any message
+        while step < end:
+            stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
+            batches = iter(stream)
+            while True:
+                clock.fetching()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                clock.fetched()
+                if step < config.frozen_backbone_steps or step == config.frozen_backbone_steps > 0:
+                    freeze_backbone(step < config.frozen_backbone_steps)
+                with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
+                    loss, metrics = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                samples_seen += per_batch
+                bar.update(1)
+                if step % config.log_every == 0 or step == end:
+                    rate = (samples_seen - started_samples) / (time.perf_counter() - started)
+                    row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
+                           "data_fraction": clock.data_fraction(),
+                           **{k: float(v) for k, v in metrics.items()}}
+                    rows.append(row)
+                    log.write(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
+                    state = {"trainer": trainer.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                             "samples_seen": samples_seen, "config": {**dataclasses.asdict(config), "out": str(config.out)},
+                             "spec": spec}
+                    _save(last, state)
+                    _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
+                                                        "trainer": trainer.state_dict(), "step": step, "spec": spec})
+                if step >= end:
+                    break
     return rows
