@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue #6's GPU measurements and a CUDA check of every trainer, in one run on a GPU machine.
 #   DATA=../shared/data RESULTS=runs/gpu bash benchmarks/gpu_engine.sh
+# On a lent GPU machine, with what benchmarks/gpu_carry.sh made here carried there:
+#   source benchmarks/gpu_carry.sh unpack || exit; PARTS="tests build" bash benchmarks/gpu_engine.sh
 # SCALE=64 DEVICE=cpu divides every size by 64 and runs on the CPU (to check the script itself).
 # PARTS="tests build" runs only those of: tests bench build target2 train trainers (default: all; each of
 # build and target2 fits in one 10-minute call).
