@@ -219,6 +219,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     `torchrun --nproc-per-node N -m degrade build ...` the ranks split the shards.
     """
     from degrade.arrow import BuildError, build_dataset, unfinished_progress
+    from degrade.loader import WorkerLost
     from degrade.sources import SourceError
     from degrade.sources.attributes import Attributes
 
@@ -230,7 +231,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
         progress = unfinished_progress(target) or "no shard written"
         return f"{target}: {how}, {progress}; run the same command again to resume"
 
-    with reported(BuildError, SourceError), ends_on_stop_signals(stopped):
+    with reported(BuildError, SourceError, WorkerLost), ends_on_stop_signals(stopped):
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
                                 shard_size=shard_size, device=resolve_device(device),

@@ -1,5 +1,7 @@
 """Decoding workers: batches come back in order and whole, however they cross between processes."""
 
+import os
+import signal
 import types
 
 import pytest
@@ -76,3 +78,22 @@ def test_faces_of_a_source_that_ignores_out_are_copied_into_the_slot(monkeypatch
     ring, source = SlotRing(workers=1, capacity=3, depth=1), _Levels(own_memory=True)
     for level in (5, 7):
         assert ring.take(ring.load(source, torch.tensor([level] * 3)), torch.device("cpu")).hq.unique().tolist() == [level]
+
+
+class _DiesOnKey(DemoSource):
+    """A demo source whose decoding process is killed when it reaches key ``fatal`` (as the
+    out-of-memory killer kills a worker)."""
+
+    fatal = 6
+
+    def load(self, keys, out=None):
+        if self.fatal in keys.tolist():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().load(keys, out=out)
+
+
+def test_a_worker_killed_mid_way_is_named_with_what_to_try():
+    batches = torch.arange(12).split(2)
+    with pytest.raises(loader.WorkerLost, match=r"^a decoding worker ended while it had work \(DataLoader worker "
+                                                r".*\): killed, by the out-of-memory killer .*\(fewer workers"):
+        list(decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1))

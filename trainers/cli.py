@@ -194,6 +194,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     the attributes of pairs read from a build.
     """
     from degrade.arrow import BuildError
+    from degrade.loader import WorkerLost
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
     from degrade.stream import PairStream
@@ -226,8 +227,8 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          schedule=options["schedule"], warmup_steps=options["warmup"],
                          frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
-    # An --out that cannot be written, a last.pt there that cannot be read; Ctrl-C and SIGTERM.
-    with reported(CheckpointError), ends_on_stop_signals(functools.partial(_stopped_training, config.out)):
+    # An --out that cannot be written, a last.pt there that cannot be read, a worker killed; Ctrl-C and SIGTERM.
+    with reported(CheckpointError, WorkerLost), ends_on_stop_signals(functools.partial(_stopped_training, config.out)):
         config.out.mkdir(parents=True, exist_ok=True)
         (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
         rows = train(trainer, stream, config, device)
