@@ -219,7 +219,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     `torchrun --nproc-per-node N -m degrade build ...` the ranks split the shards.
     """
     from degrade.arrow import BuildError, build_dataset, unfinished_progress
-    from degrade.loader import WorkerLost
+    from degrade.workers import WorkerLost
     from degrade.sources import SourceError
     from degrade.sources.attributes import Attributes
 

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -15,9 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from degrade.engine import PairBatch, degrade_faces, prepare_cpu_worker
+from degrade.engine import PairBatch, degrade_faces
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source, SourceError
+from degrade.workers import named_worker_losses, prepare_worker
 
 
 # Batches each decoding worker has under way or waiting to be taken (the DataLoader's own default is 2).
@@ -98,24 +95,6 @@ class SlotRing:
         return Faces(torch.from_numpy(item.key), torch.from_numpy(item.identity), hq, item.skipped, item.fixes)
 
 
-class WorkerLost(RuntimeError):
-    """A decoding worker process that ended while it had work: killed (by the out-of-memory killer,
-    or a signal sent to it alone) or crashed in native code."""
-
-
-def _lost_workers_named(batches: Iterator) -> Iterator:
-    """``batches`` (a DataLoader's), with its error for a worker that died raised as a :class:`WorkerLost`
-    that says what to try, rather than a RuntimeError traceback (PyTorch's messages for it begin
-    'DataLoader worker (pid ...)')."""
-    try:
-        yield from batches
-    except RuntimeError as error:
-        if not str(error).startswith("DataLoader worker"):
-            raise
-        raise WorkerLost(f"a decoding worker ended while it had work ({error}): killed, by the out-of-memory killer "
-                         "if the machine ran short (fewer workers, -j, or smaller batches use less), or crashed") from None
-
-
 class _KeyBatches(Dataset):
     """Item i = ``then(source.load(batches[i]))``, or with a ring the batch decoded into one of its
     slots; a SourceError is returned (not raised) so the consuming process can raise it with its
@@ -142,54 +121,6 @@ def _as_is(item):
     return item
 
 
-def _exit_with(parent: int) -> None:
-    """Poll, once a second, whether the process ``parent`` is still this one's parent; end this
-    process at once when it is not.
-
-    A DataLoader worker notices its parent's death only while it waits for work, and then ends
-    through multiprocessing's exit handlers, which wait for its result queue's pipe to drain; with
-    the reader gone and the pipe full (a CPU build's rows are several MB per batch) they wait
-    forever. A build killed (SIGKILL, the OOM killer) or terminated (SIGTERM) mid-way left each
-    of its workers behind, holding 240 MB, for as long as the machine ran."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-def _unless_the_consumer_left(kind: type[BaseException], error: BaseException, trace: object) -> None:
-    """A decoding worker's ``sys.excepthook``, which multiprocessing's thread that hands shared
-    tensors to the consumer reports through: silent for a lost connection. A worker's only
-    connections are to its consumer, which reports a stop or an error of its own; a consumer
-    stopped by Ctrl-C while it took a batch left a multiprocessing traceback under its message."""
-    if not issubclass(kind, (ConnectionError, EOFError)):
-        sys.__excepthook__(kind, error, trace)
-
-
-def _exit_quietly(signum: int, frame: object) -> None:
-    """A decoding worker's SIGTERM handler: end at once with exit code 0, which the consumer's
-    DataLoader does not take for a crash (a worker killed by the signal made it raise a
-    RuntimeError, and Slurm signals every process of a job). The DataLoader itself sends SIGTERM
-    to a worker that does not stop when told to."""
-    os._exit(0)
-
-
-def _prepare_worker(worker_id: int) -> None:
-    """Before a decoding worker's first batch: one torch thread, malloc keeping freed blocks (the
-    demo source draws a batch of 256 faces in 1.7 against 6.6 ms per face on one core), Ctrl-C
-    left to the consumer, SIGTERM ending it quietly, and a thread that ends it when its parent is
-    gone.
-
-    Ctrl-C in a terminal reaches every process of the command. A worker that stopped on it ended
-    while its results still waited in the queue, and blocked there until the consumer's shutdown
-    gave up on it, 5 s per worker (a CPU build of 2 workers took 10.7 s to stop, now 0.5-0.6);
-    ignoring it, a worker is told to stop by that shutdown, and ends at once."""
-    prepare_cpu_worker()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_quietly)
-    sys.excepthook = _unless_the_consumer_left
-    threading.Thread(target=_exit_with, args=(os.getppid(),), name="exit with parent", daemon=True).start()
-
-
 def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers: int = 0,
                     pin_memory: bool = False, then: Callable | None = None,
                     to: torch.device | None = None) -> Iterator:
@@ -209,9 +140,9 @@ def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers
     if num_workers == 0:
         stream = (items[i] for i in range(len(items)))
     else:  # the DataLoader pins on a thread of its own, beside the loop that consumes the batches
-        stream = _lost_workers_named(DataLoader(items, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+        stream = named_worker_losses(DataLoader(items, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
                                                 prefetch_factor=PREFETCH, pin_memory=pin_memory,
-                                                worker_init_fn=_prepare_worker))
+                                                worker_init_fn=prepare_worker))
     for item in stream:
         if isinstance(item, SourceError):
             raise item

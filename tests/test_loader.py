@@ -11,6 +11,7 @@ from degrade import loader
 from degrade.loader import SlotRing, decoded_batches
 from degrade.sources import Faces, open_source
 from degrade.sources.demo import DemoSource
+from degrade.workers import WorkerLost
 
 
 def test_faces_through_the_slot_ring_equal_decoding_in_process(lfw_source):
@@ -94,6 +95,6 @@ class _DiesOnKey(DemoSource):
 
 def test_a_worker_killed_mid_way_is_named_with_what_to_try():
     batches = torch.arange(12).split(2)
-    with pytest.raises(loader.WorkerLost, match=r"^a decoding worker ended while it had work \(DataLoader worker "
+    with pytest.raises(WorkerLost, match=r"^a decoding worker ended while it had work \(DataLoader worker "
                                                 r".*\): killed, by the out-of-memory killer .*\(fewer workers"):
         list(decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1))

@@ -194,7 +194,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     the attributes of pairs read from a build.
     """
     from degrade.arrow import BuildError
-    from degrade.loader import WorkerLost
+    from degrade.workers import WorkerLost
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
     from degrade.stream import PairStream
