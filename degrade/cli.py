@@ -219,9 +219,9 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     `torchrun --nproc-per-node N -m degrade build ...` the ranks split the shards.
     """
     from degrade.arrow import BuildError, build_dataset, unfinished_progress
-    from degrade.workers import WorkerLost
     from degrade.sources import SourceError
     from degrade.sources.attributes import Attributes
+    from degrade.workers import WorkerLost
 
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size, strict)

@@ -96,5 +96,5 @@ class _DiesOnKey(DemoSource):
 def test_a_worker_killed_mid_way_is_named_with_what_to_try():
     batches = torch.arange(12).split(2)
     with pytest.raises(WorkerLost, match=r"^a decoding worker ended while it had work \(DataLoader worker "
-                                                r".*\): killed, by the out-of-memory killer .*\(fewer workers"):
+                                         r".*\): killed, by the out-of-memory killer .*\(fewer workers"):
         list(decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1))
