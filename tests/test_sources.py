@@ -228,15 +228,17 @@ def test_truncated_and_non_image_files_are_skipped_with_reasons(tmp_path, face):
 
 
 def test_a_folder_source_orders_identities_and_files_by_name_and_keeps_only_images(tmp_path, face):
-    for name in ["b/2.png", "b/1.JPG", "a/z.jpg", "a/\u00e9t\u00e9.jpeg"]:
-        (tmp_path / name).parent.mkdir(exist_ok=True)
+    for name in ["b/2.png", "b/1.JPG", "a/z.jpg", "a/\u00e9t\u00e9.jpeg", "c/session 2/0001.png", "c/session 1/x/0001.png",
+                 "a/._z.jpg", "a/.ipynb_checkpoints/z.jpg", ".trash/a/z.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(cv2.imencode(".png", face)[1].tobytes())
     (tmp_path / "a" / "notes.txt").write_text("not a face")
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "readme.md").write_text("no faces here")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "readme.md").write_text("no faces here")
     source = open_source(str(tmp_path))
-    assert [source.sample_name(key) for key in range(len(source))] == ["a/z.jpg", "a/\u00e9t\u00e9.jpeg", "b/1.JPG", "b/2.png"]
-    assert source.identities.tolist() == [0, 0, 1, 1] and source.identity_names == ["a", "b"]
+    assert [source.sample_name(key) for key in range(len(source))] == [
+        "a/z.jpg", "a/\u00e9t\u00e9.jpeg", "b/1.JPG", "b/2.png", "c/session 1/x/0001.png", "c/session 2/0001.png"]
+    assert source.identities.tolist() == [0, 0, 1, 1, 2, 2] and source.identity_names == ["a", "b", "c"]
     assert source.read(1)[1] == str(tmp_path / "a" / "\u00e9t\u00e9.jpeg")
     assert torch.equal(source.load(torch.tensor([3])).hq[0], torch.from_numpy(face[:, :, ::-1].copy()).permute(2, 0, 1))
 
@@ -269,14 +271,22 @@ def test_attributes_keyed_by_identity(tmp_path):
     assert values[:2, 0].tolist() == [1.0, 0.0] and torch.isnan(values[2, 0])
 
 
-def test_attributes_read_blanks_as_nan_keep_names_as_text_and_take_a_repeated_keys_last_row(tmp_path):
-    (tmp_path / "a.csv").write_bytes(b"identity,Male,Bald\r\n0001,1,\r\n0002,0,1\r\n\r\n0001,0,0.5\r\n")
+def test_attributes_read_blanks_as_nan_keep_names_as_text_and_take_a_key_repeated_with_the_same_values(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b"identity,Male,Bald\r\n0001,1,\r\n0002,0,1\r\n\r\n0001,1.0,\r\n")
     attributes = Attributes(tmp_path / "a.csv")
     assert attributes.names == ["Male", "Bald"] and set(attributes.rows) == {"0001", "0002"}
     identities = types.SimpleNamespace(identity_name=lambda i: ["0002", "0001", "0003"][i])
     values = attributes.lookup(identities, torch.tensor([5, 6, 7]), torch.tensor([0, 1, 2]))
-    assert values[:2].tolist() == [[0.0, 1.0], [0.0, 0.5]] and torch.isnan(values[2]).all()
+    assert values[0].tolist() == [0.0, 1.0] and values[1, 0] == 1.0 and torch.isnan(values[1, 1])
+    assert torch.isnan(values[2]).all()
     assert attributes.select(["Bald"]).lookup(identities, torch.tensor([5]), torch.tensor([0])).tolist() == [[1.0]]
+
+
+def test_a_key_whose_rows_disagree_is_refused_naming_both_rows(tmp_path):
+    (tmp_path / "a.tsv").write_text("file\tMale\tBald\nann.jpg\t1\t0\nbob.jpg\t0\t0\nann.jpg\t1\t1\n")
+    with pytest.raises(SourceError) as error:
+        Attributes(tmp_path / "a.tsv")
+    assert str(error.value) == f"{tmp_path / 'a.tsv'}: file 'ann.jpg' has rows that differ (data rows 1 and 3, after the header); keep one"
 
 
 @pytest.mark.parametrize("rows, says", [("bob.jpg\t1\n", "Expected 3 columns, got 2: bob.jpg"),

@@ -6,7 +6,7 @@
   build's HQ faces, a raw build's read with nothing to decode);
 * a ``pairs.txt``-style file: the images of an LFW-style verification protocol;
 * a ``.bin`` file: an insightface verification set;
-* any other folder: identity sub-folders of images.
+* any other folder: identity sub-folders of images (at any depth inside each).
 """
 
 from __future__ import annotations

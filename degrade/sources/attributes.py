@@ -26,7 +26,7 @@ class Attributes:
     Read by Arrow's CSV reader into one (rows, attributes) float32 array and a dict from key to
     row: a 1,000,000-row, 5-attribute TSV loads in 0.5-0.7 s and adds 174-280 MB to the process,
     where parsing it row by row into a small array per key took 3.4 s and 425 MB (2-core machine,
-    docs/benchmarks.md). A key listed twice takes its last row.
+    docs/benchmarks.md). A key may be listed again with the same values, not with others.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -53,7 +53,19 @@ class Attributes:
         values = np.full((table.num_rows + 1, len(self.names)), np.nan, np.float32)
         for column in range(len(self.names)):
             values[:-1, column] = table.column(column + 1).to_numpy(zero_copy_only=False)
+        if len(self.rows) < len(keys):
+            self._refuse_rows_that_disagree(keys, values)
         self.values = values
+
+    def _refuse_rows_that_disagree(self, keys: list[str], values: np.ndarray) -> None:
+        """A key listed more than once is fine while its rows hold the same values (NaN equal to NaN);
+        otherwise which one holds is not known, and the file is refused."""
+        first_row: dict[str, int] = {}
+        for row, key in enumerate(keys):
+            first = first_row.setdefault(key, row)
+            if first != row and not np.array_equal(values[first], values[row], equal_nan=True):
+                raise SourceError(f"{self.path}: {self.keyed_by} {key!r} has rows that differ (data rows {first + 1} "
+                                  f"and {row + 1}, after the header); keep one")
 
     def select(self, names: list[str] | tuple[str, ...]) -> Attributes:
         """The same table restricted to ``names`` (in that order)."""

@@ -1,4 +1,4 @@
-"""A folder of identity sub-folders of face images: ``root/<identity>/<file>.jpg|png``."""
+"""A folder of identity sub-folders of face images: ``root/<identity>/[...]/<file>.jpg|png``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class FolderSource(EncodedSource):
-    """Images under ``root/<identity>/``, keys in sorted (identity, file) order.
+    """Images under ``root/<identity>/``, at any depth (``alice/session1/0001.jpg`` is alice's, as
+    torchvision's ``ImageFolder`` reads it), keys in sorted (identity, path within it) order.
+    Hidden files and folders (``.ipynb_checkpoints``, macOS's ``._*``) are not read; links to
+    folders inside an identity are not followed.
 
     A root that holds an ``images/`` folder (as ``../shared/data/lfw112`` does) is read from there.
     """
@@ -29,9 +32,8 @@ class FolderSource(EncodedSource):
         names: list[bytes] = []
         counts: list[int] = []
         self.identity_names: list[str] = []
-        for folder in sorted(entry.name for entry in os.scandir(root) if entry.is_dir()):
-            files = sorted(entry.name for entry in os.scandir(root / folder)
-                           if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+        for folder in sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not _hidden(entry.name)):
+            files = sorted(_images_within(root / folder))
             if files:
                 self.identity_names.append(folder)
                 counts.append(len(files))
@@ -56,3 +58,21 @@ class FolderSource(EncodedSource):
             return path.read_bytes(), str(path)
         except OSError as error:
             raise SourceError(f"{path}: cannot be read ({error.strerror})") from None
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _images_within(folder: str | Path, prefix: str = "") -> list[str]:
+    """The image files under ``folder`` at any depth, as ``prefix`` + their path relative to it,
+    in no particular order."""
+    found = []
+    for entry in os.scandir(folder):
+        if _hidden(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            found += _images_within(entry.path, f"{prefix}{entry.name}/")
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+            found.append(prefix + entry.name)
+    return found
