@@ -38,6 +38,7 @@ from tqdm import tqdm
 from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
+from degrade.ops import Params
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source
 from degrade.sources.attributes import Attributes
@@ -156,19 +157,13 @@ def _images_array(images: torch.Tensor | list[torch.Tensor] | list[bytes], image
 @dataclasses.dataclass
 class HostRows:
     """A batch of pairs on the host in the layout shards store: images (N, H, W, 3) uint8 RGB, or
-    once encoded (:meth:`as_png`) the PNG bytes of each.
+    once encoded (:meth:`as_png`) the PNG bytes of each."""
 
-    The small columns are NumPy arrays, which cross from a CPU build's decoding worker to the
-    writing process inside the pickled rows; a tensor crosses through a shared-memory segment and
-    a file-descriptor hand-over of its own, 0.5 ms each on the 2-core machine, on the writing
-    process's side too (a recipe draws up to 44 params). A `maug` raw build of 12,288 LFW faces
-    on that machine, seven runs alternating with tensors: 0-9 % more pairs/s (median 5 %)."""
-
-    key: np.ndarray                                      # (N,) int64
-    identity: np.ndarray                                 # (N,) int64
+    key: torch.Tensor                                    # (N,) int64
+    identity: torch.Tensor                               # (N,) int64
     hq: torch.Tensor | list[bytes]                       # (N, S, S, 3)
     lq: torch.Tensor | list[torch.Tensor] | list[bytes]  # (N, S', S', 3), or each native-size face (s, s, 3)
-    params: dict[str, np.ndarray]                        # (N,) each
+    params: Params                                       # (N,) tensors
 
     @classmethod
     def of(cls, faces: Faces, batch: PairBatch, recipe: Recipe) -> HostRows:
@@ -182,8 +177,7 @@ class HostRows:
         side = recipe.native_sides(params)
         if side is not None:
             lq = [image[:s, :s] for image, s in zip(lq, side.tolist())]
-        return cls(faces.key.numpy(), faces.identity.numpy(), hq, lq,
-                   {name: value.numpy() for name, value in params.items()})
+        return cls(faces.key, faces.identity, hq, lq, params)
 
     def as_png(self) -> HostRows:
         """The same rows with every image encoded, one after the other in this thread."""
@@ -195,8 +189,8 @@ def pairs_table(rows: HostRows, schema: pa.Schema, identity_names: list[str], im
                 attributes: torch.Tensor | None) -> pa.Table:
     """One batch as a table of ``schema``: images encoded, params nested, attributes (NaN -> null)."""
     columns = {
-        "key": pa.array(rows.key, pa.int64()),
-        "identity": pa.array(rows.identity, pa.int64()),
+        "key": pa.array(rows.key.numpy(), pa.int64()),
+        "identity": pa.array(rows.identity.numpy(), pa.int64()),
         "identity_name": pa.array(identity_names, pa.string()),
         "hq": _images_array(rows.hq, image_format),
         "lq": _images_array(rows.lq, image_format),
@@ -210,10 +204,10 @@ def pairs_table(rows: HostRows, schema: pa.Schema, identity_names: list[str], im
     return pa.table(columns, schema=schema)
 
 
-def _params_array(params: dict[str, np.ndarray], struct: pa.StructType) -> pa.StructArray:
+def _params_array(params: Params, struct: pa.StructType) -> pa.StructArray:
     def build(node: dict, dtype: pa.StructType) -> pa.StructArray:
         children = [build(node[f.name], f.type) if pa.types.is_struct(f.type)
-                    else pa.array(node[f.name], f.type) for f in dtype]
+                    else pa.array(node[f.name].numpy(), f.type) for f in dtype]
         return pa.StructArray.from_arrays(children, fields=list(dtype))
 
     return build(_nest(params), struct)
@@ -351,7 +345,7 @@ def _rows_to_write(faces: Faces, batch: PairBatch, recipe: Recipe,
 def _rows_table(rows: HostRows, *, schema: pa.Schema, image_format: str, source: Source,
                 attributes: Attributes | None) -> pa.Table:
     identity_names = [source.identity_name(int(i)) for i in rows.identity]
-    values = attributes.lookup(source, torch.from_numpy(rows.key), torch.from_numpy(rows.identity)) if attributes else None
+    values = attributes.lookup(source, rows.key, rows.identity) if attributes else None
     return pairs_table(rows, schema, identity_names, image_format, values)
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
@@ -28,12 +27,13 @@ SLOT_WAIT_SECONDS = 600.0
 class _InSlot:
     """A decoded batch whose HQ faces lie in slot ``slot`` of decoding worker ``worker``. The
     slot's tensor travels along only the first time the slot is used; after that the consumer
-    has it mapped, and the batch crosses between the processes as a few small arrays."""
+    has it mapped, and the batch crosses between the processes as a few small tensors (sent
+    inside the pickle: ``workers.INLINE_TENSOR_BYTES``)."""
 
     worker: int
     slot: int
-    key: np.ndarray        # (M,) int64, the faces in the slot's first M rows
-    identity: np.ndarray   # (M,) int64
+    key: torch.Tensor       # (M,) int64, the faces in the slot's first M rows
+    identity: torch.Tensor  # (M,) int64
     skipped: list
     fixes: collections.Counter
     images: torch.Tensor | None  # the slot, (capacity, 3, S, S) uint8 in shared memory, or None
@@ -82,7 +82,7 @@ class SlotRing:
             self._made[slot][:len(faces.key)].copy_(faces.hq)
         self.free[worker, slot] = False
         self._used += 1
-        return _InSlot(worker, slot, faces.key.numpy(), faces.identity.numpy(), faces.skipped, faces.fixes,
+        return _InSlot(worker, slot, faces.key, faces.identity, faces.skipped, faces.fixes,
                        self._made[slot] if first_use else None)
 
     def take(self, item: _InSlot, device: torch.device) -> Faces:
@@ -92,7 +92,7 @@ class SlotRing:
             self._mapped[item.worker, item.slot] = item.images
         hq = self._mapped[item.worker, item.slot][:len(item.key)].to(device, non_blocking=True, copy=True)
         self.free[item.worker, item.slot] = True
-        return Faces(torch.from_numpy(item.key), torch.from_numpy(item.identity), hq, item.skipped, item.fixes)
+        return Faces(item.key, item.identity, hq, item.skipped, item.fixes)
 
 
 class _KeyBatches(Dataset):

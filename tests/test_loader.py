@@ -11,7 +11,7 @@ from degrade import loader
 from degrade.loader import SlotRing, decoded_batches
 from degrade.sources import Faces, open_source
 from degrade.sources.demo import DemoSource
-from degrade.workers import WorkerLost
+from degrade.workers import WorkerLost, prepare_worker
 
 
 def test_faces_through_the_slot_ring_equal_decoding_in_process(lfw_source):
@@ -98,3 +98,26 @@ def test_a_worker_killed_mid_way_is_named_with_what_to_try():
     with pytest.raises(WorkerLost, match=r"^a decoding worker ended while it had work \(DataLoader worker "
                                          r".*\): killed, by the out-of-memory killer .*\(fewer workers"):
         list(decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1))
+
+
+class _TensorsOfEveryKind(torch.utils.data.Dataset):
+    """Item 0: small tensors as a batch's key and params are, a large one as its images are, a
+    small one in shared memory already (as a slot's), and one of a dtype NumPy lacks."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return {"small": torch.arange(8), "view": torch.arange(100)[::10],
+                "large": torch.full((64 * 1024 + 1,), 7, dtype=torch.uint8),
+                "shared": torch.zeros(4).share_memory_(), "bfloat16": torch.ones(3, dtype=torch.bfloat16)}
+
+
+def test_a_decoding_worker_sends_small_tensors_inside_the_pickle_and_the_rest_through_shared_memory():
+    item = next(iter(torch.utils.data.DataLoader(_TensorsOfEveryKind(), batch_size=None, num_workers=1,
+                                                 worker_init_fn=prepare_worker)))
+    assert item["small"].tolist() == list(range(8)) and item["view"].tolist() == list(range(0, 100, 10))
+    assert torch.equal(item["large"], torch.full((64 * 1024 + 1,), 7, dtype=torch.uint8))
+    assert item["bfloat16"].dtype == torch.bfloat16 and item["bfloat16"].tolist() == [1, 1, 1]
+    assert {name: tensor.is_shared() for name, tensor in item.items()} == {
+        "small": False, "view": False, "large": True, "shared": True, "bfloat16": True}
