@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,20 +58,31 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
 @contextlib.contextmanager
-def ends_on_stop_signals(say: Callable[[str], str]) -> Iterator[None]:
+def ends_on_stop_signals(say: Callable[[str], str], finish_first: bool = False) -> Iterator[threading.Event]:
     """Ctrl-C, and SIGTERM (`kill`, `timeout`, Slurm's preemption, `docker stop`), stop the command
     through its exception handling (a build's workers shut down, its shard under way left
     unfinished), then end it with the line ``say("interrupted" or "terminated")`` (under torchrun,
     from rank 0 alone) and the exit code a shell gives a command stopped by the signal, 130 or 143.
-    (By default Ctrl-C ends a click command with `Aborted!`, and SIGTERM ends the process where it is.)"""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    (By default Ctrl-C ends a click command with `Aborted!`, and SIGTERM ends the process where it is.)
+
+    With ``finish_first`` the first SIGTERM only sets the event this yields, for the command to end
+    its work at a point of its choosing (a training run: after the step under way, with a
+    checkpoint); when the body returns with it set, the command ends as terminated. A second
+    SIGTERM stops it at once, as Ctrl-C does."""
+    asked = threading.Event()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if finish_first and not asked.is_set():
+            asked.set()
+            return
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        yield
+        yield asked
+        if asked.is_set():
+            raise _Terminated
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, _Terminated)
         if _first_rank():

@@ -21,6 +21,7 @@ from trainers.checkpoints import backbone_state
 from trainers.evaluate import embed, faces_per_pass, kfold_accuracy, probe, roc_auc, tar_at_far
 from trainers.heads import AdaFace, ArcFace, CosFace
 from trainers.losses import log_exp_contrast
+from trainers import loop
 from trainers.loop import DataClock, TrainConfig, learning_rate_factor, train
 from trainers.lrfr import LRFR
 
@@ -264,23 +265,48 @@ def test_smoke_training_learns_and_resumes_as_the_same_run(tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
 
 
-def test_a_run_stopped_by_sigterm_ends_at_once_saying_where_it_resumes(tmp_path):
-    """SIGTERM (Slurm's preemption) to every process of `degrade train`: exit 143 with one line,
-    and the decoding workers, which hold its stderr, gone with it."""
+@pytest.mark.parametrize("to_whom", ["job", "main process"])
+def test_a_run_stopped_by_sigterm_saves_a_checkpoint_after_its_step_and_says_where_it_resumes(tmp_path, to_whom):
+    """SIGTERM (Slurm's preemption, to every process of the job; `kill`, to the main process):
+    the run ends after the step under way with a checkpoint there, exit 143 with one line, and
+    the decoding workers, which hold its stderr, gone with it."""
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "degrade", "train", "lrfr", "--source", "demo", "--steps", "400",
-                                "--checkpoint-every", "2", "-b", "8", "--device", "cpu", "-j", "2", "--out", str(out)],
+                                "--checkpoint-every", "1000", "-b", "8", "--device", "cpu", "-j", "2", "--out", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
-    while not list(out.glob("step-*.pt")) and time.time() < deadline:
+    while not (out / "log.csv").exists() and time.time() < deadline:  # its first row comes at step 10
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGTERM)
-    errors = process.communicate(timeout=30)[1]
-    last = max(int(path.stem.removeprefix("step-")) for path in out.glob("step-*.pt"))
-    assert process.returncode == 143
+    if to_whom == "job":
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
+    errors = process.communicate(timeout=60)[1]
+    saved = [int(path.stem.removeprefix("step-")) for path in out.glob("step-*.pt")]
+    assert process.returncode == 143 and len(saved) == 1 and 10 <= saved[0] < 400
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == saved[0]
     assert errors.replace("\r", "\n").rstrip().splitlines()[-1] == (
-        f"{out}: terminated; run the same command again to resume from its last checkpoint, step {last}")
-    assert torch.load(out / "last.pt", weights_only=True)["step"] >= last  # saved just before the step's file
+        f"{out}: terminated; run the same command again to resume from its last checkpoint, step {saved[0]}")
+
+
+def _votes_of_rank(rank: int, store: str, asked: list[bool], answers) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=len(asked))
+    vote = loop._stop_vote(len(asked))
+    answers.put((rank, [vote(asked_now) for asked_now in asked[rank]]))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_stop_after_the_same_step_when_any_one_of_them_is_asked(tmp_path):
+    asked = [[False, False, True], [False, True, False]]  # rank 1 gets the SIGTERM a step before rank 0
+    context = torch.multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    ranks = [context.Process(target=_votes_of_rank, args=(rank, str(tmp_path / "store"), asked, answers)) for rank in (0, 1)]
+    for process in ranks:
+        process.start()
+    results = dict(answers.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=30)
+    assert results == {0: [False, True, True], 1: [False, True, True]}
 
 
 def test_frozen_backbone_steps_train_only_the_head(tmp_path):

@@ -227,11 +227,13 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          schedule=options["schedule"], warmup_steps=options["warmup"],
                          frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
-    # An --out that cannot be written, a last.pt there that cannot be read, a worker killed; Ctrl-C and SIGTERM.
-    with reported(CheckpointError, WorkerLost), ends_on_stop_signals(functools.partial(_stopped_training, config.out)):
+    # An --out that cannot be written, a last.pt there that cannot be read, a worker killed; Ctrl-C,
+    # and SIGTERM: the run ends after the step under way, with a checkpoint there (a second one ends it at once).
+    with (reported(CheckpointError, WorkerLost),
+          ends_on_stop_signals(functools.partial(_stopped_training, config.out), finish_first=True) as stop):
         config.out.mkdir(parents=True, exist_ok=True)
         (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
-        rows = train(trainer, stream, config, device)
+        rows = train(trainer, stream, config, device, stop=stop)
     if rows:
         click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
                    f"checkpoints in {config.out}")

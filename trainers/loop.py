@@ -6,7 +6,9 @@ batch of pairs (its ``spec``, when it has one, goes into every checkpoint; see
 The loop adds the optimiser (SGD or AdamW), warm-up then cosine or step schedule, bf16 / fp16
 autocast, DDP under ``torchrun``, a tqdm bar, a CSV log (and TensorBoard when installed), and
 checkpoints every N steps that resume the same run, also on a different number of ranks: the
-checkpoint counts samples seen, and the stream restarts at that sample's epoch and batch.
+checkpoint counts samples seen, and the stream restarts at that sample's epoch and batch. Asked to
+stop (``train(..., stop=)``; the CLI asks on SIGTERM), a run ends after the step under way with
+a checkpoint there, on every rank after the same step.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import csv
 import dataclasses
 import math
 import os
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from degrade.stream import PairStream
+from degrade.workers import WorkerLost
 from trainers.checkpoints import training_checkpoint
 
 
@@ -80,6 +84,23 @@ def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _stop_vote(world: int) -> Callable[[bool], bool]:
+    """``vote(asked)``: whether any rank was asked to stop, the same answer on every rank, from an
+    all-reduce over gloo on the host (no wait for the GPU); alone, ``asked`` itself."""
+    if world == 1:
+        return bool
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo")
+
+    def vote(asked: bool) -> bool:
+        flag = torch.tensor([int(asked)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return bool(flag.item())
+
+    return vote
 
 
 def _save(path: Path, state: dict) -> None:
@@ -160,8 +181,14 @@ class _Log:
                     self.board.add_scalar(name, value, row["step"])
 
 
-def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: str | torch.device = "cpu") -> list[dict]:
+def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: str | torch.device = "cpu",
+          stop: threading.Event | None = None) -> list[dict]:
     """Train ``trainer`` for ``config.steps`` steps (resuming from ``config.out/last.pt`` if present).
+
+    ``stop``: once set, the run ends before its next step, with a checkpoint at the last one. The
+    ranks vote on it after each batch is fetched, so all end after the same step, and each sets its
+    own ``stop``. A decoding worker that ended once ``stop`` is set (a SIGTERM to the whole job)
+    counts as the stop, not as an error.
 
     Returns the logged rows of this call.
     """
@@ -206,14 +233,36 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
         if frozen:
             trainer.backbone.eval()
 
+    def save_checkpoint() -> None:
+        state = {"trainer": trainer.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                 "samples_seen": samples_seen, "config": {**dataclasses.asdict(config), "out": str(config.out)},
+                 "spec": spec}
+        _save(last, state)
+        _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
+                                            "trainer": trainer.state_dict(), "step": step, "spec": spec})
+
+    vote = _stop_vote(world) if stop is not None else None
+    stopping = False
     clock = DataClock(device)
     with bar:  # closed when the loop ends, also on an exception: its line ends before any message
-        while step < end:
+        while step < end and not stopping:
             stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
             batches = iter(stream)
             while True:
                 clock.fetching()
-                batch = next(batches, None)
+                try:
+                    batch = next(batches, None)
+                except WorkerLost:
+                    if not (stop is not None and stop.is_set()):
+                        raise
+                    batch = None
+                if vote is not None and vote(stop.is_set()):
+                    stop.set()
+                    stopping = True
+                    if rank == 0 and step % config.checkpoint_every != 0:
+                        save_checkpoint()
+                    break
                 if batch is None:
                     break
                 clock.fetched()
@@ -238,13 +287,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}")
                 if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
-                    state = {"trainer": trainer.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                             "samples_seen": samples_seen, "config": {**dataclasses.asdict(config), "out": str(config.out)},
-                             "spec": spec}
-                    _save(last, state)
-                    _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
-                                                        "trainer": trainer.state_dict(), "step": step, "spec": spec})
+                    save_checkpoint()
                 if step >= end:
                     break
     return rows
