@@ -291,8 +291,8 @@ def test_a_run_stopped_by_sigterm_saves_a_checkpoint_after_its_step_and_says_whe
 
 def _votes_of_rank(rank: int, store: str, asked: list[bool], answers) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=len(asked))
-    vote = loop._stop_vote(len(asked))
-    answers.put((rank, [vote(asked_now) for asked_now in asked[rank]]))
+    vote = loop._StopVote(len(asked))
+    answers.put((rank, [vote.any_asked(asked_now) for asked_now in asked[rank]]))
     torch.distributed.destroy_process_group()
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -86,21 +86,29 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _stop_vote(world: int) -> Callable[[bool], bool]:
-    """``vote(asked)``: whether any rank was asked to stop, the same answer on every rank, from an
-    all-reduce over gloo on the host (no wait for the GPU); alone, ``asked`` itself."""
-    if world == 1:
-        return bool
-    import torch.distributed as dist
+class _StopVote:
+    """Whether to stop, agreed by every rank: an all-reduce over gloo on the host (no wait for the
+    GPU) after each fetch; alone, no communication."""
 
-    group = dist.new_group(backend="gloo")
+    def __init__(self, world: int) -> None:
+        import torch.distributed as dist
 
-    def vote(asked: bool) -> bool:
+        self.dist = dist
+        self.group = dist.new_group(backend="gloo") if world > 1 else None
+
+    def any_asked(self, asked: bool) -> bool:
+        """Whether any rank was asked to stop (``asked`` is this rank's answer)."""
+        if self.group is None:
+            return asked
         flag = torch.tensor([int(asked)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
 
-    return vote
+    def wait_for_all(self) -> None:
+        """Return once every rank has come here: torchrun stops the other ranks as soon as one ends
+        with an error code, as a stopped run does, and rank 0 may still be writing its checkpoint."""
+        if self.group is not None:
+            self.dist.barrier(group=self.group)
 
 
 def _save(path: Path, state: dict) -> None:
@@ -242,7 +250,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
         _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
                                             "trainer": trainer.state_dict(), "step": step, "spec": spec})
 
-    vote = _stop_vote(world) if stop is not None else None
+    vote = _StopVote(world) if stop is not None else None
     stopping = False
     clock = DataClock(device)
     with bar:  # closed when the loop ends, also on an exception: its line ends before any message
@@ -257,11 +265,12 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                     if not (stop is not None and stop.is_set()):
                         raise
                     batch = None
-                if vote is not None and vote(stop.is_set()):
+                if vote is not None and vote.any_asked(stop.is_set()):
                     stop.set()
                     stopping = True
                     if rank == 0 and step % config.checkpoint_every != 0:
                         save_checkpoint()
+                    vote.wait_for_all()
                     break
                 if batch is None:
                     break
