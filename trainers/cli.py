@@ -83,7 +83,11 @@ def common_training_options(command):
 
 @click.group("train")
 def train_group() -> None:
-    """Train a model on HQ/LQ pairs streamed from the engine (or read from a build)."""
+    """Train a model on HQ/LQ pairs streamed from the engine (or read from a build).
+
+    A run writes checkpoints to --out and resumes from its last one when the same command runs
+    again. SIGTERM (Slurm's preemption, `kill`) ends it after the step under way with a checkpoint
+    there; Ctrl-C, or a second SIGTERM, ends it at once."""
 
 
 @train_group.command("lrfr")
