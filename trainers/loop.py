@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -77,8 +78,6 @@ def make_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> t
 
 
 def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_available() and dist.is_initialized():
@@ -91,9 +90,6 @@ class _StopVote:
     GPU) after each fetch; alone, no communication."""
 
     def __init__(self, world: int) -> None:
-        import torch.distributed as dist
-
-        self.dist = dist
         self.group = dist.new_group(backend="gloo") if world > 1 else None
 
     def any_asked(self, asked: bool) -> bool:
@@ -101,14 +97,14 @@ class _StopVote:
         if self.group is None:
             return asked
         flag = torch.tensor([int(asked)])
-        self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX, group=self.group)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
 
     def wait_for_all(self) -> None:
         """Return once every rank has come here: torchrun stops the other ranks as soon as one ends
         with an error code, as a stopped run does, and rank 0 may still be writing its checkpoint."""
         if self.group is not None:
-            self.dist.barrier(group=self.group)
+            dist.barrier(group=self.group)
 
 
 def _save(path: Path, state: dict) -> None:
