@@ -16,6 +16,11 @@ from degrade.engine import PairBatch
 from degrade.recipe import Recipe, parse_recipe
 
 
+def recipe_of(manifest: dict) -> Recipe:
+    """The recipe a build was made with, from the text its manifest (``degrade.json``) keeps."""
+    return parse_recipe(yaml.safe_load(manifest["recipe_text"]), source=manifest["recipe"])
+
+
 def flat_table(table: pa.Table) -> pa.Table:
     """Struct columns flattened to dotted names ('params.resize.side')."""
     while any(pa.types.is_struct(field.type) for field in table.schema):
@@ -61,7 +66,7 @@ class BuiltPairs:
         self.folder = Path(folder)
         dataset = open_dataset(self.folder)
         self.manifest = read_manifest(self.folder)
-        self.recipe: Recipe = parse_recipe(yaml.safe_load(self.manifest["recipe_text"]), source=self.manifest["recipe"])
+        self.recipe = recipe_of(self.manifest)
         self.name = str(self.folder)
         self._length = len(dataset)
         highest = pc.max(dataset.data.table.column("identity")).as_py()

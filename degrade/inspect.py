@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 import torch
 
 from degrade.arrow import SUMMARY, open_dataset, read_manifest
-from degrade.built import BuiltPairs, flat_params
+from degrade.built import BuiltPairs, flat_params, recipe_of
+from degrade.recipe import Recipe
 
 BAR = 30
 
@@ -53,13 +54,33 @@ def describe_dataset(folder: str | Path) -> str:
         lines += [f"  key {key}: {reason}" for key, reason in summary["skipped"][:10]]
         if summary["fixes"]:
             lines.append("converted: " + ", ".join(f"{c} {f}" for f, c in summary["fixes"].items()))
-    lines.append("params:")
-    for name, values in flat_params(table).items():
-        if name.endswith("seed"):
-            continue
-        lines.append(f"  {name}")
+    lines.append("params (an op's over the pairs it ran on, a one-of choice over the pairs its stage ran on):")
+    params = flat_params(table)
+    for name, rows in _rows_each_param_counts_on(recipe_of(manifest), params).items():
+        values = params[name] if rows is None else params[name][rows]
+        shown = "" if len(values) == len(table) else f"  ({len(values)} of {len(table)} pairs)"
+        lines.append(f"  {name}{shown}")
         lines += histogram(values)
     return "\n".join(lines)
+
+
+def _rows_each_param_counts_on(recipe: Recipe, params: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+    """For each param but the seeds: the (N,) bool rows its values mean something on (None: all).
+    Every op draws its params for every sample, also those a stage's ``p`` or one-of choice skips."""
+    ran = recipe.ran({name: torch.as_tensor(values) for name, values in params.items()
+                      if name.endswith((".applied", ".choice"))})
+    rows = {}
+    for name in params:
+        if name.endswith("seed"):
+            continue
+        owner, field = name.rsplit(".", 1)
+        if field == "choice":
+            rows[name] = params[f"{owner}.applied"]
+        elif field == "applied":
+            rows[name] = None
+        else:
+            rows[name] = ran[owner].numpy()
+    return rows
 
 
 def write_dataset_grid(folder: str | Path, out: str | Path, count: int) -> None:

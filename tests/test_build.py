@@ -1,5 +1,6 @@
 """Building Arrow datasets from real faces, resuming, splitting over ranks, and streaming pairs."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -202,6 +203,25 @@ def test_inspect_reports_counts_skips_and_histograms(tmp_path):
     sides = lines.index("  resize.side")
     counts = {int(line.split()[0]): int(line.split()[1]) for line in lines[sides + 1:sides + 4]}
     assert set(counts) == {7, 14, 20} and sum(counts.values()) == 200 and counts[20] > counts[7]
+
+
+def test_inspect_counts_each_ops_params_over_the_pairs_it_ran_on(tmp_path):
+    build_dataset(load_recipe("realworld"), open_source("demo"), tmp_path / "ds", limit=300, progress=False)
+    params = open_dataset(tmp_path / "ds")["params"]
+    applied = [row["blur_2"]["applied"] for row in params]
+    gaussian = [a and row["blur_2"]["choice"] == 0 for a, row in zip(applied, params)]
+    assert 200 < sum(applied) < 290 and 0 < sum(gaussian) < sum(applied)  # p 0.8, then one of three
+
+    lines = describe_dataset(tmp_path / "ds").splitlines()
+
+    def histogram_total(header: str) -> int:
+        bars = itertools.takewhile(lambda line: line.startswith("    "), lines[lines.index(header) + 1:])
+        return sum(int(bar.split()[1]) for bar in bars)
+
+    assert histogram_total("  blur_2.applied") == 300
+    assert histogram_total(f"  blur_2.choice  ({sum(applied)} of 300 pairs)") == sum(applied)
+    assert histogram_total(f"  blur_2.gaussian_blur.sigma  ({sum(gaussian)} of 300 pairs)") == sum(gaussian)
+    assert histogram_total("  resize.side") == 300  # every pair, so no count after the name
 
 
 # ---- streaming ------------------------------------------------------------------------------
