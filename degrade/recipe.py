@@ -38,8 +38,17 @@ import yaml
 from degrade.keyed import KeyedRandom
 from degrade.ops import OP_NAMES, ConfigError, Op, Params, op_class
 
-STAGE_KEYS = {"op", "name", "p", "one_of", "split"}
-OPTION_KEYS = {"op", "name", "weight", "stages"}
+# The fields that shape a recipe, and why one is refused where it would have no effect.
+MISPLACED = {
+    "p": "is a stage's probability; the options of one_of and the ops of an option's chain have none "
+         "(weight the options instead)",
+    "split": "goes with one_of",
+    "one_of": "cannot stand inside one_of: groups do not nest",
+    "weight": "weights an option of one_of; a stage outside one_of has none",
+    "stages": "lists the ops of an option of one_of",
+    "op": "cannot stand beside 'stages': an option is one op or a chain of them",
+}
+STRUCTURE_KEYS = {"name", *MISPLACED}
 
 
 class RecipeError(ValueError):
@@ -322,19 +331,26 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
         used.add(candidate)
         return candidate
 
-    def build_op(entry: Any, where: str, path_prefix: str) -> Leaf:
+    def refuse_fields(entry: dict, where: str, structure: set[str], owner: str, own: set[str] = frozenset()) -> None:
+        """Fail on a field that would be ignored here: one that shapes recipes elsewhere, or one
+        that is not among ``owner``'s ``own`` fields."""
+        for field in sorted(set(entry) - structure - own, key=str):
+            if field in MISPLACED:
+                raise fail(where, f"field {field!r} {MISPLACED[field]}")
+            raise fail(where, f"field {field!r} is not a field of {owner} (its fields: {', '.join(sorted(own or structure))})")
+
+    def build_op(entry: Any, where: str, path_prefix: str, structure: set[str]) -> Leaf:
+        """The op of ``entry``, which may also hold the recipe fields in ``structure``."""
         if not isinstance(entry, dict) or "op" not in entry:
-            raise fail(where, "expected a mapping with an 'op' field")
+            nested = isinstance(entry, dict) and "one_of" in entry
+            raise fail(where, f"field 'one_of' {MISPLACED['one_of']}" if nested else "expected a mapping with an 'op' field")
         op_name = entry["op"]
         if op_name not in OP_NAMES:
             raise fail(where, f"unknown op {op_name!r}; known ops: {', '.join(OP_NAMES)}")
         cls = op_class(op_name)
         fields = {f.name for f in dataclasses.fields(cls)}
-        config = {k: v for k, v in entry.items() if k not in STAGE_KEYS | OPTION_KEYS}
-        unknown_fields = set(config) - fields
-        if unknown_fields:
-            raise fail(where, f"field {sorted(unknown_fields)[0]!r} is not a field of op {op_name!r} "
-                              f"(its fields: {', '.join(sorted(fields))})")
+        refuse_fields(entry, where, structure, f"op {op_name!r}", fields)
+        config = {k: v for k, v in entry.items() if k not in STRUCTURE_KEYS}
         if "size" in fields and "size" not in config:
             config["size"] = size
         try:
@@ -361,9 +377,10 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
         if ("op" in entry) == ("one_of" in entry):
             raise fail(where, "a stage has exactly one of 'op' or 'one_of'")
         if "op" in entry:
-            leaf = build_op(entry, where, "")
+            leaf = build_op(entry, where, "", {"op", "name", "p"})
             stages.append(Stage(name=leaf.path, p=float(p), options=[Option(leaf.path, 1.0, [leaf])]))
             continue
+        refuse_fields(entry, where, {"name", "p", "one_of", "split"}, "a one_of stage")
         group = unique(entry.get("name", "one_of"))
         options_data = entry["one_of"]
         if not isinstance(options_data, list) or len(options_data) < 2:
@@ -377,13 +394,15 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
                 raise fail(owhere, f"field 'weight': expected a non-negative number, got {weight!r}")
             if "stages" in option:
+                refuse_fields(option, owhere, {"name", "weight", "stages"}, "an option with 'stages'")
                 oname = option.get("name", f"option{k}")
                 chain = option["stages"]
                 if not isinstance(chain, list) or not chain:
                     raise fail(owhere, "field 'stages': expected a non-empty list of ops")
-                leaves = [build_op(e, f"{owhere}, op {j}", f"{group}.{oname}.") for j, e in enumerate(chain, start=1)]
+                leaves = [build_op(e, f"{owhere}, op {j}", f"{group}.{oname}.", {"op", "name"})
+                          for j, e in enumerate(chain, start=1)]
             else:
-                leaf = build_op(option, owhere, f"{group}.")
+                leaf = build_op(option, owhere, f"{group}.", {"op", "name", "weight"})
                 oname, leaves = leaf.path.split(".")[-1], [leaf]
             if any(o.name == oname for o in options):
                 raise fail(owhere, f"two options are named {oname!r}; give them distinct 'name's")

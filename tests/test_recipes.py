@@ -219,6 +219,24 @@ def test_error_inside_a_one_of_option_names_the_option(tmp_path):
     assert "stage 1 (blur), option 2" in message and "field 'length'" in message
 
 
+@pytest.mark.parametrize("stage, says", [
+    ("{name: blur, one_of: [{op: gaussian_blur, p: 0.5}, {op: motion_blur}]}",
+     "stage 1 (blur), option 1: field 'p' is a stage's probability"),
+    ("{name: blur, one_of: [{op: gaussian_blur}, {stages: [{op: motion_blur, p: 0.3}, {op: jpeg}]}]}",
+     "stage 1 (blur), option 2, op 1: field 'p' is a stage's probability"),
+    ("{op: jpeg, weight: 2}", "stage 1 (jpeg): field 'weight' weights an option of one_of"),
+    ("{op: jpeg, split: key}", "stage 1 (jpeg): field 'split' goes with one_of"),
+    ("{name: blur, one_of: [{op: gaussian_blur}, {op: motion_blur}], sigma: [1, 2]}",
+     "stage 1 (blur): field 'sigma' is not a field of a one_of stage"),
+    ("{name: blur, one_of: [{op: gaussian_blur}, {op: motion_blur, stages: [{op: jpeg}]}]}",
+     "stage 1 (blur), option 2: field 'op' cannot stand beside 'stages'"),
+    ("{name: blur, one_of: [{op: jpeg}, {stages: [{one_of: [{op: jpeg}, {op: motion_blur}]}]}]}",
+     "stage 1 (blur), option 2, op 1: field 'one_of' cannot stand inside one_of"),
+])
+def test_a_field_that_would_be_ignored_where_it_stands_is_refused(tmp_path, stage, says):
+    assert says in _error(tmp_path, f"stages:\n  - {stage}\n")
+
+
 def test_bad_probability_and_bad_yaml_and_unknown_recipe(tmp_path):
     assert "field 'p'" in _error(tmp_path, "stages:\n  - {op: jpeg, p: 2}\n")
     assert "not valid YAML" in _error(tmp_path, "stages: [\n")
