@@ -188,6 +188,7 @@ def test_bad_range_names_the_stage_and_field(tmp_path):
             sigma: [3, 1]
         """)
     assert "stage 1 (gaussian_blur)" in message and "field 'sigma'" in message and "above high" in message
+    assert "field 'sigma': expected numbers, got [nan, 1]" in _error(tmp_path, "stages:\n  - {op: gaussian_blur, sigma: [.nan, 1]}\n")
 
 
 def test_wrong_type_names_the_stage_and_field(tmp_path):

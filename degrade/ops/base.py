@@ -9,6 +9,7 @@ arguments, so the params recorded with a sample replay its degradation exactly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -87,6 +88,8 @@ def as_range(field: str, value: object, low: float, high: float) -> tuple[float,
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         raise ConfigError(field, f"expected a number or a [low, high] pair, got {value!r}")
     lo, hi = float(value[0]), float(value[1])
+    if math.isnan(lo) or math.isnan(hi):
+        raise ConfigError(field, f"expected numbers, got {value!r}")
     if lo > hi:
         raise ConfigError(field, f"low {lo} is above high {hi}")
     if lo < low or hi > high:
