@@ -114,7 +114,9 @@ source_option = click.option(
          "an insightface train.rec (or its folder), a saved HF dataset / .parquet / .arrow with an image column "
          "(a degrade build's HQ faces: a raw build's are read with nothing to decode), an LFW-style pairs.txt, "
          "or a .bin set.")
-seed_option = click.option("--seed", type=int, default=None, help="Recipe seed (default: the recipe's own).")
+# The range of degrade.keyed.MAX_SEED, not imported here (it imports torch).
+seed_option = click.option("--seed", type=click.IntRange(0, 0xFFFFFFFF), default=None,
+                           help="Recipe seed, 0 to 4294967295 (default: the recipe's own).")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="`cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).")
 

@@ -19,6 +19,7 @@ import torch
 from degrade.fused import kernels_for
 
 _MASK32 = 0xFFFFFFFF
+MAX_SEED = _MASK32  # a seed is hashed as one 32-bit word: larger ones would repeat smaller ones' draws
 _GOLDEN = 0x9E3779B9
 
 

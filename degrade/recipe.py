@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from degrade.keyed import KeyedRandom
+from degrade.keyed import MAX_SEED, KeyedRandom
 from degrade.ops import OP_NAMES, ConfigError, Op, Params, op_class
 
 # The fields that shape a recipe, and why one is refused where it would have no effect.
@@ -150,6 +150,8 @@ class Recipe:
     def sample(self, keys: torch.Tensor, seed: int | None = None) -> Params:
         """All params of samples ``keys`` ((N,) int64): a flat dict of (N,) tensors."""
         seed = self.seed if seed is None else seed
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"recipe {self.name!r}: seed {seed} is outside [0, {MAX_SEED}]")
         keys = keys.to(torch.int64)
         params: Params = {}
         streams = [name for stage in self.stages
@@ -313,7 +315,7 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
         raise fail("top level", f"unknown field(s) {', '.join(sorted(unknown))}")
     name = data.get("name", Path(source).stem)
     seed, size = data.get("seed", 0), data.get("size", 112)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise fail("field 'seed'", f"expected a non-negative integer, got {seed!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 8:
         raise fail("field 'size'", f"expected an integer >= 8, got {size!r}")

@@ -5,7 +5,9 @@ import textwrap
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from degrade.cli import main
 from degrade.engine import to_uint8
 from degrade.recipe import RecipeError, builtin_recipes, leaf_params, load_recipe, parse_recipe
 
@@ -88,6 +90,15 @@ def test_seed_changes_the_draws_and_the_default_seed_is_the_recipes():
     keys = torch.arange(8)
     assert torch.equal(recipe.sample(keys)["jpeg.quality"], recipe.sample(keys, seed=recipe.seed)["jpeg.quality"])
     assert not torch.equal(recipe.sample(keys, seed=1)["jpeg.quality"], recipe.sample(keys, seed=2)["jpeg.quality"])
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32])
+def test_a_seed_outside_32_bits_is_refused_as_it_would_repeat_another_seeds_draws(tmp_path, seed):
+    with pytest.raises(ValueError, match=f"seed {seed} is outside"):
+        load_recipe("maug").sample(torch.arange(4), seed=seed)
+    assert "field 'seed'" in _error(tmp_path, f"seed: {seed}\nstages:\n  - {{op: jpeg}}\n")
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--seed", str(seed), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--seed" in result.output and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("images, keys, says", [
