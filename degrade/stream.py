@@ -96,7 +96,10 @@ class PairStream:
         return len(self.source) // (self.batch_size * self.world_size)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Choose the epoch (its shuffle) and the first batch to yield (to resume mid-epoch)."""
+        """Choose the epoch (its shuffle) and the first batch to yield (to resume mid-epoch), from 0
+        to ``len(self)`` (none left)."""
+        if not 0 <= start_step <= len(self):
+            raise ValueError(f"PairStream: start_step {start_step} is outside the epoch's 0..{len(self)} batches")
         self.epoch, self.start_step = epoch, start_step
 
     def epoch_order(self) -> torch.Tensor:

@@ -293,6 +293,9 @@ def test_epochs_reshuffle_and_start_step_resumes_the_same_sequence():
     stream.set_epoch(0, start_step=5)
     resumed = stream.rank_batches()
     assert len(resumed) == len(epoch_zero) - 5 and all(torch.equal(a, b) for a, b in zip(resumed, epoch_zero[5:]))
+    for step in (-1, len(epoch_zero) + 1):  # a negative step used to yield the epoch's last batches
+        with pytest.raises(ValueError, match=f"start_step {step} is outside the epoch's 0..{len(epoch_zero)} batches"):
+            stream.set_epoch(0, start_step=step)
 
 
 def test_streaming_a_build_gives_the_same_pairs_as_streaming_on_the_fly(tmp_path):
