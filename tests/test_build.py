@@ -156,8 +156,10 @@ def test_a_build_stopped_mid_way_resumes_to_the_bytes_of_an_uninterrupted_one(tm
     (SIGINT: Ctrl-C in a terminal; SIGTERM: Slurm), which end at once: the decoding workers too,
     which hold the build's stderr."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # As from a terminal: a shell's background job (`pytest &`) ignores SIGINT, and its children inherit that.
     process = subprocess.Popen(_build_command(tmp_path / "stopped"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, env=environment, start_new_session=True)
+                               text=True, env=environment, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while len(list((tmp_path / "stopped").glob("data-*.arrow"))) < 3 and time.time() < deadline:
         time.sleep(0.05)
