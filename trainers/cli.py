@@ -288,7 +288,8 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
 @click.option("--folds", default=None, help="Only these folds of the pairs file, e.g. 7,8 (default: all).")
 @click.option("--resolutions", default="7,14,20,112", show_default=True, help="Probe sides in pixels.")
 @click.option("--identification", "gallery", type=click.Path(exists=True), default=None,
-              help="Also rank-1/5 identification on this folder source (first image of each identity is the gallery).")
+              help="Also rank-1/5 identification on this folder source, among identities with two or more images "
+                   "(the first image of each is the gallery, the others probes).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Folder for results.json and accuracy.png.")
 @click.option("--device", default="auto", show_default=True)

@@ -138,9 +138,10 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
 
 def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: list[int],
                    device: str | torch.device = "cpu", progress: str | None = None) -> dict[str, dict[str, float]]:
-    """Rank-1 / rank-5 identification: each identity's first image (HQ) is the gallery, its
-    other images are probes at each resolution. ``keys`` chooses the samples used; ``progress``
-    as in :func:`evaluate_pairs`."""
+    """Rank-1 / rank-5 identification among the identities with two or more images: the first image
+    of each (HQ) is its gallery entry, its other images are probes at each resolution (identities
+    with one image are left out: they would be gallery entries no probe belongs to). ``keys``
+    chooses the samples used; ``progress`` as in :func:`evaluate_pairs`."""
     faces = source.load(keys)
     identity = faces.identity
     first = torch.zeros(len(identity), dtype=torch.bool)
