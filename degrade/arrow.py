@@ -408,14 +408,31 @@ def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size:
     }
 
 
+def _differences(previous: dict, manifest: dict) -> str:
+    """What a folder's build has that this one has not, e.g. "seed 0 there, 3 here; the recipe's text"."""
+    said = []
+    for field in sorted(manifest):
+        there, here = previous.get(field), manifest[field]
+        if there == here:
+            continue
+        if field == "recipe_text":
+            said.append("the recipe's text")
+        elif field == "versions":
+            said += [f"{name} {(there or {}).get(name)} there, {version} here" for name, version in here.items()
+                     if (there or {}).get(name) != version]
+        else:
+            said.append(f"{field} {there} there, {here} here")
+    return "; ".join(said)
+
+
 def _prepare_folder(out: Path, manifest: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
         if previous != manifest:
-            changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
-            raise BuildError(f"{out}: holds a different build ({', '.join(changed)} differ); use a new --out or delete it")
+            raise BuildError(f"{out}: holds a different build ({_differences(previous, manifest)}); "
+                             "use a new --out or delete it")
     elif any(out.iterdir()):
         raise BuildError(f"{out}: exists and is not a degrade build; use an empty or new folder")
     (out / "state.json").unlink(missing_ok=True)

@@ -99,10 +99,12 @@ def test_an_interrupted_build_resumes_to_identical_bytes(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.endswith(".partial")} == finished
 
 
-def test_a_different_build_into_the_same_folder_is_refused(tmp_path):
+def test_a_different_build_into_the_same_folder_is_refused_saying_what_differs(tmp_path):
     out = build(tmp_path)
-    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--limit", "41", "--out", str(out)])
-    assert result.exit_code != 0 and "holds a different build" in result.output
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--limit", "41", "--seed", "3", "--out", str(out)])
+    differences = "pairs 40 there, 41 here; seed 0 there, 3 here; shard_size 16 there, 2048 here"
+    assert result.exit_code == 1
+    assert result.output == f"Error: {out}: holds a different build ({differences}); use a new --out or delete it\n"
 
 
 def test_btnet_build_stores_native_size_lq(tmp_path):
