@@ -96,6 +96,25 @@ def test_a_run_folder_whose_last_checkpoint_is_unreadable_is_not_resumed(tmp_pat
     assert (tmp_path / "run" / "last.pt").read_text() == "junk\n"
 
 
+def test_a_run_folder_is_resumed_only_by_the_command_that_started_it(tmp_path):
+    run = tmp_path / "run"
+    command = ["train", "lrfr", "--source", "demo", "--steps", "3", "--max-steps", "2", "--batch-size", "8",
+               "--device", "cpu", "--out", str(run)]
+    assert CliRunner().invoke(main, command).exit_code == 0
+    saved, started_by = (run / "last.pt").read_bytes(), (run / "command.json").read_text()
+
+    other = CliRunner().invoke(main, [*command, "--backbone", "iresnet18", "--lr", "0.1"])
+    _fails_naming(other, str(run / "last.pt"), "saved by a run of another command "
+                  "(backbone mobilefacenet there, iresnet18 here; lr 0.01 there, 0.1 here)")
+    assert (run / "last.pt").read_bytes() == saved and (run / "command.json").read_text() == started_by
+
+    resumed = CliRunner().invoke(main, [*command, "--max-steps", "3", "--checkpoint-every", "7"])  # may change
+    assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output
+    finished = CliRunner().invoke(main, command[:6] + command[8:])  # without --max-steps
+    assert finished.exit_code == 0 and f"{run}: nothing to train, the run is at step 3" in finished.output
+    assert (run / "command.json").read_text() == started_by
+
+
 def test_catface_stage1_names_a_bad_checkpoint(tmp_path, bad_files):
     for kind in ("empty", "list"):
         path, _ = bad_files[kind]

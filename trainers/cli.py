@@ -86,7 +86,8 @@ def train_group() -> None:
     """Train a model on HQ/LQ pairs streamed from the engine (or read from a build).
 
     A run writes checkpoints to --out and resumes from its last one when the same command runs
-    again. SIGTERM (Slurm's preemption, `kill`) ends it after the step under way with a checkpoint
+    again (--max-steps and --checkpoint-every may change; another model, optimiser or schedule is
+    refused). SIGTERM (Slurm's preemption, `kill`) ends it after the step under way with a checkpoint
     there; Ctrl-C, or a second SIGTERM, ends it at once."""
 
 
@@ -236,11 +237,14 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     with (reported(CheckpointError, WorkerLost),
           ends_on_stop_signals(functools.partial(_stopped_training, config.out), finish_first=True) as stop):
         config.out.mkdir(parents=True, exist_ok=True)
-        (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
+        if not (config.out / "last.pt").exists():  # the command that started the run; a resumed one must match it
+            (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
         rows = train(trainer, stream, config, device, stop=stop)
     if rows:
         click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
                    f"checkpoints in {config.out}")
+    else:
+        click.echo(f"{config.out}: nothing to train, the run is at step {min(config.steps, config.max_steps or config.steps)}")
 
 
 def _stopped_training(out: Path, how: str) -> str:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from degrade.stream import PairStream
 from degrade.workers import WorkerLost
-from trainers.checkpoints import training_checkpoint
+from trainers.checkpoints import CheckpointError, training_checkpoint
 
 
 @dataclasses.dataclass
@@ -105,6 +105,24 @@ class _StopVote:
         with an error code, as a stopped run does, and rank 0 may still be writing its checkpoint."""
         if self.group is not None:
             dist.barrier(group=self.group)
+
+
+# What a resumed run may change: where it stops early, and how often it reports and saves.
+# Any other difference (the model, the optimiser, the schedule) makes it another run.
+RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "log_every", "progress")
+
+
+def _run_differences(state: dict, spec: dict | None, config: TrainConfig) -> str:
+    """How the run saved in ``state`` (a ``last.pt``) differs from a run of ``spec`` and ``config``,
+    e.g. "backbone mobilefacenet there, iresnet18 here; lr 0.01 there, 0.1 here"; empty when it does not."""
+    def comparable(spec: dict | None, config: dict) -> dict:
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+        return {**(spec or {}), **settings}
+
+    there = comparable(state.get("spec"), state.get("config", {}))
+    here = comparable(spec, dataclasses.asdict(config))
+    return "; ".join(f"{k} {there.get(k)} there, {here.get(k)} here"
+                     for k in sorted(there.keys() | here.keys()) if there.get(k) != here.get(k))
 
 
 def _save(path: Path, state: dict) -> None:
@@ -206,9 +224,14 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     step, samples_seen = 0, 0
+    spec = getattr(trainer, "spec", None)
     last = out / "last.pt"
     if last.exists():
         state = training_checkpoint(last)
+        differences = _run_differences(state, spec, config)
+        if differences:
+            raise CheckpointError(f"{last}: saved by a run of another command ({differences}); run that command "
+                                  "to resume it, or give this one a new --out")
         trainer.load_state_dict(state["trainer"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -227,7 +250,6 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     started, started_samples = time.perf_counter(), samples_seen
     trainer.train()
     trainable = {name: p.requires_grad for name, p in trainer.backbone.named_parameters()}
-    spec = getattr(trainer, "spec", None)
 
     def freeze_backbone(frozen: bool) -> None:
         """Head warm-up: the backbone takes no gradient and keeps its BatchNorm statistics."""
