@@ -271,6 +271,8 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     total = len(source) if limit is None else min(limit, len(source))
     if total <= 0:
         raise BuildError(f"source {source.name!r} is empty: nothing to build")
+    if attributes is not None:
+        attributes.check_names(source, total)
     rank, world = _distributed()
     shards = math.ceil(total / shard_size)
     manifest = _manifest(recipe, source, seed, total, shard_size, image_format, attributes)

@@ -76,6 +76,8 @@ class PairStream:
         self.epoch, self.start_step = 0, 0
         if len(self) == 0:
             raise ValueError(f"{len(source)} samples make no full batch of {batch_size} on each of {self.world_size} ranks")
+        if attributes is not None:
+            attributes.check_names(source, len(source))
 
     @classmethod
     def from_source(cls, recipe: Recipe, source: Source, **options) -> PairStream:

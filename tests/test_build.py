@@ -19,6 +19,7 @@ from degrade.inspect import describe_dataset
 from degrade.recipe import load_recipe
 from degrade.sources import open_source
 from degrade.sources.attributes import Attributes
+from degrade.sources.base import SourceError
 from degrade.stream import PairStream, prefetched
 
 from .conftest import LFW
@@ -101,6 +102,18 @@ def test_attributes_become_a_column_with_nulls_where_missing(tmp_path, lfw_sourc
     assert set(row["attributes"]) >= {"Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"}
     assert row["attributes"]["Male"] in (0.0, 1.0, None)
     assert sum(r["Male"] is not None for r in dataset["attributes"]) > 20
+
+
+def test_an_attributes_table_that_names_no_sample_of_the_source_is_refused_before_any_work(tmp_path, lfw_source):
+    (tmp_path / "a.tsv").write_text("file\tMale\nnobody.jpg\t1\n")  # every attribute would be NaN
+    table = Attributes(tmp_path / "a.tsv")
+    says = (r"a.tsv: none of 30 samples of .*lfw112.*, looked up by file, has a row "
+            r"\(the table's first file is 'nobody.jpg', the source's 'AJ_Cook/AJ_Cook_0001.jpg'\)")
+    with pytest.raises(SourceError, match=says):
+        build_dataset(load_recipe("catface"), lfw_source, tmp_path / "ds", limit=30, attributes=table, progress=False)
+    assert not (tmp_path / "ds").exists()
+    with pytest.raises(SourceError, match="none of 1000 samples"):
+        PairStream.from_source(load_recipe("catface"), lfw_source, batch_size=8, attributes=table)
 
 
 def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):

@@ -2,7 +2,8 @@
 
 The first column is ``file`` (the sample's path relative to its source, as
 ``Name/Name_0001.jpg``) or ``identity`` (an identity name); every other column is a
-number. Samples with no row get NaN.
+number. Samples with no row get NaN; a table in which none of the samples looked up has a row
+(keys that name them some other way) is refused before a build or a stream starts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import torch
 
 from degrade.sources import Source
 from degrade.sources.base import SourceError
+
+
+PROBED_SAMPLES = 1000  # looked up by ``Attributes.check_names``
 
 
 class Attributes:
@@ -78,11 +82,24 @@ class Attributes:
         chosen.values = self.values[:, [self.names.index(n) for n in names]]
         return chosen
 
+    def _names(self, source: Source, keys: torch.Tensor, identities: torch.Tensor) -> list[str]:
+        """What the table's first column would say for the samples ``keys`` (of ``identities``)."""
+        if self.keyed_by == "file":
+            return [source.sample_name(int(k)) for k in keys]
+        return [source.identity_name(int(i)) for i in identities]
+
     def lookup(self, source: Source, keys: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         """(M, A) float32 attributes of the samples ``keys`` of ``source`` (NaN where missing)."""
-        if self.keyed_by == "file":
-            names = [source.sample_name(int(k)) for k in keys]
-        else:
-            names = [source.identity_name(int(i)) for i in identities]
-        rows = np.array([self.rows.get(name, -1) for name in names], np.int64)
+        rows = np.array([self.rows.get(name, -1) for name in self._names(source, keys, identities)], np.int64)
         return torch.from_numpy(self.values[rows])
+
+    def check_names(self, source: Source, count: int) -> None:
+        """Refuse the table when none of the first ``count`` samples of ``source`` has a row: its keys
+        name samples some other way (another path layout, another dataset), and every attribute
+        would be NaN. Looks at up to ``PROBED_SAMPLES`` of them, spread evenly."""
+        keys = torch.linspace(0, count - 1, min(count, PROBED_SAMPLES)).round().long().unique()
+        names = self._names(source, keys, source.identities[keys])
+        if not any(name in self.rows for name in names):
+            raise SourceError(f"{self.path}: none of {len(keys)} samples of {source.name}, looked up by {self.keyed_by}, "
+                              f"has a row (the table's first {self.keyed_by} is {next(iter(self.rows), '')!r}, the "
+                              f"source's {names[0]!r})")
