@@ -218,7 +218,9 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
                    "(default: every core, at most 16, under torchrun shared among the ranks of a machine; "
                    "0: all in this process).")
 @click.option("--attributes", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="CSV/TSV of per-sample attributes keyed by 'file' or 'identity' (first column).")
+              help="CSV/TSV of per-sample attributes, its first column 'file' (a path relative to the source, "
+                   "e.g. Name/Name_0001.jpg) or 'identity' (an identity's name, e.g. its sub-folder's); "
+                   "rows no sample matches are unused.")
 @click.option("--strict", is_flag=True, help="Fail on unreadable or wrongly sized images instead of skipping / resizing.")
 @seed_option
 @device_option
