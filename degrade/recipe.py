@@ -316,7 +316,7 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
     name = data.get("name", Path(source).stem)
     seed, size = data.get("seed", 0), data.get("size", 112)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise fail("field 'seed'", f"expected a non-negative integer, got {seed!r}")
+        raise fail("field 'seed'", f"expected an integer in [0, {MAX_SEED}], got {seed!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 8:
         raise fail("field 'size'", f"expected an integer >= 8, got {size!r}")
     stages_data = data.get("stages")
@@ -336,10 +336,12 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
     def refuse_fields(entry: dict, where: str, structure: set[str], owner: str, own: set[str] = frozenset()) -> None:
         """Fail on a field that would be ignored here: one that shapes recipes elsewhere, or one
         that is not among ``owner``'s ``own`` fields."""
-        for field in sorted(set(entry) - structure - own, key=str):
-            if field in MISPLACED:
-                raise fail(where, f"field {field!r} {MISPLACED[field]}")
-            raise fail(where, f"field {field!r} is not a field of {owner} (its fields: {', '.join(sorted(own or structure))})")
+        extra = sorted(set(entry) - structure - own, key=str)
+        if not extra:
+            return
+        if extra[0] in MISPLACED:
+            raise fail(where, f"field {extra[0]!r} {MISPLACED[extra[0]]}")
+        raise fail(where, f"field {extra[0]!r} is not a field of {owner} (its fields: {', '.join(sorted(own or structure))})")
 
     def build_op(entry: Any, where: str, path_prefix: str, structure: set[str]) -> Leaf:
         """The op of ``entry``, which may also hold the recipe fields in ``structure``."""
