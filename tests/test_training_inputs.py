@@ -159,6 +159,12 @@ def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pair
     _fails_naming(result, str(small_pairs), "has folds 1-2, and k-fold accuracy needs two or more of them")
 
 
+def test_eval_resolutions_above_the_faces_size_are_refused(small_pairs):
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
+                                       "--resolutions", "14,200", "--device", "cpu"])
+    _fails_naming(result, str(small_pairs), "200 px is above the 112 px of the faces of")
+
+
 def test_bench_train_names_an_unknown_backbone():
     result = CliRunner().invoke(main, ["bench", "--train", "resnet9000", "--recipe", "maug", "--device", "cpu"])
     _fails_naming(result, "resnet9000", "use one of iresnet100, iresnet18, iresnet50, mobilefacenet")

@@ -309,6 +309,9 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
         gallery_source = open_source(gallery) if gallery else None
     if not hasattr(protocol, "pairs"):
         raise click.ClickException(f"{pairs}: not a pairs protocol (.txt pairs file or .bin)")
+    if max(sides) > protocol.size:  # it would be evaluated at the faces' own size, under another name
+        raise click.BadParameter(f"{max(sides)} px is above the {protocol.size} px of the faces of {pairs}",
+                                 param_hint="--resolutions")
     chosen_folds = parse_folds(folds)
     if chosen_folds is not None and not (set(chosen_folds) <= set(range(1, protocol.folds + 1)) and len(chosen_folds) > 1):
         raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}, and k-fold accuracy needs two or more of "
