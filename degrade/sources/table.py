@@ -67,9 +67,11 @@ class TableSource(EncodedSource):
         image_column = image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
         label_column = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
         if image_column not in columns:
-            raise SourceError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}; has {', '.join(columns)})")
+            raise SourceError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}; has {', '.join(columns)}): "
+                              "rename yours to 'image', or pass image_column= to TableSource")
         if label_column not in columns:
-            raise SourceError(f"{path}: no identity column (looked for {', '.join(LABEL_COLUMNS)}; has {', '.join(columns)})")
+            raise SourceError(f"{path}: no identity column (looked for {', '.join(LABEL_COLUMNS)}; has {', '.join(columns)}): "
+                              "rename yours to 'label', or pass label_column= to TableSource")
         if len(table) == 0:
             raise SourceError(f"{path}: the table has no rows")
         if isinstance(table.features[image_column], datasets.Image):
