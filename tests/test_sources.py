@@ -87,6 +87,17 @@ def test_corrupt_recordio_is_named(tmp_path, lfw_jpegs):
         open_source(str(tmp_path))
 
 
+def test_a_truncated_recordio_is_named_with_what_is_missing(tmp_path, lfw_jpegs):
+    images, labels = lfw_jpegs
+    write_insightface_recordio(tmp_path / "train", images, labels)
+    offsets = [int(line.split("\t")[1]) for line in (tmp_path / "train.idx").read_text().splitlines()]
+    (tmp_path / "train.rec").write_bytes((tmp_path / "train.rec").read_bytes()[:offsets[5] + 10])
+    with pytest.raises(SourceError, match=f"train.rec: the file ends at byte {offsets[5] + 10:,}, but train.idx places "
+                                          f"{len(offsets) - 6:,} of its {len(offsets):,} records beyond it, from record 6 "
+                                          f"at byte {offsets[6]:,}: a truncated copy"):
+        open_source(str(tmp_path / "train.rec"))
+
+
 def test_a_recordio_with_an_empty_index_is_named(tmp_path):
     (tmp_path / "train.rec").write_bytes(b"")
     (tmp_path / "train.idx").write_text("\n")

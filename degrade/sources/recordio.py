@@ -61,6 +61,18 @@ class RecordFile:
         self.indices = np.array(indices, dtype=np.int64)[order]  # ascending record indices
         self._offsets = np.array(offsets, dtype=np.int64)[order]
         self._descriptor: int | None = None
+        self._refuse_records_beyond_the_end()
+
+    def _refuse_records_beyond_the_end(self) -> None:
+        """A ``.rec`` shorter than its index says (an interrupted copy) fails here, naming how much is
+        missing, rather than at the first record read past its end."""
+        size = self.rec.stat().st_size
+        beyond = np.nonzero(self._offsets >= size)[0]
+        if len(beyond):
+            first = beyond[np.argmin(self._offsets[beyond])]
+            raise SourceError(f"{self.rec}: the file ends at byte {size:,}, but {self.idx.name} places {len(beyond):,} "
+                              f"of its {len(self.indices):,} records beyond it, from record {self.indices[first]} at byte "
+                              f"{self._offsets[first]:,}: a truncated copy?")
 
     def offset(self, index: int) -> int:
         """Byte offset of record ``index`` in the ``.rec`` file."""
