@@ -244,7 +244,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
         click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
                    f"checkpoints in {config.out}")
     else:
-        click.echo(f"{config.out}: nothing to train, the run is at step {min(config.steps, config.max_steps or config.steps)}")
+        click.echo(f"{config.out}: nothing to train, the run is at step {config.end_step}")
 
 
 def _stopped_training(out: Path, how: str) -> str:

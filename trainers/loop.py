@@ -51,6 +51,11 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
 
+    @property
+    def end_step(self) -> int:
+        """The step this call of the run ends at: ``steps``, or ``max_steps`` when it is earlier."""
+        return min(self.steps, self.max_steps or self.steps)
+
 
 def both_views(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """HQ then LQ images of a batch as one float tensor in [0, 1] (2N, 3, S, S), and their (2N,) labels."""
@@ -245,7 +250,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     per_epoch = len(stream) * per_batch
     log = _Log(out, rank == 0)
     rows: list[dict] = []
-    end = min(config.steps, config.max_steps or config.steps)
+    end = config.end_step
     bar = tqdm(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
     started, started_samples = time.perf_counter(), samples_seen
     trainer.train()
