@@ -42,6 +42,13 @@ def combine(h: torch.Tensor | int, value: torch.Tensor | int) -> torch.Tensor | 
     return mix32((h + hi_mixed) & _MASK32)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The recipe seed of a stream's epoch ``epoch`` (>= 0): ``seed`` itself for the first, so a
+    stream's first epoch is the build made with ``seed``; after it a hash of (seed, epoch), so each
+    epoch degrades every face afresh, and the same way on every replay."""
+    return seed if epoch == 0 else combine(seed, epoch)
+
+
 def _as_int32(constant: int) -> int:
     return constant - (1 << 32) if constant >= (1 << 31) else constant
 

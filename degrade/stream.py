@@ -14,7 +14,9 @@ the consuming process (on a CPU, in the workers themselves), with no disk in bet
 ``torch.distributed`` each rank gets an equal number of batches (the remainder of an epoch is
 dropped), its batch b being global batch ``b * world_size + rank`` of that epoch's shuffled order;
 ``start_step`` resumes mid-epoch. Because params are keyed by sample, a sample's LQ does not
-depend on ranks, workers or order. On a GPU the next batches are made ahead by a thread on
+depend on ranks, workers or order. Made on the fly, each epoch draws every sample's degradation
+afresh (epoch 0 with the recipe seed, so it holds a build's pairs; epoch e with
+:func:`degrade.keyed.epoch_seed`); read from a build, every epoch gets the build's one draw. On a GPU the next batches are made ahead by a thread on
 their own CUDA stream (see :func:`prefetched`), so the engine's host work never leaves the
 training stream idle.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 
 from degrade.engine import PairBatch
+from degrade.keyed import epoch_seed
 from degrade.loader import decoded_batches, pair_batches
 from degrade.recipe import Recipe
 from degrade.sources import Source
@@ -53,7 +56,7 @@ class PairStream:
         source: anything with ``__len__`` and ``load(keys)`` (a face source or a built dataset).
         batch_size: pairs per batch per rank (before skipped inputs).
         device: where batches are made and yielded.
-        seed: recipe seed (default the recipe's).
+        seed: recipe seed of epoch 0 (default the recipe's); later epochs draw with ``epoch_seed(seed, epoch)``.
         shuffle, shuffle_seed: epoch order, a permutation drawn from (shuffle_seed, epoch).
         num_workers: DataLoader processes decoding.
         rank, world_size: default from torch.distributed when initialised, else 0 and 1.
@@ -98,8 +101,10 @@ class PairStream:
         return len(self.source) // (self.batch_size * self.world_size)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Choose the epoch (its shuffle) and the first batch to yield (to resume mid-epoch), from 0
-        to ``len(self)`` (none left)."""
+        """Choose the epoch (>= 0: its shuffle and, on the fly, its draws) and the first batch to yield
+        (to resume mid-epoch), from 0 to ``len(self)`` (none left)."""
+        if epoch < 0:
+            raise ValueError(f"PairStream: epoch {epoch} is negative")
         if not 0 <= start_step <= len(self):
             raise ValueError(f"PairStream: start_step {start_step} is outside the epoch's 0..{len(self)} batches")
         self.epoch, self.start_step = epoch, start_step
@@ -130,7 +135,8 @@ class PairStream:
             for stored in decoded_batches(self.source, self.rank_batches(), self.num_workers, pin_memory=pin):
                 yield self._as_dict(stored.to(self.device))
             return
-        for faces, batch in pair_batches(self.recipe, self.source, self.rank_batches(), self.device, self.seed,
+        seed = epoch_seed(self.recipe.seed if self.seed is None else self.seed, self.epoch)
+        for faces, batch in pair_batches(self.recipe, self.source, self.rank_batches(), self.device, seed,
                                          self.num_workers):
             if self.attributes is not None:
                 batch.attributes = self.attributes.lookup(self.source, faces.key, faces.identity).to(self.device)

@@ -311,6 +311,8 @@ def test_epochs_reshuffle_and_start_step_resumes_the_same_sequence():
     for step in (-1, len(epoch_zero) + 1):  # a negative step used to yield the epoch's last batches
         with pytest.raises(ValueError, match=f"start_step {step} is outside the epoch's 0..{len(epoch_zero)} batches"):
             stream.set_epoch(0, start_step=step)
+    with pytest.raises(ValueError, match="epoch -1 is negative"):
+        stream.set_epoch(-1)
 
 
 def test_streaming_a_build_gives_the_same_pairs_as_streaming_on_the_fly(tmp_path):
@@ -321,6 +323,31 @@ def test_streaming_a_build_gives_the_same_pairs_as_streaming_on_the_fly(tmp_path
     for made, stored in zip(on_the_fly, from_disk):
         assert torch.equal(made["key"], stored["key"])
         assert torch.equal(made["lq"], stored["lq"]) and torch.equal(made["hq"], stored["hq"])
+
+
+def lq_by_key(stream: PairStream, epoch: int) -> dict[int, tuple[torch.Tensor, int]]:
+    stream.set_epoch(epoch)
+    return {key: (lq, side) for batch in stream
+            for key, lq, side in zip(batch["key"].tolist(), batch["lq"], batch["params"]["resize.side"].tolist())}
+
+
+def test_each_epoch_on_the_fly_degrades_every_face_afresh_and_the_first_is_the_build(tmp_path):
+    recipe, source = load_recipe("maug"), open_source("demo")
+    stream = PairStream.from_source(recipe, source, batch_size=100)
+    first, second = lq_by_key(stream, 0), lq_by_key(stream, 1)
+    assert len(first) == len(second) == len(source)
+    expected = make_pairs(recipe, source, torch.arange(len(source)))  # the recipe's seed: a build's pairs
+    assert all(torch.equal(first[key][0], expected.lq[key]) for key in range(len(source)))
+    other_side = [key for key in first if first[key][1] != second[key][1]]
+    assert 0.55 < len(other_side) / len(source) < 0.70  # sides 7, 14, 20 drawn 1:1:2 twice: 62.5 % differ
+    assert all(not torch.equal(first[key][0], second[key][0]) for key in other_side)
+    sides = torch.tensor([side for _, side in second.values()])
+    assert 0.45 < (sides == 20).float().mean() < 0.55
+    assert all(torch.equal(lq, second[key][0]) for key, (lq, _) in lq_by_key(stream, 1).items())  # replayed
+
+    build_dataset(recipe, source, tmp_path / "ds", progress=False)
+    from_disk = PairStream.from_dataset(tmp_path / "ds", batch_size=100)
+    assert all(torch.equal(lq, first[key][0]) for key, (lq, _) in lq_by_key(from_disk, 1).items())  # its one draw
 
 
 def test_a_source_too_small_for_one_batch_per_rank_is_refused():
