@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -394,9 +395,13 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
             owhere = f"{where}, option {k}"
             if not isinstance(option, dict):
                 raise fail(owhere, "expected a mapping")
+            if split == "key" and "weight" in option:
+                raise fail(owhere, "field 'weight': split: key takes the options in turn by key, in equal shares; "
+                                   "weights go with split: random")
             weight = option.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-                raise fail(owhere, f"field 'weight': expected a non-negative number, got {weight!r}")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight)
+                                                                                      and weight >= 0):
+                raise fail(owhere, f"field 'weight': expected a finite number >= 0, got {weight!r}")
             if "stages" in option:
                 refuse_fields(option, owhere, {"name", "weight", "stages"}, "an option with 'stages'")
                 oname = option.get("name", f"option{k}")
@@ -411,6 +416,8 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
             if any(o.name == oname for o in options):
                 raise fail(owhere, f"two options are named {oname!r}; give them distinct 'name's")
             options.append(Option(oname, float(weight), leaves))
+        if not any(option.weight for option in options):
+            raise fail(where, "field 'one_of': every option has weight 0; give one a positive weight")
         stages.append(Stage(name=group, p=float(p), options=options, split=split))
 
     for number, stage in enumerate(stages, start=1):

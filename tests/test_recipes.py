@@ -244,8 +244,25 @@ def test_error_inside_a_one_of_option_names_the_option(tmp_path):
      "stage 1 (blur), option 2: field 'op' cannot stand beside 'stages'"),
     ("{name: blur, one_of: [{op: jpeg}, {stages: [{one_of: [{op: jpeg}, {op: motion_blur}]}]}]}",
      "stage 1 (blur), option 2, op 1: field 'one_of' cannot stand inside one_of"),
+    ("{name: blur, split: key, one_of: [{op: jpeg, weight: 1}, {op: motion_blur, weight: 3}]}",
+     "stage 1 (blur), option 1: field 'weight': split: key takes the options in turn by key, in equal shares"),
 ])
 def test_a_field_that_would_be_ignored_where_it_stands_is_refused(tmp_path, stage, says):
+    assert says in _error(tmp_path, f"stages:\n  - {stage}\n")
+
+
+@pytest.mark.parametrize("stage, says", [
+    ("{name: blur, one_of: [{op: jpeg, weight: 0}, {op: motion_blur, weight: 0}]}",
+     "stage 1 (blur): field 'one_of': every option has weight 0"),
+    ("{name: blur, one_of: [{op: jpeg, weight: .nan}, {op: motion_blur}]}",
+     "stage 1 (blur), option 1: field 'weight': expected a finite number >= 0, got nan"),
+    ("{name: blur, one_of: [{op: jpeg}, {op: motion_blur, weight: .inf}]}",
+     "stage 1 (blur), option 2: field 'weight': expected a finite number >= 0, got inf"),
+    ("{op: resize, sides: [7, 14], weights: [0, 0]}", "field 'weights': expected 2 finite numbers >= 0, not all 0"),
+    ("{op: resize, sides: [7, 14], weights: [.inf, 1]}", "field 'weights': expected 2 finite numbers >= 0, not all 0"),
+])
+def test_weights_that_choose_nothing_or_no_share_are_refused(tmp_path, stage, says):
+    """All-zero, NaN or infinite weights gave every sample the last option (an infinite weight: not its own)."""
     assert says in _error(tmp_path, f"stages:\n  - {stage}\n")
 
 

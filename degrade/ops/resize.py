@@ -161,8 +161,10 @@ class Resize(Op):
                 raise ConfigError("sides", f"expected a list of integers in [1, {self.size}], got {self.sides!r}")
             weights = self.weights if self.weights is not None else [1.0] * len(self.sides)
             if not (isinstance(weights, list) and len(weights) == len(self.sides)
-                    and all(isinstance(w, (int, float)) and w >= 0 for w in weights) and sum(weights) > 0):
-                raise ConfigError("weights", f"expected {len(self.sides)} non-negative numbers, got {self.weights!r}")
+                    and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights)
+                    and sum(weights) > 0):
+                raise ConfigError("weights", f"expected {len(self.sides)} finite numbers >= 0, not all 0, "
+                                             f"got {self.weights!r}")
             self.weights = [float(w) for w in weights]
         else:
             if self.weights is not None:
