@@ -1,7 +1,8 @@
 """An input to `degrade train` or `degrade eval` that cannot be used fails with one message naming
 it and saying why: a checkpoint (--init, --teacher, --stage1, eval --model, the run's last.pt),
 a folder that is not a finished build (--from-dataset), an attributes table without the columns
-CATFace needs, folds the pairs file does not have, an unknown backbone."""
+CATFace needs, folds the pairs file does not have, an unknown backbone, a setting that would make
+training climb its loss or never reach its learning rate."""
 
 import datasets
 import pytest
@@ -11,8 +12,9 @@ from click.testing import CliRunner
 from degrade.cli import main
 from trainers.backbones import build_backbone
 from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
+from trainers.cli import training_source
 
-from .conftest import OpensAFile
+from .conftest import LFW, OpensAFile
 
 
 @pytest.fixture(scope="module")
@@ -201,4 +203,53 @@ def test_a_recipe_whose_lq_size_the_trainer_cannot_take_is_refused_before_traini
     result = CliRunner().invoke(main, ["train", trainer, "--recipe", recipe, "--steps", "1", "-b", "8", "--device", "cpu",
                                        "--out", str(tmp_path / "run")])
     _fails_naming(result, recipe, says)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("trainer, arguments, says", [
+    ("lrfr", ["--lr", "-0.1"], "'--lr': -0.1 is not in the range x>0"),
+    ("lrfr", ["--weight-decay", "-1"], "'--weight-decay': -1.0 is not in the range x>=0"),
+    ("lrfr", ["--contrast-weight", "-2"], "'--contrast-weight': -2.0 is not in the range x>=0"),
+    ("lrfr", ["--warmup", "20", "--steps", "20"], "20 warm-up steps leave none of the 20 --steps at the full learning rate"),
+    ("btnet", ["--loss-weights", "1,-1,0"], "expected three numbers >= 0, not all 0, like 1,1,1; got '1,-1,0'"),
+    ("btnet", ["--loss-weights", "0,0,0"], "expected three numbers >= 0, not all 0"),
+])
+def test_training_settings_that_would_ascend_the_loss_or_never_reach_the_learning_rate_are_refused(tmp_path, trainer,
+                                                                                                   arguments, says):
+    result = CliRunner().invoke(main, ["train", trainer, *arguments, "--max-steps", "1", "-b", "8", "--device", "cpu",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and says in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def pair_identity_names(pairs_file, fold: int) -> set[str]:
+    """The identity names in ``fold`` (from 1) of an LFW-style pairs file of 2 x 15 pairs a fold."""
+    lines = [line.split("\t") for line in pairs_file.read_text().splitlines()[1:]]
+    chosen = lines[30 * (fold - 1):30 * fold]
+    return {fields[0] for fields in chosen} | {fields[2] for fields in chosen if len(fields) == 4}
+
+
+@pytest.mark.parametrize("folds, excluded_folds", [("1", [1]), (None, [1, 2])])
+def test_training_leaves_out_the_identities_of_the_excluded_folds_by_default_all(lfw_source, small_pairs, folds,
+                                                                                excluded_folds):
+    faces = training_source(str(LFW / "images"), 112, str(small_pairs), folds)
+    names = {faces.identity_name(int(i)) for i in faces.identities.unique()}
+    excluded = set().union(*(pair_identity_names(small_pairs, fold) for fold in excluded_folds))
+    assert not names & excluded and len(excluded) > 20
+    everyone = {lfw_source.identity_name(int(i)) for i in lfw_source.identities.unique()}
+    assert names == everyone - excluded
+    assert torch.equal(faces.identities.unique(), torch.arange(len(names)))  # class labels 0..C-1
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["--from-dataset", "BUILD", "--exclude-pairs", "PAIRS"], "--exclude-pairs would have no effect: --from-dataset reads"),
+    (["--from-dataset", "BUILD", "--recipe", "maug_111", "--source", "demo"], "--source, --recipe would have no effect"),
+    (["--exclude-folds", "7,8"], "--exclude-folds names folds of --exclude-pairs, which is not given"),
+    (["--exclude-pairs", "PAIRS", "--exclude-folds", "3"], "PAIRS has folds 1-2; got '3'"),
+])
+def test_training_options_that_would_have_no_effect_are_refused(tmp_path, small_pairs, arguments, says):
+    arguments = [str(small_pairs) if a == "PAIRS" else str(tmp_path) if a == "BUILD" else a for a in arguments]
+    result = CliRunner().invoke(main, ["train", "lrfr", *arguments, "--steps", "2", "-b", "8", "--device", "cpu",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and says.replace("PAIRS", str(small_pairs)) in result.output
     assert not (tmp_path / "run").exists()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 
 import click
 import torch
 
-from degrade.cli import ends_on_stop_signals, reported, resolve_device
+from degrade.cli import device_option, ends_on_stop_signals, reported, resolve_device, source_option
 from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -34,26 +35,51 @@ def parse_folds(text: str | None) -> list[int] | None:
 
 
 def training_source(source: str, size: int, exclude_pairs: str | None, exclude_folds: str | None):
-    """The training faces: the source, minus identities in the excluded folds, labels renumbered."""
+    """The training faces: the source, minus the identities of the excluded folds (default: every
+    fold of ``exclude_pairs``), labels renumbered."""
     from degrade.sources import open_source
     from degrade.sources.subset import SubsetSource, identities_outside_pairs
 
     faces = open_source(source, size)
     keys = torch.arange(len(faces))
     if exclude_pairs:
-        keys = identities_outside_pairs(faces, open_source(exclude_pairs, size), parse_folds(exclude_folds) or [])
+        protocol = open_source(exclude_pairs, size)
+        folds = parse_folds(exclude_folds) or list(range(1, protocol.folds + 1))
+        if not set(folds) <= set(range(1, protocol.folds + 1)):
+            raise click.BadParameter(f"{exclude_pairs} has folds 1-{protocol.folds}; got {exclude_folds!r}",
+                                     param_hint="--exclude-folds")
+        keys = identities_outside_pairs(faces, protocol, folds)
     return SubsetSource(faces, keys)
+
+
+# Options that choose how pairs are made on the fly: a build's pairs are read as they were made.
+MADE_ON_THE_FLY = {"source": "--source", "recipe": "--recipe", "exclude_pairs": "--exclude-pairs",
+                   "exclude_folds": "--exclude-folds", "attribute_file": "--attributes"}
+
+
+def refuse_unused_options(context: click.Context) -> None:
+    """A training option that the command's other options would leave without effect is a usage error."""
+    given = [flag for name, flag in MADE_ON_THE_FLY.items()
+             if context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+    if context.params["from_dataset"] and given:
+        raise click.UsageError(f"{', '.join(given)} would have no effect: --from-dataset reads a build's pairs as "
+                               "they were made (from its source, with its recipe and attributes)")
+    if context.params["exclude_folds"] and not context.params["exclude_pairs"]:
+        raise click.UsageError("--exclude-folds names folds of --exclude-pairs, which is not given")
 
 
 def common_training_options(command):
     options = [
-        click.option("--source", "-s", default="demo", show_default=True, help="Training faces (any degrade source)."),
-        click.option("--recipe", "-r", default=None, help="Recipe making the LQ views (default: the trainer's)."),
+        source_option,
+        click.option("--recipe", "-r", default=None, metavar="NAME|FILE",
+                     help="Recipe making the LQ views, drawn afresh every epoch (default: the trainer's)."),
         click.option("--from-dataset", type=click.Path(file_okay=False, exists=True), default=None,
-                     help="Read pairs from a finished `degrade build` instead of making them on the fly."),
+                     help="Read pairs from a finished `degrade build` instead of making them on the fly "
+                          "(the build's one draw per face, every epoch)."),
         click.option("--exclude-pairs", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="A pairs.txt whose identities (in --exclude-folds) are left out of training."),
-        click.option("--exclude-folds", default=None, help="Folds of --exclude-pairs to leave out, e.g. 7,8."),
+        click.option("--exclude-folds", default=None,
+                     help="Folds of --exclude-pairs to leave out, e.g. 7,8 (default: all its folds)."),
         click.option("--backbone", default="mobilefacenet", show_default=True, type=click.Choice(sorted(BACKBONES))),
         click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="Start the backbone from this checkpoint."),
@@ -62,19 +88,23 @@ def common_training_options(command):
         click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (smoke runs)."),
         click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(1)),
         click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"])),
-        click.option("--lr", default=0.01, show_default=True, type=float),
-        click.option("--weight-decay", default=5e-4, show_default=True, type=float),
+        click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True)),
+        click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0)),
         click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"])),
-        click.option("--warmup", default=0, show_default=True, type=click.IntRange(0), help="Warm-up steps."),
+        click.option("--warmup", default=0, show_default=True, type=click.IntRange(0),
+                     help="Warm-up steps, fewer than --steps."),
         click.option("--frozen-backbone-steps", default=0, show_default=True, type=click.IntRange(0),
                      help="First steps train only the heads (warms a new head up on a pretrained backbone)."),
         click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"])),
         click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1)),
         click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
                      help="Run folder: log.csv, last.pt (resumed when present), step-*.pt backbones."),
-        click.option("--device", default="auto", show_default=True),
-        click.option("--num-workers", "-j", default=0, show_default=True, type=click.IntRange(0)),
-        click.option("--seed", default=0, show_default=True, type=int),
+        device_option,
+        click.option("--num-workers", "-j", default=0, show_default=True, type=click.IntRange(0),
+                     help="DataLoader processes decoding the faces (on a CPU they also degrade them)."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
+                     help="Seed of the weights' initialisation and the epochs' order (the LQ draws follow the "
+                          "recipe's seed)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -95,7 +125,8 @@ def train_group() -> None:
 @common_training_options
 @click.option("--p", "power", default="2", show_default=True, type=click.Choice(["1", "2"]),
               callback=lambda _c, _p, v: float(v), help="Exponent of L_LogExp.")
-@click.option("--contrast-weight", default=1.0, show_default=True, type=float, help="Weight of L_LogExp (0: off).")
+@click.option("--contrast-weight", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of L_LogExp (0: off).")
 @click.option("--hq-only", is_flag=True, help="Fine-tune on HQ faces only (no LQ loss, no contrast).")
 @click.option("--teacher", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Frozen teacher checkpoint for the HQ target (default: the network itself, stop-gradient).")
@@ -140,6 +171,8 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
         raise click.UsageError("stage 1 needs --attributes (or --from-dataset of a build made with --attributes)")
     if stage == "2" and not stage1_checkpoint:
         raise click.UsageError("stage 2 needs --stage1 (the stage-1 run's last.pt)")
+    if stage == "2" and attribute_file:
+        raise click.UsageError("--attributes is for stage 1: stage 2 trains the fusion on the stage-1 model's columns")
     attributes, stage1 = None, None
     if stage == "1":
         from degrade.arrow import BuildError
@@ -182,8 +215,9 @@ def train_btnet(sides: str, selection: str, branch_blocks: int, loss_weights: st
         weights = [float(w) for w in loss_weights.split(",")]
     except ValueError:
         weights = []
-    if len(weights) != 3:
-        raise click.BadParameter(f"expected three numbers like 1,1,1, got {loss_weights!r}", param_hint="--loss-weights")
+    if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise click.BadParameter(f"expected three numbers >= 0, not all 0, like 1,1,1; got {loss_weights!r}",
+                                 param_hint="--loss-weights")
     if not options["init"]:
         click.echo("warning: no --init: the trunk is untrained; BTNet distils from a trunk trained on HQ faces", err=True)
     run({"trainer": "btnet", "sides": parse_resolutions(sides), "selection": selection, "blocks": branch_blocks,
@@ -206,6 +240,10 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     from trainers.loop import TrainConfig, train
     from trainers.registry import build_trainer
 
+    if options["warmup"] >= options["steps"]:
+        raise click.BadParameter(f"{options['warmup']} warm-up steps leave none of the {options['steps']} --steps at "
+                                 "the full learning rate", param_hint="--warmup")
+    refuse_unused_options(click.get_current_context())
     device = torch.device(resolve_device(options["device"]))
     stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
                           shuffle_seed=options["seed"])
@@ -296,7 +334,7 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
                    "(the first image of each is the gallery, the others probes).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Folder for results.json and accuracy.png.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, folds: str | None, resolutions: str,
                  gallery: str | None, out: str | None, device: str) -> None:
     """Verification (k-fold accuracy, TAR@FAR, AUC) same- and cross-resolution, and identification."""
