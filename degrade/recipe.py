@@ -16,7 +16,8 @@ A recipe file::
         one_of:
           - {op: gaussian_blur, weight: 2, sigma: [0.2, 3]}
           - {weight: 1, stages: [{op: motion_blur}, {op: jpeg, quality: [40, 90]}]}
-        split: random  # `random` (by weight) or `key` (option = key mod count: exact halves)
+        split: random  # `random` (by weight) or `key` (option = (key + seed) mod count: exact shares
+                       # of consecutive keys, and each epoch of a stream, with its own seed, shifts them)
 
 Every random draw of a sample comes from (seed, key, stage path), where the stage path is the
 dotted name of the op inside the recipe (``blur.gaussian_blur``), so adding a stage does not
@@ -163,7 +164,7 @@ class Recipe:
             params[f"{stage.name}.applied"] = rng.bernoulli(stage.p) if stage.p < 1 else torch.ones_like(keys, dtype=torch.bool)
             if stage.is_group:
                 if stage.split == "key":
-                    params[f"{stage.name}.choice"] = keys % len(stage.options)
+                    params[f"{stage.name}.choice"] = (keys + seed) % len(stage.options)
                 else:
                     params[f"{stage.name}.choice"] = rng.choice([o.weight for o in stage.options])
             for option in stage.options:

@@ -114,9 +114,10 @@ def test_a_recipe_refuses_images_or_keys_it_cannot_degrade(images, keys, says):
         load_recipe("maug")(images, keys)
 
 
-def test_catface_splits_every_batch_in_half_by_key(faces):
-    params = load_recipe("catface").sample(torch.arange(10, 74))
-    assert torch.equal(params["capture.choice"], torch.arange(10, 74) % 2)
+def test_catface_splits_consecutive_keys_in_half_and_the_seed_shifts_the_split():
+    keys, catface = torch.arange(10, 74), load_recipe("catface")
+    assert torch.equal(catface.sample(keys)["capture.choice"], keys % 2)  # seed 0: even keys turbulence
+    assert torch.equal(catface.sample(keys, seed=7)["capture.choice"], (keys + 1) % 2)
 
 
 def test_btnet_records_native_sides():
