@@ -48,7 +48,7 @@ def reported(*errors: type[Exception]) -> Iterator[None]:
         raise click.ClickException(f"{error.filename}: {error.strerror}" if error.filename else str(error)) from None
 
 
-def _first_rank() -> bool:
+def first_rank() -> bool:
     """Whether this process is rank 0 of a torchrun job, or runs alone: under torchrun every rank
     knows the whole outcome, and one says it."""
     return os.environ.get("RANK", "0") == "0"
@@ -85,7 +85,7 @@ def ends_on_stop_signals(say: Callable[[str], str], finish_first: bool = False) 
             raise _Terminated
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, _Terminated)
-        if _first_rank():
+        if first_rank():
             click.echo(say("terminated" if terminated else "interrupted"), err=True)
         raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
     finally:
@@ -253,7 +253,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
                                 shard_size=shard_size, device=resolve_device(device),
                                 num_workers=_build_workers() if num_workers is None else num_workers,
                                 image_format=image_format, attributes=table)
-    if _first_rank():
+    if first_rank():
         click.echo(f"wrote {target}: {summary.describe()}")
 
 

@@ -253,3 +253,11 @@ def test_training_options_that_would_have_no_effect_are_refused(tmp_path, small_
                                        "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and says.replace("PAIRS", str(small_pairs)) in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_training_says_how_many_faces_the_excluded_folds_left_out_even_none(tmp_path, small_pairs):
+    result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", "--exclude-pairs", str(small_pairs),
+                                       "--max-steps", "1", "-b", "8", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert ("training on 1,000 faces of 100 identities; --exclude-pairs left out 0 faces (no identity name of the "
+            "source is in those folds)") in result.output

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from degrade.cli import device_option, ends_on_stop_signals, reported, resolve_device, source_option
+from degrade.cli import device_option, ends_on_stop_signals, first_rank, reported, resolve_device, source_option
 from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -253,6 +253,11 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
         else:
             recipe = load_recipe(options["recipe"] or default_recipe)
             faces = training_source(options["source"], recipe.size, options["exclude_pairs"], options["exclude_folds"])
+            if options["exclude_pairs"] and first_rank():
+                left_out = len(faces.source) - len(faces)
+                why = "" if left_out else " (no identity name of the source is in those folds)"
+                click.echo(f"training on {len(faces):,} faces of {faces.num_identities:,} identities; "
+                           f"--exclude-pairs left out {left_out:,} faces{why}", err=True)
             stream = PairStream.from_source(recipe, faces, attributes=attributes, **stream_options)
         classes = stream.source.num_identities
     takes_native = spec["trainer"] == "btnet"
@@ -278,6 +283,8 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
         if not (config.out / "last.pt").exists():  # the command that started the run; a resumed one must match it
             (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
         rows = train(trainer, stream, config, device, stop=stop)
+    if not first_rank():  # under torchrun every rank ran the same steps; one says so
+        return
     if rows:
         click.echo(f"step {rows[-1]['step']}: loss {rows[-1]['loss']:.4f} (first logged {rows[0]['loss']:.4f}); "
                    f"checkpoints in {config.out}")

@@ -51,5 +51,7 @@ def identities_outside_pairs(source: Source, pairs_source: PairsSource, folds: l
     chosen = torch.isin(pairs.fold, torch.tensor(folds) - 1)
     used = {pairs_source.identity_name(int(i))
             for i in torch.cat([pairs_source.identities[pairs.left[chosen]], pairs_source.identities[pairs.right[chosen]]])}
-    keep = [k for k in range(len(source)) if source.identity_name(int(source.identities[k])) not in used]
-    return torch.tensor(keep, dtype=torch.int64)
+    identities = source.identities
+    excluded = torch.tensor([i for i in identities.unique().tolist() if source.identity_name(i) in used],
+                            dtype=identities.dtype)
+    return torch.nonzero(~torch.isin(identities, excluded)).flatten()  # names looked up once per identity
