@@ -400,8 +400,8 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
                 raise fail(owhere, "field 'weight': split: key takes the options in turn by key, in equal shares; "
                                    "weights go with split: random")
             weight = option.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight)
-                                                                                      and weight >= 0):
+            is_number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            if not (is_number and math.isfinite(weight) and weight >= 0):
                 raise fail(owhere, f"field 'weight': expected a finite number >= 0, got {weight!r}")
             if "stages" in option:
                 refuse_fields(option, owhere, {"name", "weight", "stages"}, "an option with 'stages'")
