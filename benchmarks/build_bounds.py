@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--n", type=int, default=65536, help="pairs of each stage (the source's first n)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding workers (default: every core)")
+    parser.add_argument("-j", "--num-workers", dest="workers", type=int, default=os.cpu_count(), help="decoding workers (default: every core)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the shards (default: a temporary one)")
     args = parser.parse_args()
     recipe, device = load_recipe(args.recipe), torch.device(args.device)

@@ -279,8 +279,9 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
 @device_option
 @click.option("--batch-size", "-b", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--n", "pairs", default=2048, show_default=True, type=click.IntRange(1), help="Pairs to time.")
-@click.option("--workers", default=None, type=click.IntRange(1),
-              help="Processes for the OpenCV loop and decoding workers (default: every core).")
+@click.option("--num-workers", "-j", "workers", default=None, type=click.IntRange(1),
+              help="Processes of the OpenCV loop and of the engine on a CPU, and the decoding workers of --build "
+                   "and --train (default: every core).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="Time the engine and the OpenCV loop in turn this many times each and report each side's best "
                    "(--build and --train run once).")
@@ -301,6 +302,8 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
     """
     from degrade.bench import run_bench, run_build_bench, run_train_bench
 
+    if train_backbone and end_to_end:
+        raise click.UsageError("--build and --train time different things; give one of them")
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size)
     if train_backbone:

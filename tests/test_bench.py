@@ -54,7 +54,7 @@ def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(
 
 def test_bench_prints_both_best_rates_their_ratio_and_each_round():
     output = CliRunner().invoke(main, ["bench", "--recipe", "maug", "--n", "64", "--batch-size", "32",
-                                       "--workers", "1", "--rounds", "2", "--device", "cpu"]).output
+                                       "-j", "1", "--rounds", "2", "--device", "cpu"]).output
     engine = float(re.search(r"engine,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
     opencv = float(re.search(r"OpenCV loop,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
     ratio = float(re.search(r"ratio engine / OpenCV\s+([\d.]+)x", output).group(1))
@@ -67,7 +67,7 @@ def test_bench_prints_both_best_rates_their_ratio_and_each_round():
 
 def test_bench_build_reports_both_formats_with_consistent_ratios():
     output = CliRunner().invoke(main, ["bench", "--build", "--recipe", "maug", "--n", "64", "--batch-size", "32",
-                                       "--workers", "1", "--device", "cpu"]).output
+                                       "-j", "1", "--device", "cpu"]).output
     rows = re.findall(r"(raw|png)\s+engine\s+([\d,]+) pairs/s\s+OpenCV loop\s+([\d,]+) pairs/s\s+ratio\s+([\d.]+)x",
                       output)
     assert [row[0] for row in rows] == ["raw", "png"]
@@ -78,8 +78,14 @@ def test_bench_build_reports_both_formats_with_consistent_ratios():
 
 def test_bench_train_reports_the_training_rate_and_the_share_spent_waiting_for_data():
     output = CliRunner().invoke(main, ["bench", "--train", "mobilefacenet", "--recipe", "maug", "--n", "96",
-                                       "--batch-size", "16", "--workers", "1", "--precision", "fp32",
+                                       "--batch-size", "16", "-j", "1", "--precision", "fp32",
                                        "--device", "cpu"]).output
     assert re.search(r"steps timed\s+4 \(after 2 warm-up steps\)", output), output
     assert float(re.search(r"training\s+([\d,]+) pairs/s", output).group(1).replace(",", "")) > 0
     assert 0 < float(re.search(r"waiting for data\s+([\d.]+) %", output).group(1)) < 100
+
+
+def test_bench_refuses_build_and_train_together_before_any_work():
+    result = CliRunner().invoke(main, ["bench", "--build", "--train", "mobilefacenet", "--recipe", "maug",
+                                       "--source", "no/such/folder", "--device", "cpu"])
+    assert result.exit_code == 2 and "--build and --train time different things" in result.output

@@ -154,11 +154,13 @@ def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_p
     _fails_naming(result, "attributes.tsv", "no column 'Male' (has Smiling)")
 
 
-@pytest.mark.parametrize("folds", ["3", "1,3", "0,1"])
-def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pairs, folds):
+@pytest.mark.parametrize("folds, error", [("3", "has folds 1-2; got '3'"), ("1,3", "has folds 1-2; got '1,3'"),
+                                          ("0,1", "has folds 1-2; got '0,1'"), ("seven", "fold numbers like 7,8"),
+                                          ("2", "k-fold accuracy needs two or more folds; got '2'")])
+def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pairs, folds, error):
     result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
                                        "--folds", folds, "--device", "cpu"])
-    _fails_naming(result, str(small_pairs), "has folds 1-2, and k-fold accuracy needs two or more of them")
+    _fails_naming(result, "--folds", error)
 
 
 def test_eval_resolutions_above_the_faces_size_are_refused(small_pairs):

@@ -25,13 +25,18 @@ def parse_resolutions(text: str) -> list[int]:
     return sides
 
 
-def parse_folds(text: str | None) -> list[int] | None:
+def parse_folds(text: str | None, protocol, pairs: str, param_hint: str) -> list[int] | None:
+    """The folds ``text`` names ("7,8"), sorted, each one of the folds of ``protocol`` (the pairs
+    source read from ``pairs``); None when ``text`` is empty."""
     if not text:
         return None
     try:
-        return sorted({int(s) for s in text.split(",")})
+        folds = sorted({int(s) for s in text.split(",")})
     except ValueError:
-        raise click.BadParameter(f"expected fold numbers like 7,8, got {text!r}") from None
+        raise click.BadParameter(f"expected fold numbers like 7,8, got {text!r}", param_hint=param_hint) from None
+    if not set(folds) <= set(range(1, protocol.folds + 1)):
+        raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}; got {text!r}", param_hint=param_hint)
+    return folds
 
 
 def training_source(source: str, size: int, exclude_pairs: str | None, exclude_folds: str | None):
@@ -44,10 +49,8 @@ def training_source(source: str, size: int, exclude_pairs: str | None, exclude_f
     keys = torch.arange(len(faces))
     if exclude_pairs:
         protocol = open_source(exclude_pairs, size)
-        folds = parse_folds(exclude_folds) or list(range(1, protocol.folds + 1))
-        if not set(folds) <= set(range(1, protocol.folds + 1)):
-            raise click.BadParameter(f"{exclude_pairs} has folds 1-{protocol.folds}; got {exclude_folds!r}",
-                                     param_hint="--exclude-folds")
+        folds = (parse_folds(exclude_folds, protocol, exclude_pairs, "--exclude-folds")
+                 or list(range(1, protocol.folds + 1)))
         keys = identities_outside_pairs(faces, protocol, folds)
     return SubsetSource(faces, keys)
 
@@ -357,10 +360,9 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     if max(sides) > protocol.size:  # it would be evaluated at the faces' own size, under another name
         raise click.BadParameter(f"{max(sides)} px is above the {protocol.size} px of the faces of {pairs}",
                                  param_hint="--resolutions")
-    chosen_folds = parse_folds(folds)
-    if chosen_folds is not None and not (set(chosen_folds) <= set(range(1, protocol.folds + 1)) and len(chosen_folds) > 1):
-        raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}, and k-fold accuracy needs two or more of "
-                                 f"them; got {folds!r}", param_hint="--folds")
+    chosen_folds = parse_folds(folds, protocol, pairs, "--folds")
+    if chosen_folds is not None and len(chosen_folds) < 2:
+        raise click.BadParameter(f"k-fold accuracy needs two or more folds; got {folds!r}", param_hint="--folds")
     opened = [open_model(text, selection) for text in models]  # every --model checked before any work
     if out:
         with reported():  # made once every input is checked, and before the evaluation, not after it
