@@ -107,6 +107,24 @@ def test_a_different_build_into_the_same_folder_is_refused_saying_what_differs(t
     assert result.output == f"Error: {out}: holds a different build ({differences}); use a new --out or delete it\n"
 
 
+def test_a_relative_source_is_recorded_by_its_absolute_path_so_another_folders_faces_are_not_resumed(
+        tmp_path, monkeypatch):
+    for place, value in (("a", 40), ("b", 200)):
+        for identity in ("ann", "bob"):
+            (tmp_path / place / "faces" / identity).mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / place / "faces" / identity / "0.png"), np.full((112, 112, 3), value, np.uint8))
+    out = tmp_path / "out"
+    command = ["build", "--recipe", "maug", "--source", "faces", "--device", "cpu", "-j", "0", "--out", str(out)]
+    monkeypatch.chdir(tmp_path / "a")
+    assert run(*command).exit_code == 0
+    monkeypatch.chdir(tmp_path / "b")
+    result = run(*command)
+    assert result.exit_code == 1
+    assert f"source {tmp_path / 'a' / 'faces'} there, {tmp_path / 'b' / 'faces'} here" in result.output
+    monkeypatch.chdir(tmp_path)
+    assert run(*command[:4], "a/../a/faces", *command[5:]).exit_code == 0  # the same folder, written otherwise
+
+
 def test_btnet_build_stores_native_size_lq(tmp_path):
     out = tmp_path / "bt"
     assert run("build", "--recipe", "btnet", "--limit", "24", "--out", str(out), "--device", "cpu").exit_code == 0

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -47,9 +48,11 @@ def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
         if not identities.isdigit() or int(identities) < 1:
             raise SourceError(f"{spec}: expected 'demo' or 'demo:IDENTITIES' (10 faces each), e.g. demo:20000")
         return DemoSource(identities=int(identities), size=size)
-    path = Path(spec)
-    if not path.exists():
-        raise SourceError(f"{path}: no such file or folder (and not 'demo')")
+    if not Path(spec).exists():
+        raise SourceError(f"{spec}: no such file or folder (and not 'demo')")
+    # Named by its absolute path, so that a build's record of its source (checked when it resumes)
+    # is the same from any working directory, and another folder's faces/ is not taken for it.
+    path = Path(os.path.abspath(spec))
     if path.suffix == ".rec" or (path / "train.rec").is_file():
         from degrade.sources.recordio import RecordIOSource
 

@@ -9,6 +9,7 @@ number. Samples with no row get NaN; a table in which none of the samples looked
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class Attributes:
         except pa.ArrowInvalid as error:  # a row with another number of fields, a value that is not a number
             message = re.sub(r"In CSV column #(\d+)", lambda found: f"column {header[int(found[1])]!r}", str(error))
             raise SourceError(f"{path}: {message}") from None
-        self.path, self.keyed_by, self.names = path, header[0], header[1:]
+        self.path, self.keyed_by, self.names = Path(os.path.abspath(path)), header[0], header[1:]
         keys = table.column(0).to_pylist()
         self.rows = dict(zip(keys, range(len(keys))))
         # One more row of NaN at the end: where keys with no row of their own look.
