@@ -167,9 +167,10 @@ def recipes_command() -> None:
     """List the built-in recipes, one line each."""
     from degrade.recipe import builtin_recipes, load_recipe
 
-    for name, path in sorted(builtin_recipes().items()):
-        recipe = load_recipe(path)
-        click.echo(f"{name:<10} {recipe.description}")
+    recipes = sorted(builtin_recipes().items())
+    width = max(len(name) for name, _ in recipes)
+    for name, path in recipes:
+        click.echo(f"{name:<{width}}  {load_recipe(path).description}")
 
 
 @main.command("preview")
