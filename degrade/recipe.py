@@ -21,7 +21,8 @@ A recipe file::
 
 Every random draw of a sample comes from (seed, key, stage path), where the stage path is the
 dotted name of the op inside the recipe (``blur.gaussian_blur``), so adding a stage does not
-change the draws of the others. The params of a batch are one flat dict of (N,) tensors named
+change the draws of the others. Names are letters, digits, ``_`` and ``-``; two stages (or two
+ops of one chain) of the same name are told apart as ``jpeg``, ``jpeg_2``, ... The params of a batch are one flat dict of (N,) tensors named
 ``<stage path>.<field>``, plus ``<stage>.applied`` and, for one-of groups, ``<stage>.choice``.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import math
+import re
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -51,6 +53,14 @@ MISPLACED = {
     "op": "cannot stand beside 'stages': an option is one op or a chain of them",
 }
 STRUCTURE_KEYS = {"name", *MISPLACED}
+
+# A stage's, an option's or an op's name is one part of the dotted paths its params go under
+# (``blur.gaussian_blur.sigma``, stored as nested structs): a dot in it would let two paths meet,
+# and a stage's own params are named ``applied`` and ``choice``.
+PART_NAME = re.compile(r"[A-Za-z0-9_-]+")
+STAGE_PARAMS = ("applied", "choice")
+# A recipe's name is the folder its build goes to by default (``out/<name>``).
+RECIPE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 class RecipeError(ValueError):
@@ -316,6 +326,9 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
     if unknown:
         raise fail("top level", f"unknown field(s) {', '.join(sorted(unknown))}")
     name = data.get("name", Path(source).stem)
+    if "name" in data and not (isinstance(name, str) and RECIPE_NAME.fullmatch(name)):
+        raise fail("field 'name'", "expected letters, digits, '_', '-' or '.', not first (it names the default "
+                                   f"output folder, out/<name>), got {name!r}")
     seed, size = data.get("seed", 0), data.get("size", 112)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise fail("field 'seed'", f"expected an integer in [0, {MAX_SEED}], got {seed!r}")
@@ -325,9 +338,16 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
     if not isinstance(stages_data, list) or not stages_data:
         raise fail("field 'stages'", "expected a non-empty list of stages")
 
-    used: set[str] = set()
+    def named(entry: dict, where: str, default: str) -> str:
+        """The entry's own 'name', checked, or ``default``."""
+        value = entry.get("name", default)
+        if not (isinstance(value, str) and PART_NAME.fullmatch(value)) or value in STAGE_PARAMS:
+            raise fail(where, "field 'name': expected letters, digits, '_' or '-' (it is part of the dotted paths "
+                              f"of the params), and neither {' nor '.join(STAGE_PARAMS)}, got {value!r}")
+        return value
 
-    def unique(base: str) -> str:
+    def unique(base: str, used: set[str]) -> str:
+        """``base``, or ``base_2``, ``base_3`` ... when names in ``used`` take it; marked used."""
         candidate, count = base, 1
         while candidate in used:
             count += 1
@@ -345,8 +365,9 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
             raise fail(where, f"field {extra[0]!r} {MISPLACED[extra[0]]}")
         raise fail(where, f"field {extra[0]!r} is not a field of {owner} (its fields: {', '.join(sorted(own or structure))})")
 
-    def build_op(entry: Any, where: str, path_prefix: str, structure: set[str]) -> Leaf:
-        """The op of ``entry``, which may also hold the recipe fields in ``structure``."""
+    def build_op(entry: Any, where: str, path_prefix: str, structure: set[str], used: set[str] | None) -> Leaf:
+        """The op of ``entry``, which may also hold the recipe fields in ``structure``. Its name is
+        made unique among ``used`` (the stages of the recipe, the ops of a chain) when given."""
         if not isinstance(entry, dict) or "op" not in entry:
             nested = isinstance(entry, dict) and "one_of" in entry
             raise fail(where, f"field 'one_of' {MISPLACED['one_of']}" if nested else "expected a mapping with an 'op' field")
@@ -365,10 +386,11 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
             raise fail(where, f"field {error.field!r}: {str(error).split(': ', 1)[1]}") from None
         except TypeError as error:
             raise fail(where, f"bad configuration: {error}") from None
-        leaf_name = entry.get("name", op_name)
-        return Leaf(path=f"{path_prefix}{leaf_name}" if path_prefix else unique(leaf_name), op=op)
+        leaf_name = named(entry, where, op_name)
+        return Leaf(path=path_prefix + (leaf_name if used is None else unique(leaf_name, used)), op=op)
 
     stages: list[Stage] = []
+    stage_names: set[str] = set()
     for number, entry in enumerate(stages_data, start=1):
         label = entry.get("name") or entry.get("op") or "one_of" if isinstance(entry, dict) else "?"
         where = f"stage {number} ({label})"
@@ -383,11 +405,11 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
         if ("op" in entry) == ("one_of" in entry):
             raise fail(where, "a stage has exactly one of 'op' or 'one_of'")
         if "op" in entry:
-            leaf = build_op(entry, where, "", {"op", "name", "p"})
+            leaf = build_op(entry, where, "", {"op", "name", "p"}, stage_names)
             stages.append(Stage(name=leaf.path, p=float(p), options=[Option(leaf.path, 1.0, [leaf])]))
             continue
         refuse_fields(entry, where, {"name", "p", "one_of", "split"}, "a one_of stage")
-        group = unique(entry.get("name", "one_of"))
+        group = unique(named(entry, where, "one_of"), stage_names)
         options_data = entry["one_of"]
         if not isinstance(options_data, list) or len(options_data) < 2:
             raise fail(where, "field 'one_of': expected a list of at least two options")
@@ -405,14 +427,15 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
                 raise fail(owhere, f"field 'weight': expected a finite number >= 0, got {weight!r}")
             if "stages" in option:
                 refuse_fields(option, owhere, {"name", "weight", "stages"}, "an option with 'stages'")
-                oname = option.get("name", f"option{k}")
+                oname = named(option, owhere, f"option{k}")
                 chain = option["stages"]
                 if not isinstance(chain, list) or not chain:
                     raise fail(owhere, "field 'stages': expected a non-empty list of ops")
-                leaves = [build_op(e, f"{owhere}, op {j}", f"{group}.{oname}.", {"op", "name"})
+                chain_names: set[str] = set()
+                leaves = [build_op(e, f"{owhere}, op {j}", f"{group}.{oname}.", {"op", "name"}, chain_names)
                           for j, e in enumerate(chain, start=1)]
             else:
-                leaf = build_op(option, owhere, f"{group}.", {"op", "name", "weight"})
+                leaf = build_op(option, owhere, f"{group}.", {"op", "name", "weight"}, None)
                 oname, leaves = leaf.path.split(".")[-1], [leaf]
             if any(o.name == oname for o in options):
                 raise fail(owhere, f"two options are named {oname!r}; give them distinct 'name's")

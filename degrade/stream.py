@@ -16,9 +16,9 @@ dropped), its batch b being global batch ``b * world_size + rank`` of that epoch
 ``start_step`` resumes mid-epoch. Because params are keyed by sample, a sample's LQ does not
 depend on ranks, workers or order. Made on the fly, each epoch draws every sample's degradation
 afresh (epoch 0 with the recipe seed, so it holds a build's pairs; epoch e with
-:func:`degrade.keyed.epoch_seed`); read from a build, every epoch gets the build's one draw. On a GPU the next batches are made ahead by a thread on
-their own CUDA stream (see :func:`prefetched`), so the engine's host work never leaves the
-training stream idle.
+:func:`degrade.keyed.epoch_seed`); read from a build, every epoch gets the build's one draw.
+On a GPU the next batches are made ahead by a thread on their own CUDA stream (see
+:func:`prefetched`), so the engine's host work never leaves the training stream idle.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from degrade.cli import main
@@ -265,6 +266,46 @@ def test_a_field_that_would_be_ignored_where_it_stands_is_refused(tmp_path, stag
 def test_weights_that_choose_nothing_or_no_share_are_refused(tmp_path, stage, says):
     """All-zero, NaN or infinite weights gave every sample the last option (an infinite weight: not its own)."""
     assert says in _error(tmp_path, f"stages:\n  - {stage}\n")
+
+
+@pytest.mark.parametrize("stage, says", [
+    ("{op: jpeg, name: a.b}", "stage 1 (a.b): field 'name': expected letters, digits, '_' or '-'"),
+    ("{op: jpeg, name: ''}", "got ''"),
+    ("{op: jpeg, name: 3}", "got 3"),
+    ("{name: blur, one_of: [{op: jpeg, name: applied}, {op: motion_blur}]}",
+     "stage 1 (blur), option 1: field 'name': expected letters, digits, '_' or '-' (it is part of the dotted paths "
+     "of the params), and neither applied nor choice, got 'applied'"),
+    ("{name: blur, one_of: [{op: jpeg}, {name: x.y, stages: [{op: motion_blur}]}]}", "option 2: field 'name'"),
+    ("{name: blur, one_of: [{op: jpeg}, {stages: [{op: motion_blur, name: choice}]}]}", "option 2, op 1: field 'name'"),
+])
+def test_a_name_that_would_let_two_params_paths_meet_is_refused(tmp_path, stage, says):
+    """A dot let a stage named 'a.q' and option 'q' of group 'a' share the params 'a.q.*'; an option
+    named 'applied' broke the build's params column."""
+    assert says in _error(tmp_path, f"stages:\n  - {stage}\n")
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "a/b", ".hidden", "", 3, None])
+def test_a_recipe_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
+    """A build goes to out/<name> by default: '../elsewhere' wrote outside it, no name wrote out/None."""
+    assert "field 'name'" in _error(tmp_path, yaml.safe_dump({"name": name, "stages": [{"op": "jpeg"}]}))
+
+
+def test_ops_named_alike_in_one_chain_each_get_their_own_params_as_stages_do(tmp_path):
+    """Both JPEGs of the chain drew the second's quality; named jpeg and jpeg_2 they draw their own."""
+    path = tmp_path / "chain.yaml"
+    path.write_text(textwrap.dedent("""
+        stages:
+          - {op: jpeg, quality: 50}
+          - {op: jpeg, quality: 60}
+          - one_of:
+              - {stages: [{op: jpeg, quality: 10}, {op: jpeg, quality: 90}]}
+              - {op: gaussian_blur}
+        """))
+    params = load_recipe(path).sample(torch.arange(4))
+    assert [leaf.path for leaf in load_recipe(path).leaves] == [
+        "jpeg", "jpeg_2", "one_of.option1.jpeg", "one_of.option1.jpeg_2", "one_of.gaussian_blur"]
+    assert [int(params[f"{leaf}.quality"][0]) for leaf in ("jpeg", "jpeg_2", "one_of.option1.jpeg",
+                                                           "one_of.option1.jpeg_2")] == [50, 60, 10, 90]
 
 
 def test_bad_probability_and_bad_yaml_and_unknown_recipe(tmp_path):
