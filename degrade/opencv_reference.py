@@ -126,7 +126,7 @@ def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
         field *= p["magnitude"] / max(float(field.std()), 1e-6)
         return _remap(image, field[0], field[1])
     if name == "turbulence":
-        from degrade.ops.turbulence import residual_phase_variance, tilt_variance
+        from degrade.ops.turbulence import MAX_BLUR_SIGMA, residual_phase_variance, tilt_variance
 
         std = math.sqrt(tilt_variance(p["strength"], op.sampling))
         dx, dy = _power_law_field(p["seed"], h, op.patch, op.field_step, std)
@@ -136,7 +136,7 @@ def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
         sigma = 0.42 * op.sampling * math.sqrt(math.expm1(residual_phase_variance(p["strength"])))
         variation = cv2.GaussianBlur(np.random.default_rng(p["blur_seed"]).standard_normal((h, w)).astype(np.float32),
                                      (0, 0), op.patch / 2)
-        local = sigma * np.exp(0.5 * variation / max(float(variation.std()), 1e-6))
+        local = np.minimum(sigma * np.exp(0.5 * variation / max(float(variation.std()), 1e-6)), MAX_BLUR_SIGMA)
         levels = [warped.astype(np.float32)] + [
             cv2.GaussianBlur(warped, (0, 0), max(float(local.max()) * k / 4, 0.05)).astype(np.float32) for k in range(1, 5)]
         position = np.clip(local / max(float(local.max()), 1e-6) * 4, 0, 4)

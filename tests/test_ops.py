@@ -16,7 +16,7 @@ from degrade.ops.jpeg import Jpeg, jpeg_round_trip
 from degrade.ops.noise import GaussianNoise, PoissonNoise
 from degrade.ops.occlusion import CropPad, RectangleErase
 from degrade.ops.resize import Resize
-from degrade.ops.turbulence import Turbulence, aperture_averaged_gradient_power, tilt_variance
+from degrade.ops.turbulence import MAX_BLUR_SIGMA, Turbulence, aperture_averaged_gradient_power, tilt_variance
 
 
 def make(name):
@@ -128,7 +128,7 @@ def test_each_sample_uses_its_own_kernel_size():
     assert torch.allclose(kernels.sum(dim=(1, 2)), torch.ones(2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("side, kernel", [(112, 7), (14, 13)], ids=["face", "small"])
+@pytest.mark.parametrize("side, kernel", [(112, 7), (14, 13), (8, 31)], ids=["face", "small", "wider-than-the-face"])
 def test_gaussian_axis_matrix_filters_like_apply_borders_included(side, kernel, faces):
     op = GaussianBlur(sigma=[0.5, 4.0], kernel_size=[3, kernel])
     images = faces[:8, :, :side, :side]
@@ -145,6 +145,20 @@ def test_folding_a_gaussian_into_matrices_multiplies_them_by_its_axis_matrix(sid
     matrices = torch.rand(6, 4, side, dtype=torch.float64)
     expected = matrices @ op.axis_matrix(params, side, matrices.device, matrices.dtype)
     assert torch.allclose(op.fold_into(matrices, params), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", [MotionBlur(kernel_size=[31, 31], length=[20, 30]), DefocusBlur(kernel_size=[41, 41])],
+                         ids=["motion", "defocus"])
+def test_a_kernel_wider_than_the_face_sees_it_reflected_as_often_as_it_reaches(op, faces):
+    """Torch's reflect padding refused a reach of the image's side or more (a traceback, for recipes of small faces)."""
+    images = faces[:4, :, :12, :12].to(torch.float64)
+    params = op.sample(torch.arange(4))
+    kernels = op.kernels(params, images.device, images.dtype)
+    reach = kernels.shape[-1] // 2
+    padded = torch.from_numpy(np.pad(images.numpy(), [(0, 0), (0, 0), (reach, reach), (reach, reach)], mode="reflect"))
+    expected = torch.stack([torch.nn.functional.conv2d(padded[i:i + 1].transpose(0, 1), kernels[i, None, None])
+                            .transpose(0, 1)[0] for i in range(4)])
+    assert torch.allclose(op.apply(images, params), expected.clamp(0, 1), atol=1e-12)
 
 
 def test_motion_kernel_spreads_along_its_angle_only():
@@ -295,6 +309,22 @@ def test_stronger_turbulence_blurs_and_displaces_more(faces):
     strong = Turbulence(strength=[2.0, 2.0])(faces[:16], keys)[0]
     assert (strong - faces[:16]).abs().mean() > 2 * (weak - faces[:16]).abs().mean()
     assert _energy_above(strong, 25) < _energy_above(weak, 25)
+
+
+def test_turbulence_stronger_than_the_blur_model_holds_caps_the_local_blur_instead_of_failing(faces):
+    """Beyond D/r0 of about 2.3 the +4 sd blur bound asked for kernels of 187 px up to 1e31 px: an error
+    inside apply. The local width now stops at MAX_BLUR_SIGMA, which D/r0 <= 2 does not reach."""
+    strong = Turbulence(strength=[5.0, 20.0])
+    params = strong.sample(torch.arange(8))
+    sigma_map = strong.blur_sigma_map(params, 112, 112)
+    assert sigma_map.max() == MAX_BLUR_SIGMA and (sigma_map == MAX_BLUR_SIGMA).float().mean() > 0.1
+    out = strong.apply(faces[:8], params)
+    assert out.isfinite().all() and 0 <= out.min() and out.max() <= 1
+    def steps(images):  # mean difference of neighbouring pixels: a blur of a few px halves it
+        return (images[..., 1:] - images[..., :-1]).abs().mean()
+    assert steps(out) < steps(faces[:8]) / 2
+    catface = Turbulence(strength=[0.25, 2.0])
+    assert catface.blur_sigma_map(catface.sample(torch.arange(1024)), 112, 112).max() < MAX_BLUR_SIGMA / 1.5
 
 
 # ---- occlusion, illumination, deformation ---------------------------------------------------

@@ -48,6 +48,20 @@ def _border_columns(size: int, reach: int, device: torch.device,
     return border.to(device), reflection.to(device)
 
 
+def filter_reflected(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """``kornia.filters.filter2d`` of (N, C, H, W) images with (N, Kh, Kw) kernels, reflect border,
+    for kernels of any reach. Torch's reflect padding needs a reach below the image's side; a wider
+    kernel (a 63 px blur on faces of 16 px) gets the image reflected as often as it needs, which
+    gives the same values."""
+    reach_y, reach_x = kernels.shape[-2] // 2, kernels.shape[-1] // 2
+    height, width = images.shape[-2:]
+    if reach_y < height and reach_x < width:
+        return filter2d(images, kernels, border_type="reflect")
+    rows = _reflect(torch.arange(-reach_y, height + reach_y, device=images.device), height)
+    columns = _reflect(torch.arange(-reach_x, width + reach_x, device=images.device), width)
+    return filter2d(images.index_select(-2, rows).index_select(-1, columns), kernels, padding="valid")
+
+
 def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(device=like.device, dtype=like.dtype).view(-1, 1, 1)
 
@@ -87,7 +101,7 @@ class _KernelBlur(Op):
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         kernels = self.kernels(params, images.device, images.dtype)
-        return filter2d(images, kernels, border_type="reflect").clamp(0, 1)
+        return filter_reflected(images, kernels).clamp(0, 1)
 
 
 @dataclasses.dataclass
@@ -127,8 +141,8 @@ class GaussianBlur(_KernelBlur):
         if images.is_cuda and images.shape[-1] == images.shape[-2]:
             return self.apply_by_matrices(images, params)
         taps = self.taps(params, images.device, images.dtype)
-        rows = filter2d(images, taps[:, None, :], border_type="reflect")
-        return filter2d(rows, taps[:, :, None], border_type="reflect").clamp(0, 1)
+        rows = filter_reflected(images, taps[:, None, :])
+        return filter_reflected(rows, taps[:, :, None]).clamp(0, 1)
 
     def apply_by_matrices(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         """``apply`` for (N, C, S, S) images by the axis matrices; equal to the convolution to float rounding."""

@@ -11,7 +11,8 @@ Written from the published statistics (Fried 1965/1966; Noll 1976), not from any
   by FFT filtering of keyed white noise, x and y independent, and applied with grid_sample.
 * **Blur.** The tilt-removed phase variance is ``0.134 (D/r0)^{5/3}`` rad² (Noll). Its Strehl
   ratio exp(−σ²) sets a Gaussian short-exposure PSF of width ``σ_d · exp(σ²/2)`` with the
-  diffraction core σ_d = 0.42 λ/D, i.e. an extra blur ``σ_d · sqrt(exp(σ²) − 1)`` px. The
+  diffraction core σ_d = 0.42 λ/D, i.e. an extra blur ``σ_d · sqrt(exp(σ²) − 1)`` px, at most
+  ``MAX_BLUR_SIGMA``. The
   residual variance varies across the field by a log-normal factor (mean 1) drawn as a
   smooth field with the same patch size; the image is blurred at a few levels and blended
   per pixel.
@@ -37,6 +38,11 @@ RESIDUAL_PHASE_COEFFICIENT = 0.134
 DIFFRACTION_SIGMA = 0.42  # Gaussian fit to the Airy core, in units of λ/D
 BLUR_LEVELS = 5
 BLUR_VARIATION = 0.5  # std of the log of the local residual-variance factor
+# The widest local blur, in px. The short-exposure model's width grows as exp(σ²/2), which holds
+# for weak to moderate turbulence and runs away beyond: at D/r0 = 4 a patch 4 sd above the mean
+# would take 123 px. A Gaussian of 10 px leaves no facial detail on a 112 px face, and keeps the
+# widest level's kernel at 61 taps. For D/r0 <= 2 (CATFace) no patch reaches it.
+MAX_BLUR_SIGMA = 10.0
 
 
 def tilt_variance(strength: torch.Tensor | float, sampling: float) -> torch.Tensor | float:
@@ -144,7 +150,7 @@ class Turbulence(Op):
         log_factor = filtered_field(params["blur_seed"], height, width, power, ones, step=self.field_step)
         factor = torch.exp(BLUR_VARIATION * log_factor - BLUR_VARIATION ** 2 / 2)
         diffraction = DIFFRACTION_SIGMA * self.sampling
-        return diffraction * torch.sqrt(torch.expm1(phase.to(torch.float32) * factor))
+        return (diffraction * torch.sqrt(torch.expm1(phase.to(torch.float32) * factor))).clamp_(max=MAX_BLUR_SIGMA)
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         height, width = images.shape[-2:]
@@ -173,5 +179,5 @@ class Turbulence(Op):
         """Upper bound on the local blur width in px, for a fixed kernel size (log-normal at +4 sd)."""
         phase = residual_phase_variance(self.strength[1])
         factor = math.exp(4 * BLUR_VARIATION)
-        return DIFFRACTION_SIGMA * self.sampling * math.sqrt(math.expm1(phase * factor))
+        return min(DIFFRACTION_SIGMA * self.sampling * math.sqrt(math.expm1(phase * factor)), MAX_BLUR_SIGMA)
 
