@@ -309,6 +309,24 @@ def test_an_attributes_row_that_cannot_be_read_is_named(tmp_path, rows, says):
     assert str(error.value).startswith(f"{tmp_path / 'a.tsv'}: ") and says in str(error.value)
 
 
+def test_a_spreadsheets_csv_that_starts_with_a_byte_order_mark_is_read(tmp_path):
+    """Spreadsheets save "CSV UTF-8" with a BOM; it was refused as a first column named '\\ufeffidentity'."""
+    path = tmp_path / "a.csv"
+    path.write_bytes("identity,Male\r\nann,1\r\n".encode("utf-8-sig"))
+    attributes = Attributes(path)
+    assert attributes.keyed_by == "identity" and attributes.names == ["Male"] and list(attributes.rows) == ["ann"]
+
+
+@pytest.mark.parametrize("text, says", [("", "the first column must be 'file' or 'identity', got ''"),
+                                        ("file\tMale\n", "no rows after the header"),
+                                        ("file\tMale\tMale\nann.jpg\t1\t0\n", ":1: two columns are named 'Male'")])
+def test_an_attributes_file_without_rows_or_with_a_column_twice_is_refused(tmp_path, text, says):
+    (tmp_path / "a.tsv").write_text(text)
+    with pytest.raises(SourceError) as error:
+        Attributes(tmp_path / "a.tsv")
+    assert str(error.value).startswith(str(tmp_path / "a.tsv")) and says in str(error.value)
+
+
 def test_demo_takes_a_number_of_identities_of_ten_faces_each():
     source = open_source("demo:2000")
     assert len(source) == 20_000 and source.num_identities == 2000

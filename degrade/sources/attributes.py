@@ -35,15 +35,18 @@ class Attributes:
     """
 
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
+        path = Path(os.path.abspath(path))  # as a build records it
         if not path.is_file():
             raise SourceError(f"{path}: no such attributes file")
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's CSV may start with a BOM
             first_line = handle.readline()
         delimiter = "\t" if "\t" in first_line else ","
-        header = next(csv.reader([first_line.rstrip("\r\n")], delimiter=delimiter))
+        header = next(csv.reader([first_line.rstrip("\r\n")], delimiter=delimiter)) or [""]  # [] for an empty file
         if header[0] not in ("file", "identity"):
             raise SourceError(f"{path}:1: the first column must be 'file' or 'identity', got {header[0]!r}")
+        repeated = next((name for number, name in enumerate(header) if name in header[:number]), None)
+        if repeated is not None:
+            raise SourceError(f"{path}:1: two columns are named {repeated!r}")
         types = {name: pa.float32() for name in header[1:]} | {header[0]: pa.string()}
         try:
             table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter),
@@ -51,7 +54,9 @@ class Attributes:
         except pa.ArrowInvalid as error:  # a row with another number of fields, a value that is not a number
             message = re.sub(r"In CSV column #(\d+)", lambda found: f"column {header[int(found[1])]!r}", str(error))
             raise SourceError(f"{path}: {message}") from None
-        self.path, self.keyed_by, self.names = Path(os.path.abspath(path)), header[0], header[1:]
+        if table.num_rows == 0:
+            raise SourceError(f"{path}: no rows after the header")
+        self.path, self.keyed_by, self.names = path, header[0], header[1:]
         keys = table.column(0).to_pylist()
         self.rows = dict(zip(keys, range(len(keys))))
         # One more row of NaN at the end: where keys with no row of their own look.
