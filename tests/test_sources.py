@@ -7,6 +7,8 @@ import types
 import cv2
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -129,6 +131,21 @@ def test_raw_pixels_are_read_as_they_are_resized_like_decoded_images_and_a_wrong
         decode_raw_pixels(face.tobytes(), "row 3", 112, strict=True)
     with pytest.raises(SourceError, match="row 3: 100 bytes are not the raw pixels of a square RGB image"):
         decode_raw_pixels(bytes(100), "row 3", 112)
+
+
+def test_a_table_row_whose_image_file_is_missing_is_skipped_naming_the_row_and_the_file(tmp_path, lfw_jpegs):
+    """Images kept by path (an HF Image feature without bytes): a missing file raised FileNotFoundError."""
+    images, _ = lfw_jpegs
+    (tmp_path / "there.jpg").write_bytes(images[0])
+    column = pa.array([{"bytes": None, "path": str(tmp_path / name)} for name in ("there.jpg", "gone.jpg")],
+                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(pa.table({"image": column, "label": [0, 1]}), tmp_path / "faces.parquet")
+    faces = open_source(str(tmp_path / "faces.parquet")).load(torch.tensor([0, 1]))
+    assert faces.key.tolist() == [0] and np.array_equal(faces.hq[0].permute(1, 2, 0).numpy(), decoded(images[0]))
+    assert faces.skipped == [(1, f"{tmp_path / 'faces.parquet'} row 1: its image {tmp_path / 'gone.jpg'} cannot be read "
+                                 "(No such file or directory)")]
+    with pytest.raises(SourceError, match="row 1: its image .*gone.jpg cannot be read"):
+        open_source(str(tmp_path / "faces.parquet"), strict=True).load(torch.tensor([0, 1]))
 
 
 def test_table_without_an_image_column_is_a_clear_error(tmp_path):

@@ -93,7 +93,10 @@ class TableSource(EncodedSource):
             if value.get("bytes"):
                 return value["bytes"], where
             if value.get("path"):
-                return Path(value["path"]).read_bytes(), value["path"]
+                try:
+                    return Path(value["path"]).read_bytes(), value["path"]
+                except OSError as error:
+                    raise SourceError(f"{where}: its image {value['path']} cannot be read ({error.strerror})") from None
             return b"", where
         if isinstance(value, (bytes, bytearray)):
             return bytes(value), where
