@@ -302,10 +302,15 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
     rates: shared machines are noisy (hence the rounds, timed in turn).
     """
     from degrade.bench import run_bench, run_build_bench, run_train_bench
+    from degrade.ops import OP_NAMES
 
     if train_backbone and end_to_end:
         raise click.UsageError("--build and --train time different things; give one of them")
     loaded = _recipe(recipe)
+    own_ops = sorted({leaf.op.name for leaf in loaded.leaves if leaf.op.name not in OP_NAMES})
+    if own_ops and not train_backbone:
+        raise click.BadParameter(f"the OpenCV loop has no twin of your own op {', '.join(own_ops)}, so only --train "
+                                 "can time this recipe", param_hint="--recipe")
     faces = _source(source, loaded.size)
     if train_backbone:
         from trainers.backbones import BACKBONES

@@ -40,7 +40,8 @@ import torch
 import yaml
 
 from degrade.keyed import MAX_SEED, KeyedRandom
-from degrade.ops import OP_NAMES, ConfigError, Op, Params, op_class
+from degrade.ops import ConfigError, Op, Params, op_class
+from degrade.ops.base import PART_NAME
 
 # The fields that shape a recipe, and why one is refused where it would have no effect.
 MISPLACED = {
@@ -54,10 +55,7 @@ MISPLACED = {
 }
 STRUCTURE_KEYS = {"name", *MISPLACED}
 
-# A stage's, an option's or an op's name is one part of the dotted paths its params go under
-# (``blur.gaussian_blur.sigma``, stored as nested structs): a dot in it would let two paths meet,
-# and a stage's own params are named ``applied`` and ``choice``.
-PART_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# A stage's own params (beside its ops'), named like them by PART_NAME.
 STAGE_PARAMS = ("applied", "choice")
 # A recipe's name is the folder its build goes to by default (``out/<name>``).
 RECIPE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
@@ -365,6 +363,17 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
             raise fail(where, f"field {extra[0]!r} {MISPLACED[extra[0]]}")
         raise fail(where, f"field {extra[0]!r} is not a field of {owner} (its fields: {', '.join(sorted(own or structure))})")
 
+    def check_draws(op: Op, where: str) -> None:
+        """Fail on params that a build could not store: each one (N,) bool, int or float, named by PART_NAME."""
+        for field, value in op.draw(KeyedRandom(0, torch.arange(2), 0)).items():
+            if not (isinstance(field, str) and PART_NAME.fullmatch(field)) or field in STAGE_PARAMS:
+                raise fail(where, f"op {op.name!r} draws a param named {field!r}: expected letters, digits, '_' or '-', "
+                                  f"and neither {' nor '.join(STAGE_PARAMS)}")
+            if not (isinstance(value, torch.Tensor) and value.shape == (2,) and not value.is_complex()):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise fail(where, f"op {op.name!r} draws {field!r} as {shape} for 2 samples; a param is one bool, "
+                                  "integer or float per sample, (N,)")
+
     def build_op(entry: Any, where: str, path_prefix: str, structure: set[str], used: set[str] | None) -> Leaf:
         """The op of ``entry``, which may also hold the recipe fields in ``structure``. Its name is
         made unique among ``used`` (the stages of the recipe, the ops of a chain) when given."""
@@ -372,9 +381,10 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
             nested = isinstance(entry, dict) and "one_of" in entry
             raise fail(where, f"field 'one_of' {MISPLACED['one_of']}" if nested else "expected a mapping with an 'op' field")
         op_name = entry["op"]
-        if op_name not in OP_NAMES:
-            raise fail(where, f"unknown op {op_name!r}; known ops: {', '.join(OP_NAMES)}")
-        cls = op_class(op_name)
+        try:
+            cls = op_class(str(op_name))
+        except ConfigError as error:
+            raise fail(where, str(error).split(": ", 1)[1]) from None
         fields = {f.name for f in dataclasses.fields(cls)}
         refuse_fields(entry, where, structure, f"op {op_name!r}", fields)
         config = {k: v for k, v in entry.items() if k not in STRUCTURE_KEYS}
@@ -386,7 +396,8 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
             raise fail(where, f"field {error.field!r}: {str(error).split(': ', 1)[1]}") from None
         except TypeError as error:
             raise fail(where, f"bad configuration: {error}") from None
-        leaf_name = named(entry, where, op_name)
+        check_draws(op, where)
+        leaf_name = named(entry, where, cls.name)
         return Leaf(path=path_prefix + (leaf_name if used is None else unique(leaf_name, used)), op=op)
 
     stages: list[Stage] = []

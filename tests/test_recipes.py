@@ -1,6 +1,7 @@
 """Recipes: every shipped recipe loads and runs; a sample's LQ depends only on (recipe, seed, key)."""
 
 import re
+import sys
 import textwrap
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from degrade.arrow import open_dataset
 from degrade.cli import main
 from degrade.engine import to_uint8
 from degrade.recipe import RecipeError, builtin_recipes, leaf_params, load_recipe, parse_recipe
@@ -332,3 +334,96 @@ def test_native_sides_come_from_the_native_stage_whatever_its_name(tmp_path):
     params = recipe.sample(torch.arange(8))
     assert torch.equal(recipe.native_sides(params), params["shrink.side"])
     assert load_recipe("maug").native_sides(load_recipe("maug").sample(torch.arange(8))) is None
+
+
+# ---- ops of your own ------------------------------------------------------------------------
+
+OWN_OPS = '''
+import dataclasses
+
+import torch
+
+from degrade.ops.base import Op, as_range, per_sample
+
+
+@dataclasses.dataclass
+class Vignette(Op):
+    """Darkens towards the corners: each pixel times 1 - strength * r^2, r = 1 at the corners."""
+
+    name = "vignette"
+    strength: list = dataclasses.field(default_factory=lambda: [0.2, 0.8])
+
+    def validate(self):
+        self.strength = list(as_range("strength", self.strength, 0.0, 1.0))
+
+    def draw(self, rng):
+        return {"strength": rng.uniform(*self.strength)}
+
+    def apply(self, images, params):
+        y, x = torch.meshgrid(torch.linspace(-1, 1, images.shape[-2]), torch.linspace(-1, 1, images.shape[-1]),
+                              indexing="ij")
+        return images * (1 - per_sample(params["strength"], images) * ((x * x + y * y) / 2).to(images))
+
+
+@dataclasses.dataclass
+class TakesJpegsName(Vignette):
+    name = "jpeg"
+
+
+@dataclasses.dataclass
+class DrawsPairs(Vignette):
+    name = "pairs"
+
+    def draw(self, rng):
+        return {"centre": torch.stack([rng.uniform(0, 1), rng.uniform(0, 1)], dim=1)}
+
+
+class NotAnOp:
+    name = "plain"
+'''
+
+
+@pytest.fixture
+def own_ops(tmp_path, monkeypatch):
+    (tmp_path / "my_ops.py").write_text(OWN_OPS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("my_ops", None)
+
+
+def test_an_op_of_your_own_named_module_colon_class_is_drawn_stored_and_replayed_like_a_built_in_one(
+        tmp_path, own_ops, faces):
+    recipe_path = tmp_path / "mine.yaml"
+    recipe_path.write_text("name: mine\nstages:\n  - {op: 'my_ops:Vignette', strength: [0.5, 0.6]}\n  - {op: jpeg}\n")
+    recipe = load_recipe(recipe_path)
+    lq, params = recipe(faces[:8], keys=torch.arange(8))
+    assert [leaf.path for leaf in recipe.leaves] == ["vignette", "jpeg"]
+    assert ((params["vignette.strength"] >= 0.5) & (params["vignette.strength"] <= 0.6)).all()
+    assert torch.equal(recipe.apply(faces[:8], params), lq)
+    corner_ratio = lq[..., :12, :12].mean() / faces[:8, :, :12, :12].mean()
+    assert 0.4 < corner_ratio < 0.6 and lq[..., 50:62, 50:62].mean() / faces[:8, :, 50:62, 50:62].mean() > 0.95
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", "--recipe", str(recipe_path), "--limit", "16", "-j", "1",
+                                       "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = open_dataset(out)
+    assert rows[3]["params"]["vignette"]["strength"] == pytest.approx(float(recipe.sample(torch.tensor([3]))["vignette.strength"]))
+
+
+@pytest.mark.parametrize("op, says", [
+    ("no_such_module:Vignette", "'no_such_module:Vignette': cannot import 'no_such_module' (No module named "
+                                "'no_such_module'); install it or put its folder on PYTHONPATH"),
+    ("my_ops:Vignete", "'my_ops:Vignete': my_ops has no Op dataclass named 'Vignete'"),
+    ("my_ops:NotAnOp", "my_ops has no Op dataclass named 'NotAnOp'"),
+    ("my_ops:TakesJpegsName", "its `name` must be letters, digits, '_' or '-', and not a built-in op's"),
+    ("my_ops:DrawsPairs", "op 'pairs' draws 'centre' as (2, 2) for 2 samples; a param is one bool, integer or float"),
+])
+def test_an_op_of_your_own_that_cannot_be_used_is_refused_naming_it(tmp_path, own_ops, op, says):
+    message = _error(tmp_path, f"stages:\n  - {{op: '{op}'}}\n")
+    assert "stage 1" in message and says in message
+
+
+def test_bench_refuses_a_recipe_with_an_op_of_your_own_as_the_opencv_loop_has_no_twin_of_it(tmp_path, own_ops):
+    (tmp_path / "mine.yaml").write_text("stages:\n  - {op: 'my_ops:Vignette'}\n")
+    result = CliRunner().invoke(main, ["bench", "--recipe", str(tmp_path / "mine.yaml"), "--device", "cpu"])
+    assert result.exit_code == 2 and "the OpenCV loop has no twin of your own op vignette" in result.output

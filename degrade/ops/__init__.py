@@ -1,10 +1,12 @@
-"""Degradation ops, by name. Modules are imported on first use of a name."""
+"""Degradation ops, by name. Modules are imported on first use of a name; ``module:Class`` names
+an op of your own."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
-from degrade.ops.base import ConfigError, Op, Params
+from degrade.ops.base import PART_NAME, ConfigError, Op, Params
 
 _OP_CLASSES = {
     "resize": ("degrade.ops.resize", "Resize"),
@@ -26,11 +28,31 @@ OP_NAMES = tuple(_OP_CLASSES)
 
 
 def op_class(name: str) -> type[Op]:
-    """The op class registered as ``name``; KeyError lists the known names."""
+    """The op class of ``name``: a built-in op's name, or ``module:Class`` for an op of your own, an
+    :class:`Op` dataclass in a module Python can import. Raises :class:`ConfigError` (field 'op')
+    saying what is wrong."""
+    if ":" in name:
+        return _own_op_class(name)
     if name not in _OP_CLASSES:
-        raise KeyError(f"unknown op {name!r}; known ops: {', '.join(OP_NAMES)}")
+        raise ConfigError("op", f"unknown op {name!r}; known ops: {', '.join(OP_NAMES)}, or module:Class for your own")
     module, attribute = _OP_CLASSES[name]
     return getattr(importlib.import_module(module), attribute)
+
+
+def _own_op_class(name: str) -> type[Op]:
+    module_name, _, class_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError("op", f"{name!r}: cannot import {module_name!r} ({error}); install it or put its "
+                                "folder on PYTHONPATH") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Op) and dataclasses.is_dataclass(cls)):
+        raise ConfigError("op", f"{name!r}: {module_name} has no Op dataclass named {class_name!r}")
+    if not PART_NAME.fullmatch(cls.name) or cls.name in _OP_CLASSES:
+        raise ConfigError("op", f"{name!r}: its `name` must be letters, digits, '_' or '-', and not a built-in op's "
+                                f"(it names the op's params), got {cls.name!r}")
+    return cls
 
 
 __all__ = ["ConfigError", "OP_NAMES", "Op", "Params", "op_class"]

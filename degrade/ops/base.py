@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import ClassVar
 
 import torch
@@ -17,6 +18,11 @@ import torch
 from degrade.keyed import KeyedRandom
 
 Params = dict[str, torch.Tensor]
+
+# A name that is one part of the dotted path a param is stored under (``blur.gaussian_blur.sigma``):
+# a recipe's stage, option and op names, and the fields an op draws. A dot in one would let two
+# paths meet.
+PART_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ConfigError(ValueError):
@@ -60,7 +66,7 @@ class Op:
         return False
 
     def sample(self, keys: torch.Tensor, seed: int = 0, stage: int = 0) -> Params:
-        """Draw this op's params for samples ``keys`` ((N,) int64): each value is (N,) or (N, k)."""
+        """Draw this op's params for samples ``keys`` ((N,) int64): each value one per sample, (N,)."""
         return self.draw(KeyedRandom(seed, keys, stage))
 
     def draw(self, rng: KeyedRandom) -> Params:
