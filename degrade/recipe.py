@@ -22,8 +22,9 @@ A recipe file::
 Every random draw of a sample comes from (seed, key, stage path), where the stage path is the
 dotted name of the op inside the recipe (``blur.gaussian_blur``), so adding a stage does not
 change the draws of the others. Names are letters, digits, ``_`` and ``-``; two stages (or two
-ops of one chain) of the same name are told apart as ``jpeg``, ``jpeg_2``, ... The params of a batch are one flat dict of (N,) tensors named
-``<stage path>.<field>``, plus ``<stage>.applied`` and, for one-of groups, ``<stage>.choice``.
+ops of one chain) of the same name are told apart as ``jpeg``, ``jpeg_2``, ... The params of a
+batch are one flat dict of (N,) tensors named ``<stage path>.<field>``, plus ``<stage>.applied``
+and, for one-of groups, ``<stage>.choice``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ STRUCTURE_KEYS = {"name", *MISPLACED}
 
 # A stage's own params (beside its ops'), named like them by PART_NAME.
 STAGE_PARAMS = ("applied", "choice")
+NAME_RULE = ("letters, digits, '_' or '-' (it is part of the dotted paths of the params), and neither "
+             + " nor ".join(STAGE_PARAMS))
+
+
+def _is_part_name(value: object) -> bool:
+    """Whether ``value`` can name a stage, option or op, or a param an op draws (see NAME_RULE)."""
+    return isinstance(value, str) and PART_NAME.fullmatch(value) is not None and value not in STAGE_PARAMS
 # A recipe's name is the folder its build goes to by default (``out/<name>``).
 RECIPE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
@@ -339,9 +347,8 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
     def named(entry: dict, where: str, default: str) -> str:
         """The entry's own 'name', checked, or ``default``."""
         value = entry.get("name", default)
-        if not (isinstance(value, str) and PART_NAME.fullmatch(value)) or value in STAGE_PARAMS:
-            raise fail(where, "field 'name': expected letters, digits, '_' or '-' (it is part of the dotted paths "
-                              f"of the params), and neither {' nor '.join(STAGE_PARAMS)}, got {value!r}")
+        if not _is_part_name(value):
+            raise fail(where, f"field 'name': expected {NAME_RULE}, got {value!r}")
         return value
 
     def unique(base: str, used: set[str]) -> str:
@@ -366,9 +373,8 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
     def check_draws(op: Op, where: str) -> None:
         """Fail on params that a build could not store: each one (N,) bool, int or float, named by PART_NAME."""
         for field, value in op.draw(KeyedRandom(0, torch.arange(2), 0)).items():
-            if not (isinstance(field, str) and PART_NAME.fullmatch(field)) or field in STAGE_PARAMS:
-                raise fail(where, f"op {op.name!r} draws a param named {field!r}: expected letters, digits, '_' or '-', "
-                                  f"and neither {' nor '.join(STAGE_PARAMS)}")
+            if not _is_part_name(field):
+                raise fail(where, f"op {op.name!r} draws a param named {field!r}: expected {NAME_RULE}")
             if not (isinstance(value, torch.Tensor) and value.shape == (2,) and not value.is_complex()):
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise fail(where, f"op {op.name!r} draws {field!r} as {shape} for 2 samples; a param is one bool, "

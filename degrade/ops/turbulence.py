@@ -12,10 +12,9 @@ Written from the published statistics (Fried 1965/1966; Noll 1976), not from any
 * **Blur.** The tilt-removed phase variance is ``0.134 (D/r0)^{5/3}`` rad² (Noll). Its Strehl
   ratio exp(−σ²) sets a Gaussian short-exposure PSF of width ``σ_d · exp(σ²/2)`` with the
   diffraction core σ_d = 0.42 λ/D, i.e. an extra blur ``σ_d · sqrt(exp(σ²) − 1)`` px, at most
-  ``MAX_BLUR_SIGMA``. The
-  residual variance varies across the field by a log-normal factor (mean 1) drawn as a
-  smooth field with the same patch size; the image is blurred at a few levels and blended
-  per pixel.
+  ``MAX_BLUR_SIGMA``. The residual variance varies across the field by a log-normal factor
+  (mean 1) drawn as a smooth field with the same patch size; the image is blurred at a few
+  levels and blended per pixel.
 """
 
 from __future__ import annotations
