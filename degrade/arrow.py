@@ -437,7 +437,8 @@ def _prepare_folder(out: Path, manifest: dict) -> None:
                              "use a new --out or delete it")
     elif any(out.iterdir()):
         raise BuildError(f"{out}: exists and is not a degrade build; use an empty or new folder")
-    (out / "state.json").unlink(missing_ok=True)
+    for finished in ("state.json", SUMMARY):
+        (out / finished).unlink(missing_ok=True)
     _write_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
 
 
@@ -456,10 +457,12 @@ def _finish(out: Path, names: list[str], total: int, recipe: Recipe, seed: int, 
                            seconds=time.perf_counter() - started, skipped=skipped, fixes=dict(fixes))
     if rank != 0:
         return summary
-    if rows == 0:
-        raise BuildError(f"{out}: every one of the {total} inputs was skipped; nothing usable in the source")
     _write_atomic(out / SUMMARY, json.dumps({"pairs": rows, "skipped": skipped, "fixes": dict(sorted(fixes.items()))},
                                             indent=2, sort_keys=True))
+    if rows == 0:
+        key, reason = skipped[0]
+        raise BuildError(f"{out}: every one of the {total} inputs was skipped (key {key}: {reason}); "
+                         f"{SUMMARY} lists them all")
     info = {"citation": "", "description": f"degrade build of recipe {recipe.name} (seed {seed})",
             "features": _features(schema, image_format), "homepage": "", "license": ""}
     _write_atomic(out / "dataset_info.json", json.dumps(info, indent=2, sort_keys=True))
@@ -478,13 +481,22 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def unfinished_progress(path: Path) -> str | None:
     """How far the build in ``path`` got, as ``'2 of 40 shards written'``, while it is unfinished;
-    None for a finished build or a folder that holds none."""
+    None for a finished build (also one whose every input was skipped) or a folder that holds none."""
     manifest = path / MANIFEST
-    if not manifest.is_file() or (path / "state.json").is_file():
+    if not manifest.is_file() or (path / "state.json").is_file() or _skipped_throughout(path) is not None:
         return None
     done = len(list(path.glob("data-*.arrow")))
     settings = json.loads(manifest.read_text())
     return f"{done} of {math.ceil(settings['pairs'] / settings['shard_size'])} shards written"
+
+
+def _skipped_throughout(path: Path) -> int | None:
+    """The number of inputs of the build in ``path`` when it ended with every one skipped, else None."""
+    summary = path / SUMMARY
+    if not summary.is_file():
+        return None
+    account = json.loads(summary.read_text())
+    return len(account["skipped"]) if account["pairs"] == 0 else None
 
 
 def open_dataset(path: str | Path) -> datasets.Dataset:
@@ -496,6 +508,10 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
     if progress:
         raise BuildError(f"{path}: this build did not finish ({progress}); "
                          "run the same `degrade build` command again to resume it")
+    skipped = _skipped_throughout(path)
+    if skipped is not None:
+        raise BuildError(f"{path}: holds no pairs: every one of its {skipped} inputs was skipped ({SUMMARY} lists "
+                         "them)")
     if not (path / "state.json").is_file():
         raise BuildError(f"{path}: not a dataset folder (no state.json)")
     return datasets.load_from_disk(str(path))

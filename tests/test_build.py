@@ -124,6 +124,20 @@ def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
         open_dataset(tmp_path / "ds")
 
 
+def test_a_build_whose_every_input_is_skipped_fails_naming_one_and_its_folder_says_it_holds_no_pairs(tmp_path):
+    (tmp_path / "faces" / "ann").mkdir(parents=True)
+    for name in ("1.jpg", "2.jpg"):
+        (tmp_path / "faces" / "ann" / name).write_bytes(b"not an image")
+    source = open_source(str(tmp_path / "faces"))
+    for _ in range(2):  # a rerun finds the shards whole and fails the same way
+        with pytest.raises(BuildError, match="every one of the 2 inputs was skipped \(key 0: .*1.jpg: not a readable "
+                                             "image.*summary.json lists them all"):
+            build_dataset(load_recipe("maug"), source, tmp_path / "ds", progress=False)
+    assert arrow.unfinished_progress(tmp_path / "ds") is None
+    with pytest.raises(BuildError, match="holds no pairs: every one of its 2 inputs was skipped"):
+        open_dataset(tmp_path / "ds")
+
+
 def test_a_shard_whose_writing_failed_stays_unfinished_and_the_build_resumes_to_whole_bytes(tmp_path, monkeypatch):
     recipe, source = load_recipe("maug"), open_source("demo")
     build_dataset(recipe, source, tmp_path / "whole", limit=40, batch_size=8, shard_size=16, progress=False)
