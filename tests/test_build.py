@@ -130,7 +130,7 @@ def test_a_build_whose_every_input_is_skipped_fails_naming_one_and_its_folder_sa
         (tmp_path / "faces" / "ann" / name).write_bytes(b"not an image")
     source = open_source(str(tmp_path / "faces"))
     for _ in range(2):  # a rerun finds the shards whole and fails the same way
-        with pytest.raises(BuildError, match="every one of the 2 inputs was skipped \(key 0: .*1.jpg: not a readable "
+        with pytest.raises(BuildError, match=r"every one of the 2 inputs was skipped \(key 0: .*1.jpg: not a readable "
                                              "image.*summary.json lists them all"):
             build_dataset(load_recipe("maug"), source, tmp_path / "ds", progress=False)
     assert arrow.unfinished_progress(tmp_path / "ds") is None
