@@ -42,6 +42,7 @@ from degrade.ops import Params
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source
 from degrade.sources.attributes import Attributes
+from degrade.text import counted
 
 if TYPE_CHECKING:
     import datasets
@@ -224,13 +225,13 @@ class BuildSummary:
     fixes: dict[str, int]
 
     def describe(self) -> str:
-        lines = [f"{self.pairs} pairs in {self.shards} shards"
+        lines = [f"{counted(self.pairs, 'pair')} in {counted(self.shards, 'shard')}"
                  + (f" ({self.resumed_shards} already done)" if self.resumed_shards else "")
                  + f", {self.seconds:.1f} s"
                  + (f" ({self.made / self.seconds:.0f} pairs/s)" if self.made and self.seconds > 0 else "")]
         if self.skipped:
             reasons = collections.Counter(reason.split(": ", 1)[-1] for _, reason in self.skipped)
-            lines.append(f"skipped {len(self.skipped)} inputs: "
+            lines.append(f"skipped {counted(len(self.skipped), 'input')}: "
                          + "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common()))
             lines += [f"  {reason}" for _, reason in self.skipped[:5]]
         if self.fixes:

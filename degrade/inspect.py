@@ -12,6 +12,7 @@ import torch
 from degrade.arrow import SUMMARY, open_dataset, read_manifest
 from degrade.built import BuiltPairs, flat_params, recipe_of
 from degrade.recipe import Recipe
+from degrade.text import counted
 
 BAR = 30
 
@@ -40,8 +41,9 @@ def describe_dataset(folder: str | Path) -> str:
     manifest = read_manifest(folder)
     table = dataset.data.table
     lines = [
-        f"{folder}: {len(dataset)} pairs, {pc.count_distinct(table.column('identity')).as_py()} identities, "
-        f"{len(list(folder.glob('data-*.arrow')))} shards, format {manifest['format']}",
+        f"{folder}: {counted(len(dataset), 'pair')}, "
+        f"{counted(pc.count_distinct(table.column('identity')).as_py(), 'identity', 'identities')}, "
+        f"{counted(len(list(folder.glob('data-*.arrow'))), 'shard')}, format {manifest['format']}",
         f"recipe {manifest['recipe']} (seed {manifest['seed']}) from source {manifest['source']}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
         "schema:",

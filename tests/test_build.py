@@ -226,7 +226,7 @@ def test_two_ranks_under_torchrun_write_the_same_bytes_as_one(tmp_path):
 def test_inspect_reports_counts_skips_and_histograms(tmp_path):
     build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=200, progress=False)
     text = describe_dataset(tmp_path / "ds")
-    assert "200 pairs, 20 identities, 1 shards, format png" in text
+    assert "200 pairs, 20 identities, 1 shard, format png" in text
     assert "recipe maug (seed 0)" in text and "skipped inputs: 0" in text
     lines = text.splitlines()
     sides = lines.index("  resize.side")

@@ -18,6 +18,7 @@ from degrade.cli import main
 from degrade.engine import make_pairs
 from degrade.recipe import builtin_recipes, load_recipe
 from degrade.sources.demo import DemoSource
+from degrade.text import counted
 
 
 def run(*args: str):
@@ -66,6 +67,12 @@ def build(tmp_path: Path, *extra: str) -> Path:
                  "--device", "cpu", "--out", str(out), *extra)
     assert result.exit_code == 0, result.output
     return out
+
+
+def test_counts_in_messages_take_the_number_of_their_noun():
+    assert [counted(1, "shard"), counted(3, "shard"), counted(0, "pair"), counted(1_000, "pair")] == [
+        "1 shard", "3 shards", "0 pairs", "1,000 pairs"]
+    assert [counted(1, "identity", "identities"), counted(2, "identity", "identities")] == ["1 identity", "2 identities"]
 
 
 def test_build_writes_a_dataset_whose_lq_is_the_engines_output(tmp_path):
@@ -172,8 +179,8 @@ def test_a_corrupt_image_is_skipped_and_counted(tmp_path):
     result = run("build", "--recipe", "maug", "--source", str(faces), "--out", str(tmp_path / "ds"), "--device", "cpu")
     assert result.exit_code == 0
     first, *rest = result.output.strip().splitlines()[-3:]
-    assert "1 pairs" in first and "pairs/s)" in first
-    assert rest[0].startswith("skipped 1 inputs") and rest[1].strip().endswith("1.jpg: truncated JPEG (no end-of-image marker)")
+    assert "1 pair in 1 shard" in first and "pairs/s)" in first
+    assert rest[0].startswith("skipped 1 input:") and rest[1].strip().endswith("1.jpg: truncated JPEG (no end-of-image marker)")
     assert len(datasets.load_from_disk(str(tmp_path / "ds"))) == 1
 
 
@@ -183,7 +190,7 @@ def test_a_batch_whose_every_image_is_unreadable_is_skipped_whole(tmp_path, work
     result = run("build", "--recipe", "mixed", "--source", str(faces), "--out", str(tmp_path / "ds"), "--device", "cpu",
                  "--batch-size", "1", "-j", workers)
     assert result.exit_code == 0, result.output
-    assert "1 pairs" in result.output and "skipped 1 inputs" in result.output
+    assert "1 pair in" in result.output and "skipped 1 input:" in result.output
 
 
 def test_under_strict_a_corrupt_image_fails_the_build_naming_the_file(tmp_path):
