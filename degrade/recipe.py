@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import math
 import re
 import zlib
 from pathlib import Path
@@ -42,7 +41,7 @@ import yaml
 
 from degrade.keyed import MAX_SEED, KeyedRandom
 from degrade.ops import ConfigError, Op, Params, op_class
-from degrade.ops.base import PART_NAME
+from degrade.ops.base import PART_NAME, is_weight
 
 # The fields that shape a recipe, and why one is refused where it would have no effect.
 MISPLACED = {
@@ -439,8 +438,7 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
                 raise fail(owhere, "field 'weight': split: key takes the options in turn by key, in equal shares; "
                                    "weights go with split: random")
             weight = option.get("weight", 1.0)
-            is_number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
-            if not (is_number and math.isfinite(weight) and weight >= 0):
+            if not is_weight(weight):
                 raise fail(owhere, f"field 'weight': expected a finite number >= 0, got {weight!r}")
             if "stages" in option:
                 refuse_fields(option, owhere, {"name", "weight", "stages"}, "an option with 'stages'")

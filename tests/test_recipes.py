@@ -264,9 +264,13 @@ def test_a_field_that_would_be_ignored_where_it_stands_is_refused(tmp_path, stag
      "stage 1 (blur), option 2: field 'weight': expected a finite number >= 0, got inf"),
     ("{op: resize, sides: [7, 14], weights: [0, 0]}", "field 'weights': expected 2 finite numbers >= 0, not all 0"),
     ("{op: resize, sides: [7, 14], weights: [.inf, 1]}", "field 'weights': expected 2 finite numbers >= 0, not all 0"),
+    ("{name: blur, one_of: [{op: jpeg, weight: true}, {op: motion_blur}]}",
+     "stage 1 (blur), option 1: field 'weight': expected a finite number >= 0, got True"),
+    ("{op: resize, sides: [7, 14], weights: [true, 1]}", "field 'weights': expected 2 finite numbers >= 0, not all 0"),
 ])
 def test_weights_that_choose_nothing_or_no_share_are_refused(tmp_path, stage, says):
-    """All-zero, NaN or infinite weights gave every sample the last option (an infinite weight: not its own)."""
+    """All-zero, NaN or infinite weights gave every sample the last option (an infinite weight: not its own);
+    a yes/no is no weight, in a one_of as in resize's sides."""
     assert says in _error(tmp_path, f"stages:\n  - {stage}\n")
 
 

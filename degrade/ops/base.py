@@ -109,6 +109,11 @@ def as_probability(field: str, value: object) -> float:
     return float(value)
 
 
+def is_weight(value: object) -> bool:
+    """Whether ``value`` is a relative frequency: a finite number >= 0 (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def as_choice(field: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(field, f"expected one of {', '.join(allowed)}, got {value!r}")

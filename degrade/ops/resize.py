@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from degrade.keyed import KeyedRandom, constant
-from degrade.ops.base import ConfigError, Op, Params, as_choice, as_range
+from degrade.ops.base import ConfigError, Op, Params, as_choice, as_range, is_weight
 
 DOWN_METHODS = ("area", "bicubic", "bilinear")
 UP_METHODS = ("bicubic", "bilinear", "nearest")
@@ -161,8 +161,7 @@ class Resize(Op):
                 raise ConfigError("sides", f"expected a list of integers in [1, {self.size}], got {self.sides!r}")
             weights = self.weights if self.weights is not None else [1.0] * len(self.sides)
             if not (isinstance(weights, list) and len(weights) == len(self.sides)
-                    and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights)
-                    and sum(weights) > 0):
+                    and all(is_weight(w) for w in weights) and sum(weights) > 0):
                 raise ConfigError("weights", f"expected {len(self.sides)} finite numbers >= 0, not all 0, "
                                              f"got {self.weights!r}")
             self.weights = [float(w) for w in weights]
