@@ -42,7 +42,7 @@ from degrade.ops import Params
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source
 from degrade.sources.attributes import Attributes
-from degrade.text import counted
+from degrade.text import counted, differences
 
 if TYPE_CHECKING:
     import datasets
@@ -413,19 +413,13 @@ def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size:
 
 def _differences(previous: dict, manifest: dict) -> str:
     """What a folder's build has that this one has not, e.g. "seed 0 there, 3 here; the recipe's text"."""
-    said = []
-    for field in sorted(manifest):
-        there, here = previous.get(field), manifest[field]
-        if there == here:
-            continue
-        if field == "recipe_text":
-            said.append("the recipe's text")
-        elif field == "versions":
-            said += [f"{name} {(there or {}).get(name)} there, {version} here" for name, version in here.items()
-                     if (there or {}).get(name) != version]
-        else:
-            said.append(f"{field} {there} there, {here} here")
-    return "; ".join(said)
+    def compared(settings: dict) -> dict:  # each version by its package's name; the recipe's text said apart
+        return {**{k: v for k, v in settings.items() if k not in ("recipe_text", "versions")},
+                **(settings.get("versions") or {})}
+
+    said = differences(compared(previous), compared(manifest))
+    text = "the recipe's text" if previous.get("recipe_text") != manifest["recipe_text"] else ""
+    return "; ".join(part for part in (said, text) if part)
 
 
 def _prepare_folder(out: Path, manifest: dict) -> None:

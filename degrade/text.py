@@ -1,4 +1,4 @@
-"""Counts in words for the messages the tool prints."""
+"""Words for the messages the tool prints: counts, and how two settings differ."""
 
 from __future__ import annotations
 
@@ -6,3 +6,10 @@ from __future__ import annotations
 def counted(number: int, noun: str, plural: str | None = None) -> str:
     """``number`` with ``noun`` in the form the count takes: '1 shard', '1,000 pairs', '2 identities'."""
     return f"{number:,} {noun if number == 1 else plural or noun + 's'}"
+
+
+def differences(there: dict, here: dict) -> str:
+    """The fields whose values differ between two settings, in sorted order, as
+    "seed 0 there, 3 here; shard_size 16 there, 2048 here"; empty when none does."""
+    return "; ".join(f"{field} {there.get(field)} there, {here.get(field)} here"
+                     for field in sorted(there.keys() | here.keys(), key=str) if there.get(field) != here.get(field))

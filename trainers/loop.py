@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from degrade.stream import PairStream
+from degrade.text import differences
 from degrade.workers import WorkerLost
 from trainers.checkpoints import CheckpointError, training_checkpoint
 
@@ -124,10 +125,8 @@ def _run_differences(state: dict, spec: dict | None, config: TrainConfig) -> str
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in RESUMABLE_CHANGES}
         return {**(spec or {}), **settings}
 
-    there = comparable(state.get("spec"), state.get("config", {}))
-    here = comparable(spec, dataclasses.asdict(config))
-    return "; ".join(f"{k} {there.get(k)} there, {here.get(k)} here"
-                     for k in sorted(there.keys() | here.keys()) if there.get(k) != here.get(k))
+    there, here = comparable(state.get("spec"), state.get("config", {})), comparable(spec, dataclasses.asdict(config))
+    return differences(there, here)
 
 
 def _save(path: Path, state: dict) -> None:
