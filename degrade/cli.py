@@ -99,9 +99,9 @@ def _source(spec: str, size: int, strict: bool = False):
         return open_source(spec, size, strict)
 
 
-def _build_workers() -> int:
-    """Decoding workers per build process: this machine's cores shared among the ranks torchrun
-    started on it (``LOCAL_WORLD_SIZE``), at most 16 each, at least 1."""
+def default_workers() -> int:
+    """Decoding workers per build or training process: this machine's cores shared among the ranks
+    torchrun started on it (``LOCAL_WORLD_SIZE``), at most 16 each, at least 1."""
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min((os.cpu_count() or 1) // ranks_here, 16))
 
@@ -252,7 +252,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
                                 shard_size=shard_size, device=resolve_device(device),
-                                num_workers=_build_workers() if num_workers is None else num_workers,
+                                num_workers=default_workers() if num_workers is None else num_workers,
                                 image_format=image_format, attributes=table)
     if first_rank():
         click.echo(f"wrote {target}: {summary.describe()}")

@@ -213,14 +213,30 @@ def _open_files() -> set[str]:
 
 
 @pytest.mark.parametrize("cores, ranks_here, workers", [(64, None, 16), (64, "8", 8), (96, "8", 12), (2, "4", 1), (2, None, 2)])
-def test_a_builds_decoding_workers_share_the_machines_cores_among_its_torchrun_ranks(monkeypatch, cores, ranks_here,
-                                                                                      workers):
+def test_decoding_workers_share_the_machines_cores_among_its_torchrun_ranks(monkeypatch, cores, ranks_here, workers):
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     if ranks_here is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks_here)
-    assert cli._build_workers() == workers
+    assert cli.default_workers() == workers
+
+
+@pytest.mark.parametrize("option, workers", [([], 3), (["-j", "0"], 0)])
+def test_training_decodes_in_as_many_workers_as_a_build_unless_told(monkeypatch, tmp_path, option, workers):
+    from degrade.stream import PairStream
+    from trainers import cli as trainers_cli
+
+    asked = []
+
+    def from_source(*args, num_workers, **options):
+        asked.append(num_workers)
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(trainers_cli, "default_workers", lambda: 3)
+    monkeypatch.setattr(PairStream, "from_source", from_source)
+    result = run("train", "lrfr", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "run"), *option)
+    assert "stopped before training" in result.output and asked == [workers]
 
 
 def test_an_empty_source_is_a_clear_error(tmp_path):
