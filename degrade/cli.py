@@ -17,14 +17,24 @@ from pathlib import Path
 import click
 
 
-def resolve_device(name: str) -> str:
-    """`auto` -> cuda when available, else cpu; a CUDA name on a machine without CUDA is a usage error."""
+def _resolve_device(name: str) -> str:
+    """``--device``, checked as it is read: `auto` -> cuda when available, else cpu; anything but
+    cpu, cuda or cuda:N, or a CUDA device this machine does not have, is a usage error."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"expected cpu, cuda, cuda:N or auto, got {name!r}", param_hint="--device")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise click.BadParameter(f"{name}: this machine has {torch.cuda.device_count()} CUDA devices, from cuda:0",
+                                 param_hint="--device")
     return name
 
 
@@ -118,6 +128,7 @@ source_option = click.option(
 seed_option = click.option("--seed", type=click.IntRange(0, 0xFFFFFFFF), default=None,
                            help="Recipe seed, 0 to 4294967295 (default: the recipe's own).")
 device_option = click.option("--device", default="auto", show_default=True,
+                             callback=lambda context, parameter, name: _resolve_device(name),
                              help="`cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).")
 
 
@@ -200,7 +211,7 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
     if len(keys) == 0:
         raise click.ClickException(f"source {faces.name} has {len(faces)} samples; --start {start} is past the end")
     with reported(SourceError):
-        write_preview(loaded, make_pairs(loaded, faces, keys, resolve_device(device), seed), out)
+        write_preview(loaded, make_pairs(loaded, faces, keys, device, seed), out)
     click.echo(f"wrote {out}: {len(keys)} pairs of recipe {loaded.name}")
 
 
@@ -251,7 +262,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     with reported(BuildError, SourceError, WorkerLost), ends_on_stop_signals(stopped):
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
-                                shard_size=shard_size, device=resolve_device(device),
+                                shard_size=shard_size, device=device,
                                 num_workers=default_workers() if num_workers is None else num_workers,
                                 image_format=image_format, attributes=table)
     if first_rank():
@@ -318,9 +329,9 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
         if train_backbone not in BACKBONES:
             raise click.BadParameter(f"unknown backbone {train_backbone!r}; use one of {', '.join(sorted(BACKBONES))}",
                                      param_hint="--train")
-        click.echo(run_train_bench(recipe, faces, train_backbone, resolve_device(device), batch_size, pairs, workers,
+        click.echo(run_train_bench(recipe, faces, train_backbone, device, batch_size, pairs, workers,
                                    precision))
     elif end_to_end:
-        click.echo(run_build_bench(recipe, source, resolve_device(device), batch_size, pairs, workers))
+        click.echo(run_build_bench(recipe, source, device, batch_size, pairs, workers))
     else:
-        click.echo(run_bench(recipe, faces, resolve_device(device), batch_size, pairs, workers, rounds).report())
+        click.echo(run_bench(recipe, faces, device, batch_size, pairs, workers, rounds).report())

@@ -239,6 +239,17 @@ def test_training_decodes_in_as_many_workers_as_a_build_unless_told(monkeypatch,
     assert "stopped before training" in result.output and asked == [workers]
 
 
+@pytest.mark.parametrize("device, says", [
+    ("mps", "expected cpu, cuda, cuda:N or auto, got 'mps'"),
+    ("gpu", "expected cpu, cuda, cuda:N or auto, got 'gpu'"),
+    ("cuda:x", "expected cpu, cuda, cuda:N or auto, got 'cuda:x'"),
+])
+@pytest.mark.parametrize("command", [["build", "--recipe", "maug"], ["eval", "--model", "x=mobilefacenet"]])
+def test_a_device_other_than_cpu_or_cuda_is_a_usage_error_before_any_work(tmp_path, device, says, command):
+    result = CliRunner().invoke(main, [*command, "--out", str(tmp_path / "out"), "--device", device])
+    assert result.exit_code == 2 and says in result.output and not (tmp_path / "out").exists()
+
+
 def test_an_empty_source_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "empty")])

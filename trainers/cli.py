@@ -10,8 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from degrade.cli import (default_workers, device_option, ends_on_stop_signals, first_rank, reported, resolve_device,
-                         source_option)
+from degrade.cli import default_workers, device_option, ends_on_stop_signals, first_rank, reported, source_option
 from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -250,7 +249,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
         raise click.BadParameter(f"{options['warmup']} warm-up steps leave none of the {options['steps']} --steps at "
                                  "the full learning rate", param_hint="--warmup")
     refuse_unused_options(click.get_current_context())
-    device = torch.device(resolve_device(options["device"]))
+    device = torch.device(options["device"])
     workers = default_workers() if options["num_workers"] is None else options["num_workers"]
     stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=workers,
                           shuffle_seed=options["seed"])
@@ -377,10 +376,10 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
         if gallery_source is not None:
             try:
                 identified = identification(model, gallery_source, torch.arange(len(gallery_source)), sides,
-                                            resolve_device(device), progress=f"{name}: identification")
+                                            device, progress=f"{name}: identification")
             except ValueError as error:
                 raise click.BadParameter(str(error), param_hint="--identification") from None
-        results = evaluate_pairs(model, protocol, sides, chosen_folds, resolve_device(device),
+        results = evaluate_pairs(model, protocol, sides, chosen_folds, device,
                                  progress=f"{name}: verification")
         if identified is not None:
             results["identification"] = identified
