@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from degrade.text import counted
+
 
 def _resolve_device(name: str) -> str:
     """``--device``, checked as it is read: `auto` -> cuda when available, else cpu; anything but
@@ -212,7 +214,7 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
         raise click.ClickException(f"source {faces.name} has {len(faces)} samples; --start {start} is past the end")
     with reported(SourceError):
         write_preview(loaded, make_pairs(loaded, faces, keys, device, seed), out)
-    click.echo(f"wrote {out}: {len(keys)} pairs of recipe {loaded.name}")
+    click.echo(f"wrote {out}: {counted(len(keys), 'pair')} of recipe {loaded.name}")
 
 
 @main.command("build")
