@@ -155,7 +155,8 @@ def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_p
 
 
 @pytest.mark.parametrize("folds, error", [("3", "has folds 1-2; got '3'"), ("1,3", "has folds 1-2; got '1,3'"),
-                                          ("0,1", "has folds 1-2; got '0,1'"), ("seven", "fold numbers like 7,8"),
+                                          ("0,1", "has folds 1-2; got '0,1'"), ("seven", "numbers like 7,8"),
+                                          ("1,,2", "numbers like 7,8, got '1,,2'"),
                                           ("2", "k-fold accuracy needs two or more folds; got '2'")])
 def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pairs, folds, error):
     result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
@@ -163,10 +164,13 @@ def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pair
     _fails_naming(result, "--folds", error)
 
 
-def test_eval_resolutions_above_the_faces_size_are_refused(small_pairs):
+@pytest.mark.parametrize("resolutions, error", [("14,200", "200 px is above the 112 px of the faces of"),
+                                                ("0,14", "expected positive sides, got '0,14'"),
+                                                ("7,,14", "expected numbers like 7,14,28, got '7,,14'")])
+def test_eval_resolutions_that_are_not_sides_of_the_faces_are_refused_naming_the_option(small_pairs, resolutions, error):
     result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
-                                       "--resolutions", "14,200", "--device", "cpu"])
-    _fails_naming(result, str(small_pairs), "200 px is above the 112 px of the faces of")
+                                       "--resolutions", resolutions, "--device", "cpu"])
+    _fails_naming(result, "--resolutions", error)
 
 
 def test_bench_train_names_an_unknown_backbone():

@@ -15,13 +15,19 @@ from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
 
-def parse_resolutions(text: str) -> list[int]:
+def _numbers(text: str, example: str, param_hint: str) -> list[int]:
+    """The distinct integers of a comma-separated list, sorted."""
     try:
-        sides = sorted({int(s) for s in text.split(",") if s.strip()})
+        return sorted({int(part) for part in text.split(",")})
     except ValueError:
-        raise click.BadParameter(f"expected sides like 7,14,20,112, got {text!r}") from None
-    if not sides or min(sides) < 1:
-        raise click.BadParameter(f"expected positive sides, got {text!r}")
+        raise click.BadParameter(f"expected numbers like {example}, got {text!r}", param_hint=param_hint) from None
+
+
+def parse_resolutions(text: str, param_hint: str) -> list[int]:
+    """The sides in pixels ``text`` names ("7,14,28"), sorted, each one positive."""
+    sides = _numbers(text, "7,14,28", param_hint)
+    if min(sides) < 1:
+        raise click.BadParameter(f"expected positive sides, got {text!r}", param_hint=param_hint)
     return sides
 
 
@@ -30,10 +36,7 @@ def parse_folds(text: str | None, protocol, pairs: str, param_hint: str) -> list
     source read from ``pairs``); None when ``text`` is empty."""
     if not text:
         return None
-    try:
-        folds = sorted({int(s) for s in text.split(",")})
-    except ValueError:
-        raise click.BadParameter(f"expected fold numbers like 7,8, got {text!r}", param_hint=param_hint) from None
+    folds = _numbers(text, "7,8", param_hint)
     if not set(folds) <= set(range(1, protocol.folds + 1)):
         raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}; got {text!r}", param_hint=param_hint)
     return folds
@@ -225,8 +228,8 @@ def train_btnet(sides: str, selection: str, branch_blocks: int, loss_weights: st
                                  param_hint="--loss-weights")
     if not options["init"]:
         click.echo("warning: no --init: the trunk is untrained; BTNet distils from a trunk trained on HQ faces", err=True)
-    run({"trainer": "btnet", "sides": parse_resolutions(sides), "selection": selection, "blocks": branch_blocks,
-         "loss_weights": weights}, "btnet", **options)
+    run({"trainer": "btnet", "sides": parse_resolutions(sides, "--sides"), "selection": selection,
+         "blocks": branch_blocks, "loss_weights": weights}, "btnet", **options)
 
 
 def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, attribute_columns=None,
@@ -354,7 +357,7 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     from degrade.sources import SourceError, open_source
     from trainers.evaluate import evaluate_pairs, format_table, identification, plot_accuracy, write_results
 
-    sides = parse_resolutions(resolutions)
+    sides = parse_resolutions(resolutions, "--resolutions")
     with reported(SourceError):
         protocol = open_source(pairs)
         gallery_source = open_source(gallery) if gallery else None
