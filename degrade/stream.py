@@ -36,6 +36,7 @@ from degrade.keyed import epoch_seed
 from degrade.loader import decoded_batches, pair_batches
 from degrade.recipe import Recipe
 from degrade.sources import Source
+from degrade.text import counted
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -78,7 +79,9 @@ class PairStream:
         self.attributes = attributes
         self.epoch, self.start_step = 0, 0
         if len(self) == 0:
-            raise ValueError(f"{len(source)} samples make no full batch of {batch_size} on each of {self.world_size} ranks")
+            ranks = f" for each of {self.world_size} ranks" if self.world_size > 1 else ""
+            raise ValueError(f"{source.name}: no full batch of {batch_size}{ranks} from "
+                             f"{counted(len(source), 'sample')}; use a smaller batch size")
         if attributes is not None:
             attributes.check_names(source, len(source))
 

@@ -365,8 +365,10 @@ def test_each_epoch_on_the_fly_degrades_every_face_afresh_and_the_first_is_the_b
 
 
 def test_a_source_too_small_for_one_batch_per_rank_is_refused():
-    with pytest.raises(ValueError, match="make no full batch"):
+    with pytest.raises(ValueError, match="demo: no full batch of 600 for each of 2 ranks from 1,000 samples; use a"):
         PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=600, world_size=2, rank=0)
+    with pytest.raises(ValueError, match="demo: no full batch of 1001 from 1,000 samples; use a smaller batch size"):
+        PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=1001)
 
 
 @pytest.mark.parametrize("options", [dict(batch_size=0), dict(batch_size=8, num_workers=-1)])
