@@ -26,7 +26,8 @@ from degrade.arrow import encode_png
 from degrade.engine import chunks, degrade_uint8, prepare_cpu_worker, to_float
 from degrade.layout import channels_last
 from degrade.recipe import Recipe, leaf_params, load_recipe
-from degrade.sources import Source
+from degrade.sources import Source, SourceError
+from degrade.text import counted
 
 CHUNK = 32
 
@@ -290,7 +291,12 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
     in turn, ``rounds`` times each."""
     recipe = load_recipe(recipe_source)
     workers = workers or os.cpu_count() or 1
-    hq_cpu = source.load(torch.arange(min(batch_size, len(source)))).hq
+    faces = source.load(torch.arange(min(batch_size, len(source))))
+    if len(faces.key) == 0:
+        key, reason = faces.skipped[0]
+        raise SourceError(f"{source.name}: none of the first {counted(len(faces.skipped), 'face')} to time could be "
+                          f"read (key {key}: {reason})")
+    hq_cpu = faces.hq
     if len(hq_cpu) < batch_size:
         hq_cpu = hq_cpu[torch.arange(batch_size) % len(hq_cpu)]
     target = torch.device(device)

@@ -314,8 +314,10 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
     Also prints each stage's rate alone and the peak memory. Compare ratios, not absolute
     rates: shared machines are noisy (hence the rounds, timed in turn).
     """
+    from degrade.arrow import BuildError
     from degrade.bench import run_bench, run_build_bench, run_train_bench
     from degrade.ops import OP_NAMES
+    from degrade.sources import SourceError
 
     if train_backbone and end_to_end:
         raise click.UsageError("--build and --train time different things; give one of them")
@@ -331,9 +333,13 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
         if train_backbone not in BACKBONES:
             raise click.BadParameter(f"unknown backbone {train_backbone!r}; use one of {', '.join(sorted(BACKBONES))}",
                                      param_hint="--train")
-        click.echo(run_train_bench(recipe, faces, train_backbone, device, batch_size, pairs, workers,
-                                   precision))
-    elif end_to_end:
-        click.echo(run_build_bench(recipe, source, device, batch_size, pairs, workers))
-    else:
-        click.echo(run_bench(recipe, faces, device, batch_size, pairs, workers, rounds).report())
+        if loaded.makes_native_size:
+            raise click.BadParameter(f"recipe {loaded.name!r} makes native-size LQ faces; --train times LRFR steps, "
+                                     "which take LQ faces at the input size", param_hint="--recipe")
+    with reported(SourceError, BuildError):
+        if train_backbone:
+            click.echo(run_train_bench(recipe, faces, train_backbone, device, batch_size, pairs, workers, precision))
+        elif end_to_end:
+            click.echo(run_build_bench(recipe, source, device, batch_size, pairs, workers))
+        else:
+            click.echo(run_bench(recipe, faces, device, batch_size, pairs, workers, rounds).report())

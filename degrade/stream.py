@@ -13,7 +13,8 @@ the consuming process (on a CPU, in the workers themselves), with no disk in bet
 ``PairStream.from_dataset`` reads the same pairs from a built dataset instead. Under
 ``torch.distributed`` each rank gets an equal number of batches (the remainder of an epoch is
 dropped), its batch b being global batch ``b * world_size + rank`` of that epoch's shuffled order;
-``start_step`` resumes mid-epoch. Because params are keyed by sample, a sample's LQ does not
+``start_step`` resumes mid-epoch. Inputs that cannot be read are left out of their batch; a batch
+left with none fails with a ``SourceError`` naming one. Because params are keyed by sample, a sample's LQ does not
 depend on ranks, workers or order. Made on the fly, each epoch draws every sample's degradation
 afresh (epoch 0 with the recipe seed, so it holds a build's pairs; epoch e with
 :func:`degrade.keyed.epoch_seed`); read from a build, every epoch gets the build's one draw.
@@ -35,7 +36,7 @@ from degrade.engine import PairBatch
 from degrade.keyed import epoch_seed
 from degrade.loader import decoded_batches, pair_batches
 from degrade.recipe import Recipe
-from degrade.sources import Source
+from degrade.sources import Source, SourceError
 from degrade.text import counted
 
 
@@ -141,6 +142,10 @@ class PairStream:
         seed = epoch_seed(self.recipe.seed if self.seed is None else self.seed, self.epoch)
         for faces, batch in pair_batches(self.recipe, self.source, self.rank_batches(), self.device, seed,
                                          self.num_workers):
+            if len(faces.key) == 0:  # a step cannot learn from no pair
+                key, reason = faces.skipped[0]
+                raise SourceError(f"{self.source.name}: every one of the {len(faces.skipped)} faces of a batch was "
+                                  f"skipped (key {key}: {reason}); a batch needs one readable face")
             if self.attributes is not None:
                 batch.attributes = self.attributes.lookup(self.source, faces.key, faces.identity).to(self.device)
             yield self._as_dict(batch)

@@ -64,3 +64,12 @@ def small_pairs(lfw_source, tmp_path_factory) -> Path:
 def flat_grey() -> torch.Tensor:
     """(8, 3, 112, 112) of 0.5 everywhere."""
     return torch.full((8, 3, 112, 112), 0.5)
+
+
+@pytest.fixture
+def unreadable_faces(tmp_path) -> Path:
+    """A folder source of one identity whose two files, 1.jpg and 2.jpg, are not images."""
+    (tmp_path / "faces" / "ann").mkdir(parents=True)
+    for name in ("1.jpg", "2.jpg"):
+        (tmp_path / "faces" / "ann" / name).write_bytes(b"not an image")
+    return tmp_path / "faces"

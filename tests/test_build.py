@@ -124,11 +124,9 @@ def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
         open_dataset(tmp_path / "ds")
 
 
-def test_a_build_whose_every_input_is_skipped_fails_naming_one_and_its_folder_says_it_holds_no_pairs(tmp_path):
-    (tmp_path / "faces" / "ann").mkdir(parents=True)
-    for name in ("1.jpg", "2.jpg"):
-        (tmp_path / "faces" / "ann" / name).write_bytes(b"not an image")
-    source = open_source(str(tmp_path / "faces"))
+def test_a_build_whose_every_input_is_skipped_fails_naming_one_and_its_folder_says_it_holds_no_pairs(
+        tmp_path, unreadable_faces):
+    source = open_source(str(unreadable_faces))
     for _ in range(2):  # a rerun finds the shards whole and fails the same way
         with pytest.raises(BuildError, match=r"every one of the 2 inputs was skipped \(key 0: .*1.jpg: not a readable "
                                              "image.*summary.json lists them all"):
@@ -369,6 +367,15 @@ def test_a_source_too_small_for_one_batch_per_rank_is_refused():
         PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=600, world_size=2, rank=0)
     with pytest.raises(ValueError, match="demo: no full batch of 1001 from 1,000 samples; use a smaller batch size"):
         PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=1001)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_streamed_batch_whose_every_face_is_unreadable_fails_naming_one(unreadable_faces, workers):
+    stream = PairStream.from_source(load_recipe("maug"), open_source(str(unreadable_faces)), batch_size=2,
+                                    num_workers=workers, shuffle=False)
+    with pytest.raises(SourceError, match=r"faces: every one of the 2 faces of a batch was skipped \(key 0: .*1.jpg: "
+                                          "not a readable image"):
+        next(iter(stream))
 
 
 @pytest.mark.parametrize("options", [dict(batch_size=0), dict(batch_size=8, num_workers=-1)])

@@ -1,7 +1,7 @@
 """An input to `degrade train` or `degrade eval` that cannot be used fails with one message naming
 it and saying why: a checkpoint (--init, --teacher, --stage1, eval --model, the run's last.pt),
-a folder that is not a finished build (--from-dataset), an attributes table without the columns
-CATFace needs, folds the pairs file does not have, an unknown backbone, a setting that would make
+a folder that is not a finished build (--from-dataset), a source whose faces cannot be read, an
+attributes table without the columns CATFace needs, folds the pairs file does not have, an unknown backbone, a setting that would make
 training climb its loss or never reach its learning rate."""
 
 import datasets
@@ -152,6 +152,13 @@ def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_p
     result = CliRunner().invoke(main, ["train", "catface", "--attributes", str(tmp_path / "attributes.tsv"), "--steps", "1",
                                        "--device", "cpu", "--out", str(tmp_path / "run")])
     _fails_naming(result, "attributes.tsv", "no column 'Male' (has Smiling)")
+
+
+def test_training_on_faces_that_cannot_be_read_fails_naming_one(tmp_path, unreadable_faces):
+    result = CliRunner().invoke(main, ["train", "lrfr", "--source", str(unreadable_faces), "--steps", "2", "-b", "2",
+                                       "--device", "cpu", "-j", "0", "--out", str(tmp_path / "run")])
+    _fails_naming(result, str(unreadable_faces / "ann" / "1.jpg"), "every one of the 2 faces of a batch was skipped")
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 @pytest.mark.parametrize("folds, error", [("3", "has folds 1-2; got '3'"), ("1,3", "has folds 1-2; got '1,3'"),
