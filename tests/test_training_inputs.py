@@ -1,8 +1,9 @@
 """An input to `degrade train` or `degrade eval` that cannot be used fails with one message naming
 it and saying why: a checkpoint (--init, --teacher, --stage1, eval --model, the run's last.pt),
 a folder that is not a finished build (--from-dataset), a source whose faces cannot be read, an
-attributes table without the columns CATFace needs, folds the pairs file does not have, an unknown backbone, a setting that would make
-training climb its loss or never reach its learning rate."""
+attributes table without the columns CATFace needs, folds the pairs file does not have, an
+unknown backbone, a setting that would make training climb its loss or never reach its learning
+rate."""
 
 import datasets
 import pytest
