@@ -1,6 +1,7 @@
 """Sources: each format reads back the pixels and identities it was given; odd inputs are handled."""
 
 import pickle
+import re
 import struct
 import types
 
@@ -165,6 +166,20 @@ def test_lfw_pairs_file_gives_folds_and_pairs_of_keys(lfw_source):
     assert set(source.identity_names) <= set(lfw_source.identity_names)
     fold_identities = [set(int(i) for i in source.identities[pairs.left[pairs.fold == f]]) for f in range(8)]
     assert all(not (fold_identities[a] & fold_identities[b]) for a in range(8) for b in range(a))
+
+
+@pytest.mark.parametrize("text, says", [
+    (b"", "pairs.txt:1: expected '<folds><TAB><pairs per half fold>', two positive numbers"),
+    (b"0\t300\n", "pairs.txt:1: expected '<folds><TAB><pairs per half fold>', two positive numbers"),
+    (b"1\t1\nann\t1\t2\n\nann\tone\tbob\t2\n", "pairs.txt:4: expected image numbers, got 'ann one bob 2'"),
+    (b"1\t1\nann\t1\t2\nann\t1\n", "pairs.txt:3: expected 3 (same) or 4 (different) fields, got 2"),
+    (b"1\t2\nann\t1\t2\nann\t1\tbob\t2\n", "header promises 1 folds of 2x2 pairs, found 2 pairs"),
+    (b"\xff\xd8\xff\xe0 a JPEG named .txt", "pairs.txt: not a text file"),
+])
+def test_a_pairs_file_that_is_not_one_is_refused_naming_its_line(tmp_path, text, says):
+    (tmp_path / "pairs.txt").write_bytes(text)
+    with pytest.raises(SourceError, match=re.escape(says)):
+        open_source(str(tmp_path / "pairs.txt"))
 
 
 def test_insightface_bin_gives_pairs(tmp_path, lfw_jpegs):

@@ -162,6 +162,15 @@ def test_training_on_faces_that_cannot_be_read_fails_naming_one(tmp_path, unread
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_eval_on_pairs_whose_images_are_missing_fails_naming_one(tmp_path, lfw_source):
+    (tmp_path / "images").symlink_to(LFW / "images")
+    (tmp_path / "pairs.txt").write_text("2\t1\nAaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tNobody\t1\n"
+                                        "Aaron_Peirsol\t3\t4\nAaron_Peirsol\t1\tNobody\t2\n")
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(tmp_path / "pairs.txt"),
+                                       "--device", "cpu"])
+    _fails_naming(result, str(tmp_path / "images" / "Nobody" / "Nobody_0001.jpg"), "2 images of its pairs could not be read")
+
+
 @pytest.mark.parametrize("folds, error", [("3", "has folds 1-2; got '3'"), ("1,3", "has folds 1-2; got '1,3'"),
                                           ("0,1", "has folds 1-2; got '0,1'"), ("seven", "numbers like 7,8"),
                                           ("1,,2", "numbers like 7,8, got '1,,2'"),

@@ -383,8 +383,8 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
                                             device, progress=f"{name}: identification")
             except ValueError as error:
                 raise click.BadParameter(str(error), param_hint="--identification") from None
-        results = evaluate_pairs(model, protocol, sides, chosen_folds, device,
-                                 progress=f"{name}: verification")
+        with reported(SourceError):
+            results = evaluate_pairs(model, protocol, sides, chosen_folds, device, progress=f"{name}: verification")
         if identified is not None:
             results["identification"] = identified
         runs[name] = results

@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from degrade.engine import to_float
 from degrade.ops.resize import Resize
+from degrade.sources.base import SourceError
+from degrade.text import counted
 
 FARS = (1e-2, 1e-3)
 
@@ -120,7 +122,8 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
     keys = torch.cat([left, right]).unique()
     faces = source.load(keys)
     if faces.skipped:
-        raise ValueError(f"{len(faces.skipped)} evaluation images could not be read: {faces.skipped[0][1]}")
+        raise SourceError(f"{source.name}: {counted(len(faces.skipped), 'image')} of its pairs could not be read "
+                          f"({faces.skipped[0][1]})")
     position = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
     position[keys] = torch.arange(len(keys))
     a, b = position[left], position[right]

@@ -22,21 +22,30 @@ class VerificationPairs:
 
 
 def parse_pairs_file(path: Path) -> tuple[list[tuple[str, int, str, int, bool, int]], int]:
-    """Read an LFW View-2 style file: a ``folds<TAB>n`` line, then per fold n same and n different pairs."""
-    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    """Read an LFW View-2 style file: a ``folds<TAB>n`` line, then per fold n same and n different
+    pairs. Errors name the file's line."""
     try:
-        folds, per_fold = int(lines[0][0]), int(lines[0][1])
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: not a text file; expected an LFW-style pairs file") from None
+    lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    header_number, header = lines[0] if lines else (1, [])
+    try:
+        folds, per_fold = int(header[0]), int(header[1])
     except (IndexError, ValueError):
-        raise SourceError(f"{path}:1: expected '<folds><TAB><pairs per half fold>'") from None
+        folds = per_fold = 0
+    if folds < 1 or per_fold < 1:
+        raise SourceError(f"{path}:{header_number}: expected '<folds><TAB><pairs per half fold>', two positive numbers")
     pairs = []
-    for number, fields in enumerate(lines[1:], start=2):
-        fold = (number - 2) // (2 * per_fold)
-        if len(fields) == 3:
-            pairs.append((fields[0], int(fields[1]), fields[0], int(fields[2]), True, fold))
-        elif len(fields) == 4:
-            pairs.append((fields[0], int(fields[1]), fields[2], int(fields[3]), False, fold))
-        else:
+    for number, fields in lines[1:]:
+        if len(fields) not in (3, 4):
             raise SourceError(f"{path}:{number}: expected 3 (same) or 4 (different) fields, got {len(fields)}")
+        names, numbers = (fields[:1] * 2, fields[1:]) if len(fields) == 3 else (fields[::2], fields[1::2])
+        try:
+            a, b = int(numbers[0]), int(numbers[1])
+        except ValueError:
+            raise SourceError(f"{path}:{number}: expected image numbers, got {' '.join(fields)!r}") from None
+        pairs.append((names[0], a, names[1], b, len(fields) == 3, len(pairs) // (2 * per_fold)))
     if len(pairs) != folds * 2 * per_fold:
         raise SourceError(f"{path}: header promises {folds} folds of 2x{per_fold} pairs, found {len(pairs)} pairs")
     return pairs, folds
