@@ -326,10 +326,11 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
         return RecipeError(f"{source}: {where}: {message}")
 
     if not isinstance(data, dict):
-        raise fail("top level", "expected a mapping with 'name' and 'stages'")
+        raise fail("top level", "expected a mapping with 'stages' (and optionally name, description, seed, size)")
     unknown = set(data) - {"name", "description", "seed", "size", "stages"}
     if unknown:
-        raise fail("top level", f"unknown field(s) {', '.join(sorted(unknown))}")
+        raise fail("top level", f"unknown field(s) {', '.join(sorted(map(str, unknown)))} (a recipe's fields: stages, "
+                                "name, description, seed, size)")
     name = data.get("name", Path(source).stem)
     if "name" in data and not (isinstance(name, str) and RECIPE_NAME.fullmatch(name)):
         raise fail("field 'name'", "expected letters, digits, '_', '-' or '.', not first (it names the default "

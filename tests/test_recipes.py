@@ -185,6 +185,16 @@ def _error(tmp_path, text: str) -> str:
     return str(error.value)
 
 
+@pytest.mark.parametrize("text, says", [
+    ("", "bad.yaml: top level: expected a mapping with 'stages' (and optionally name, description, seed, size)"),
+    ("- op: jpeg\n", "bad.yaml: top level: expected a mapping with 'stages'"),
+    ("stages: [{op: jpeg}]\nstage: [{op: erase}]\n1: one\n", "bad.yaml: top level: unknown field(s) 1, stage (a recipe's "
+                                                             "fields: stages, name, description, seed, size)"),
+])
+def test_a_recipe_that_is_not_a_mapping_of_its_fields_is_refused_naming_them(tmp_path, text, says):
+    assert says in _error(tmp_path, text)
+
+
 def test_unknown_op_names_the_file_the_stage_and_the_known_ops(tmp_path):
     message = _error(tmp_path, """
         stages:
