@@ -335,6 +335,9 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
     if "name" in data and not (isinstance(name, str) and RECIPE_NAME.fullmatch(name)):
         raise fail("field 'name'", "expected letters, digits, '_', '-' or '.', not first (it names the default "
                                    f"output folder, out/<name>), got {name!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise fail("field 'description'", f"expected one line of text, got {description!r}")
     seed, size = data.get("seed", 0), data.get("size", 112)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise fail("field 'seed'", f"expected an integer in [0, {MAX_SEED}], got {seed!r}")
@@ -467,7 +470,7 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
                                              or leaf is not option.leaves[-1]):
                     raise fail(f"stage {number} ({stage.name})",
                                "an op with native-size output must be the last stage, with p: 1, outside one_of")
-    return Recipe(name=str(name), description=str(data.get("description", "")), seed=seed, size=size,
+    return Recipe(name=str(name), description=description, seed=seed, size=size,
                   stages=stages, text=text)
 
 

@@ -190,6 +190,7 @@ def _error(tmp_path, text: str) -> str:
     ("- op: jpeg\n", "bad.yaml: top level: expected a mapping with 'stages'"),
     ("stages: [{op: jpeg}]\nstage: [{op: erase}]\n1: one\n", "bad.yaml: top level: unknown field(s) 1, stage (a recipe's "
                                                              "fields: stages, name, description, seed, size)"),
+    ("description: [1, 2]\nstages: [{op: jpeg}]\n", "bad.yaml: field 'description': expected one line of text, got [1, 2]"),
 ])
 def test_a_recipe_that_is_not_a_mapping_of_its_fields_is_refused_naming_them(tmp_path, text, says):
     assert says in _error(tmp_path, text)
