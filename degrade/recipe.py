@@ -470,8 +470,7 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
                                              or leaf is not option.leaves[-1]):
                     raise fail(f"stage {number} ({stage.name})",
                                "an op with native-size output must be the last stage, with p: 1, outside one_of")
-    return Recipe(name=str(name), description=description, seed=seed, size=size,
-                  stages=stages, text=text)
+    return Recipe(name=str(name), description=description, seed=seed, size=size, stages=stages, text=text)
 
 
 def describe(recipe: Recipe, params: Params, index: int) -> list[str]:
