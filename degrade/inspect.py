@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
@@ -48,7 +49,9 @@ def describe_dataset(folder: str | Path) -> str:
         "versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
         "schema:",
     ]
-    lines += [f"  {field.name}: {field.type}" for field in table.schema]
+    lines += [f"  {field.name}: {field.type}" for field in table.schema if field.name != "attributes"]
+    if "attributes" in table.column_names:
+        lines += _attribute_lines(table.column("attributes"))
     summary_path = folder / SUMMARY
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
@@ -66,10 +69,26 @@ def describe_dataset(folder: str | Path) -> str:
     return "\n".join(lines)
 
 
+def _attribute_lines(column: pa.ChunkedArray) -> list[str]:
+    """The attributes column in a few lines: how many pairs have them and each one's mean over those."""
+    names = [field.name for field in column.type]
+    values = [pc.struct_field(column, n) for n in range(len(names))]
+    has = len(column) - values[0].null_count
+    lines = [f"  attributes: {counted(len(names), 'column')} of {column.type[0].type}, on {has} of "
+             f"{counted(len(column), 'pair')}" + (", mean over those:" if has else "")]
+    for name, value in zip(names, values) if has else ():
+        entry = f"{name} {pc.mean(value).as_py():.2f}"
+        if lines[-1].startswith("    ") and len(lines[-1]) + len(entry) < 118:
+            lines[-1] += f", {entry}"
+        else:
+            lines.append(f"    {entry}")
+    return lines
+
+
 def _rows_each_param_counts_on(recipe: Recipe, params: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
     """For each param but the seeds: the (N,) bool rows its values mean something on (None: all).
     Every op draws its params for every sample, also those a stage's ``p`` or one-of choice skips."""
-    ran = recipe.ran({name: torch.as_tensor(values) for name, values in params.items()
+    ran = recipe.ran({name: torch.tensor(values) for name, values in params.items()
                       if name.endswith((".applied", ".choice"))})
     rows = {}
     for name in params:

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,14 +95,19 @@ def test_a_cpu_build_degrades_and_encodes_in_its_decoding_workers_and_writes_the
                for name in shards)
 
 
-def test_attributes_become_a_column_with_nulls_where_missing(tmp_path, lfw_source):
+def test_attributes_become_a_column_with_nulls_where_missing_that_inspect_summarises(tmp_path, lfw_source):
     build_dataset(load_recipe("catface"), lfw_source, tmp_path / "ds", limit=30, attributes=Attributes(LFW / "attributes.tsv"),
                   progress=False)
     dataset = open_dataset(tmp_path / "ds")
     row = dataset[3]
     assert set(row["attributes"]) >= {"Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"}
     assert row["attributes"]["Male"] in (0.0, 1.0, None)
-    assert sum(r["Male"] is not None for r in dataset["attributes"]) > 20
+    has = [r["Male"] is not None for r in dataset["attributes"]]
+    assert sum(has) > 20
+    male = sum(r["Male"] for r in dataset["attributes"] if r["Male"] is not None) / sum(has)
+    described = describe_dataset(tmp_path / "ds")
+    assert f"  attributes: 74 columns of float, on {sum(has)} of 30 pairs, mean over those:\n" in described
+    assert re.search(rf"(?m)(^    |, )Male {male:.2f}(,|$)", described)
 
 
 def test_an_attributes_table_that_names_no_sample_of_the_source_is_refused_before_any_work(tmp_path, lfw_source):
