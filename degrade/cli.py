@@ -276,7 +276,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also write a PNG grid of pairs.")
 @click.option("--count", "-n", default=16, show_default=True, type=click.IntRange(1, 256), help="Pairs in the grid.")
 def inspect_command(folder: str, grid: str | None, count: int) -> None:
-    """Describe a built dataset: schema, counts, recipe, skipped inputs, param histograms."""
+    """Describe a built dataset: schema, counts, recipe, skipped inputs, attribute means, param histograms."""
     from degrade.arrow import BuildError
     from degrade.inspect import describe_dataset, write_dataset_grid
 

@@ -36,7 +36,7 @@ def histogram(values: np.ndarray) -> list[str]:
 
 
 def describe_dataset(folder: str | Path) -> str:
-    """Schema, counts, recipe, skipped inputs and param histograms of a finished build."""
+    """Schema, counts, recipe, skipped inputs, attribute means and param histograms of a finished build."""
     folder = Path(folder)
     dataset = open_dataset(folder)
     manifest = read_manifest(folder)
