@@ -28,7 +28,7 @@ def bad_files(tmp_path_factory) -> dict[str, tuple[str, str]]:
     torch.save(build_backbone("iresnet18").state_dict(), folder / "iresnet18.pt")
     return {
         "empty": (str(folder / "empty.pt"), "not a PyTorch checkpoint (EOFError"),
-        "text": (str(folder / "text.pt"), "not a PyTorch checkpoint"),
+        "text": (str(folder / "text.pt"), "not a PyTorch checkpoint (UnpicklingError: Unsupported operand 103)"),
         "list": (str(folder / "list.pt"), "holds no backbone weights (a list"),
         "other backbone": (str(folder / "iresnet18.pt"), "not weights of this MobileFaceNet: 283 of its tensors missing"),
     }
@@ -160,6 +160,19 @@ def test_training_on_faces_that_cannot_be_read_fails_naming_one(tmp_path, unread
                                        "--device", "cpu", "-j", "0", "--out", str(tmp_path / "run")])
     _fails_naming(result, str(unreadable_faces / "ann" / "1.jpg"), "every one of the 2 faces of a batch was skipped")
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("models, says", [
+    (["x=mobilefacenet:"], "no weights file after 'mobilefacenet:' in 'x=mobilefacenet:'"),
+    (["x=mobilefacenet", "x=iresnet18"], "two models are named 'x'; give each a NAME of its own"),
+    (["mobilefacenet"], "expected NAME=BACKBONE[:WEIGHTS]"),
+])
+def test_eval_models_that_are_not_one_named_model_each_are_refused_before_any_work(tmp_path, small_pairs, models, says):
+    options = [option for model in models for option in ("--model", model)]
+    result = CliRunner().invoke(main, ["eval", *options, "--pairs", str(small_pairs), "--device", "cpu",
+                                       "--out", str(tmp_path / "eval")])
+    _fails_naming(result, "--model", says)
+    assert not (tmp_path / "eval").exists()
 
 
 def test_eval_on_pairs_whose_images_are_missing_fails_naming_one(tmp_path, lfw_source):

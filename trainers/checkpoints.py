@@ -39,7 +39,11 @@ def read_checkpoint(path: str | Path) -> object:
                 f"{path}: holds Python objects other than tensors and plain values ({unsupported[1]}), which are not "
                 f"loaded, as unpickling them could run code from the file; if you trust it, save its weights alone, "
                 f"e.g. torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')") from None
-        detail = f"{type(error).__name__}: {error}" if str(error) else f"{type(error).__name__}, at {Path(path).stat().st_size} bytes"
+        # The weights-only unpickler wraps its finding ("Unsupported operand 123") in paragraphs of advice.
+        finding = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", str(error), re.DOTALL)
+        message = finding[1] if finding else str(error)
+        kind = type(error).__name__
+        detail = f"{kind}: {message}" if message else f"{kind}, at {Path(path).stat().st_size} bytes"
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({detail})") from None
 
 

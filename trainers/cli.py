@@ -317,8 +317,11 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
     from trainers.registry import load_trained
 
     name, _, model_spec = text.partition("=")
-    backbone_name, _, weights = model_spec.partition(":")
+    backbone_name, colon, weights = model_spec.partition(":")
     if name and backbone_name in BACKBONES:
+        if colon and not weights:  # e.g. an unset shell variable: the untrained backbone is not what was asked
+            raise click.BadParameter(f"no weights file after {model_spec!r} in {text!r}; leave out the ':' for an "
+                                     "untrained backbone", param_hint="--model")
         try:
             return name, build_backbone(backbone_name, weights or None)
         except CheckpointError as error:
@@ -371,6 +374,10 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     if chosen_folds is not None and len(chosen_folds) < 2:
         raise click.BadParameter(f"k-fold accuracy needs two or more folds; got {folds!r}", param_hint="--folds")
     opened = [open_model(text, selection) for text in models]  # every --model checked before any work
+    names = [name for name, _ in opened]
+    if len(set(names)) < len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise click.BadParameter(f"two models are named {twice!r}; give each a NAME of its own", param_hint="--model")
     if out:
         with reported():  # made once every input is checked, and before the evaluation, not after it
             Path(out).mkdir(parents=True, exist_ok=True)
