@@ -275,6 +275,8 @@ def test_training_leaves_out_the_identities_of_the_excluded_folds_by_default_all
     everyone = {lfw_source.identity_name(int(i)) for i in lfw_source.identities.unique()}
     assert names == everyone - excluded
     assert torch.equal(faces.identities.unique(), torch.arange(len(names)))  # class labels 0..C-1
+    assert faces.name == f"{lfw_source.name} ({len(faces):,} of its {len(lfw_source):,} samples)"
+    assert training_source(str(LFW / "images"), 112, None, None).name == lfw_source.name
 
 
 @pytest.mark.parametrize("arguments, says", [

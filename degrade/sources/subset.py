@@ -17,7 +17,9 @@ class SubsetSource:
 
     def __init__(self, source, keys: torch.Tensor) -> None:
         self.source, self.keys = source, keys.to(torch.int64)
-        self.name, self.size = f"{source.name} (subset of {len(keys)})", source.size
+        whole = len(keys) == len(source)
+        self.name = source.name if whole else f"{source.name} ({len(keys):,} of its {len(source):,} samples)"
+        self.size = source.size
         self.original_identity, self.labels = source.identities[self.keys].unique(return_inverse=True)
 
     @property
