@@ -155,6 +155,14 @@ def test_table_without_an_image_column_is_a_clear_error(tmp_path):
         open_source(str(tmp_path / "t"))
 
 
+@pytest.mark.parametrize("name, says", [("faces.parquet", "not a readable parquet file (Parquet magic bytes"),
+                                         ("faces.arrow", "not a readable arrow file")])
+def test_a_table_file_that_is_not_one_is_named(tmp_path, name, says):
+    (tmp_path / name).write_bytes(b"PAR1 and then nothing a table holds")
+    with pytest.raises(SourceError, match=re.escape(f"{tmp_path / name}: {says}")):
+        open_source(str(tmp_path / name))
+
+
 def test_lfw_pairs_file_gives_folds_and_pairs_of_keys(lfw_source):
     source = open_source(str(LFW / "pairs.txt"))
     pairs = source.pairs

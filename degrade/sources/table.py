@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels
@@ -31,10 +32,12 @@ def open_table(path: Path) -> datasets.Dataset:
                 raise SourceError(f"{path}: a dataset dictionary without a 'train' split ({', '.join(loaded)})")
             loaded = loaded["train"]
         return loaded
-    if path.suffix == ".parquet":
-        return datasets.Dataset.from_parquet(str(path))
-    if path.suffix == ".arrow":
-        return datasets.Dataset.from_file(str(path))
+    readers = {".parquet": datasets.Dataset.from_parquet, ".arrow": datasets.Dataset.from_file}
+    if path.suffix in readers:
+        try:
+            return readers[path.suffix](str(path))
+        except pa.ArrowException as error:
+            raise SourceError(f"{path}: not a readable {path.suffix[1:]} file ({error})") from None
     raise SourceError(f"{path}: expected a dataset folder, a .parquet or an .arrow file")
 
 
