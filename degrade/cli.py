@@ -129,6 +129,11 @@ source_option = click.option(
 # The range of degrade.keyed.MAX_SEED, not imported here (it imports torch).
 seed_option = click.option("--seed", type=click.IntRange(0, 0xFFFFFFFF), default=None,
                            help="Recipe seed, 0 to 4294967295 (default: the recipe's own).")
+num_workers_option = click.option(
+    "--num-workers", "-j", default=None, type=click.IntRange(0),
+    callback=lambda context, parameter, workers: default_workers() if workers is None else workers,
+    help="DataLoader processes decoding the faces; on a CPU they also degrade them, one core each (default: every "
+         "core, at most 16, under torchrun shared among the ranks of a machine; 0: all in this process).")
 device_option = click.option("--device", default="auto", show_default=True,
                              callback=lambda context, parameter, name: _resolve_device(name),
                              help="`cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).")
@@ -227,10 +232,7 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
 @click.option("--shard-size", default=2048, show_default=True, type=click.IntRange(1), help="Pairs per Arrow shard.")
 @click.option("--format", "image_format", type=click.Choice(["png", "raw"]), default="png", show_default=True,
               help="`png`: HF Image columns; `raw`: uint8 HxWx3 bytes (fastest to write and read).")
-@click.option("--num-workers", "-j", default=None, type=click.IntRange(0),
-              help="DataLoader processes decoding HQ images; on a CPU they also degrade them, one core each "
-                   "(default: every core, at most 16, under torchrun shared among the ranks of a machine; "
-                   "0: all in this process).")
+@num_workers_option
 @click.option("--attributes", type=click.Path(dir_okay=False, exists=True), default=None,
               help="CSV/TSV of per-sample attributes, its first column 'file' (a path relative to the source, "
                    "e.g. Name/Name_0001.jpg) or 'identity' (an identity's name, e.g. its sub-folder's); "
@@ -239,7 +241,7 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
 @seed_option
 @device_option
 def build_command(recipe: str, source: str, out: str | None, limit: int | None, batch_size: int, shard_size: int,
-                  image_format: str, num_workers: int | None, attributes: str | None, strict: bool, seed: int | None,
+                  image_format: str, num_workers: int, attributes: str | None, strict: bool, seed: int | None,
                   device: str) -> None:
     """Degrade a source into an Arrow dataset (opens with datasets.load_from_disk).
 
@@ -265,7 +267,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
                                 shard_size=shard_size, device=device,
-                                num_workers=default_workers() if num_workers is None else num_workers,
+                                num_workers=num_workers,
                                 image_format=image_format, attributes=table)
     if first_rank():
         click.echo(f"wrote {target}: {summary.describe()}")

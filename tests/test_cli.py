@@ -225,7 +225,6 @@ def test_decoding_workers_share_the_machines_cores_among_its_torchrun_ranks(monk
 @pytest.mark.parametrize("option, workers", [([], 3), (["-j", "0"], 0)])
 def test_training_decodes_in_as_many_workers_as_a_build_unless_told(monkeypatch, tmp_path, option, workers):
     from degrade.stream import PairStream
-    from trainers import cli as trainers_cli
 
     asked = []
 
@@ -233,7 +232,7 @@ def test_training_decodes_in_as_many_workers_as_a_build_unless_told(monkeypatch,
         asked.append(num_workers)
         raise ValueError("stopped before training")
 
-    monkeypatch.setattr(trainers_cli, "default_workers", lambda: 3)
+    monkeypatch.setattr(cli, "default_workers", lambda: 3)
     monkeypatch.setattr(PairStream, "from_source", from_source)
     result = run("train", "lrfr", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "run"), *option)
     assert "stopped before training" in result.output and asked == [workers]

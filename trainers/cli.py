@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from degrade.cli import default_workers, device_option, ends_on_stop_signals, first_rank, reported, source_option
+from degrade.cli import device_option, ends_on_stop_signals, first_rank, num_workers_option, reported, source_option
 from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -106,10 +106,7 @@ def common_training_options(command):
         click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
                      help="Run folder: log.csv, last.pt (resumed when present), step-*.pt backbones."),
         device_option,
-        click.option("--num-workers", "-j", default=None, type=click.IntRange(0),
-                     help="DataLoader processes decoding the faces; on a CPU they also degrade them (default: every "
-                          "core, at most 16, under torchrun shared among the ranks of a machine; 0: all in this "
-                          "process)."),
+        num_workers_option,
         click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
                      help="Seed of the weights' initialisation and the epochs' order (the LQ draws follow the "
                           "recipe's seed)."),
@@ -253,8 +250,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                                  "the full learning rate", param_hint="--warmup")
     refuse_unused_options(click.get_current_context())
     device = torch.device(options["device"])
-    workers = default_workers() if options["num_workers"] is None else options["num_workers"]
-    stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=workers,
+    stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
                           shuffle_seed=options["seed"])
     with reported(RecipeError, SourceError, BuildError, ValueError):
         if options["from_dataset"]:
