@@ -11,14 +11,19 @@ import pyarrow.compute as pc
 import torch
 import yaml
 
-from degrade.arrow import open_dataset, read_manifest
+from degrade.arrow import BuildError, open_dataset, read_manifest
 from degrade.engine import PairBatch
-from degrade.recipe import Recipe, parse_recipe
+from degrade.recipe import Recipe, RecipeError, parse_recipe
 
 
-def recipe_of(manifest: dict) -> Recipe:
-    """The recipe a build was made with, from the text its manifest (``degrade.json``) keeps."""
-    return parse_recipe(yaml.safe_load(manifest["recipe_text"]), source=manifest["recipe"])
+def recipe_of(folder: Path, manifest: dict) -> Recipe:
+    """The recipe the build in ``folder`` was made with, from the text its manifest (``degrade.json``)
+    keeps; a BuildError naming the folder where it cannot be loaded (an op of its own that this
+    Python cannot import)."""
+    try:
+        return parse_recipe(yaml.safe_load(manifest["recipe_text"]), source=manifest["recipe"])
+    except RecipeError as error:
+        raise BuildError(f"{folder}: its recipe cannot be loaded here ({error})") from None
 
 
 def flat_table(table: pa.Table) -> pa.Table:
@@ -66,7 +71,7 @@ class BuiltPairs:
         self.folder = Path(folder)
         dataset = open_dataset(self.folder)
         self.manifest = read_manifest(self.folder)
-        self.recipe = recipe_of(self.manifest)
+        self.recipe = recipe_of(self.folder, self.manifest)
         self.name = str(self.folder)
         self._length = len(dataset)
         highest = pc.max(dataset.data.table.column("identity")).as_py()

@@ -61,7 +61,7 @@ def describe_dataset(folder: str | Path) -> str:
             lines.append("converted: " + ", ".join(f"{c} {f}" for f, c in summary["fixes"].items()))
     lines.append("params (an op's over the pairs it ran on, a one-of choice over the pairs its stage ran on):")
     params = flat_params(table)
-    for name, rows in _rows_each_param_counts_on(recipe_of(manifest), params).items():
+    for name, rows in _rows_each_param_counts_on(recipe_of(folder, manifest), params).items():
         values = params[name] if rows is None else params[name][rows]
         shown = "" if len(values) == len(table) else f"  ({len(values)} of {len(table)} pairs)"
         lines.append(f"  {name}{shown}")

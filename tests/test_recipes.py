@@ -9,10 +9,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from degrade.arrow import open_dataset
+from degrade.arrow import BuildError, open_dataset
 from degrade.cli import main
 from degrade.engine import to_uint8
 from degrade.recipe import RecipeError, builtin_recipes, leaf_params, load_recipe, parse_recipe
+from degrade.stream import PairStream
 
 RECIPES = sorted(builtin_recipes())
 
@@ -423,6 +424,21 @@ def test_an_op_of_your_own_named_module_colon_class_is_drawn_stored_and_replayed
     assert result.exit_code == 0, result.output
     rows = open_dataset(out)
     assert rows[3]["params"]["vignette"]["strength"] == pytest.approx(float(recipe.sample(torch.tensor([3]))["vignette.strength"]))
+
+
+def test_a_build_whose_own_op_cannot_be_imported_here_is_named_by_inspect_and_by_streams(tmp_path, own_ops,
+                                                                                        monkeypatch):
+    (tmp_path / "mine.yaml").write_text("stages:\n  - {op: 'my_ops:Vignette'}\n")
+    assert CliRunner().invoke(main, ["build", "--recipe", str(tmp_path / "mine.yaml"), "--limit", "4", "-j", "0",
+                                     "--device", "cpu", "--out", str(tmp_path / "out")]).exit_code == 0
+    monkeypatch.delitem(sys.modules, "my_ops")
+    sys.path.remove(str(tmp_path))  # as in a shell without the module's folder on PYTHONPATH
+    says = f"{tmp_path / 'out'}: its recipe cannot be loaded here (mine: stage 1 (my_ops:Vignette): 'my_ops:Vignette': " \
+           "cannot import 'my_ops'"
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "out")])
+    assert result.exit_code == 1 and says in result.output
+    with pytest.raises(BuildError, match=re.escape(says)):
+        PairStream.from_dataset(tmp_path / "out", batch_size=2)
 
 
 @pytest.mark.parametrize("op, says", [
