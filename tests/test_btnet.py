@@ -123,6 +123,25 @@ def test_training_changes_only_the_branches_and_lowers_the_distillation_loss(tmp
         assert torch.allclose(rebuilt(probes), trainer.eval().embedding(probes), atol=1e-5)
 
 
+@pytest.mark.parametrize("lq_sides, loss_is_zero", [([28, 56], True), ([7, 28], False)])
+def test_every_branch_gets_a_gradient_in_every_step_also_from_a_batch_none_of_whose_faces_goes_to_it(lq_sides,
+                                                                                                   loss_is_zero):
+    """DDP needs each rank's step to reach every trainable parameter; a small batch may route no face
+    to some branch (here 14 px), or none to any branch at all (28 and 56 px go to the trunk)."""
+    torch.manual_seed(0)
+    spec = {"trainer": "btnet", "backbone": "mobilefacenet", "head": "arcface", "classes": 4, "sides": [7, 14],
+            "selection": "ceil", "blocks": 1, "loss_weights": [1, 1, 1]}
+    trainer = build_trainer(spec, build_backbone("mobilefacenet")).train()
+    batch = {"hq": torch.full((2, 3, 112, 112), 128, dtype=torch.uint8), "lq_side": torch.tensor(lq_sides),
+             "lq": torch.full((2, 3, 112, 112), 100, dtype=torch.uint8), "identity": torch.tensor([0, 1])}
+    loss, _ = trainer(batch)
+    loss.backward()
+    assert (loss.item() == 0) == loss_is_zero
+    assert all(p.grad is not None for p in trainer.backbone.branches.parameters())
+    assert all(p.grad.abs().sum() == 0 for p in trainer.backbone.branches["14"].parameters())
+    assert all(p.grad.abs().sum() == 0 for p in trainer.backbone.branches["7"].parameters()) == loss_is_zero
+
+
 def test_btnet_trains_and_evaluates_from_the_command_line(tmp_path, small_pairs):
     run = tmp_path / "bt"
     runner = CliRunner()

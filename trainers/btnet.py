@@ -176,13 +176,13 @@ class BTNetTrainer(nn.Module):
             target = model.trunk.embed(hq_maps[-1])
             if self.training:
                 self.head.weight.index_add_(0, labels, F.normalize(target.float()))
-        terms, routed = torch.zeros(3, device=hq.device), False
+        terms, idle = torch.zeros(3, device=hq.device), set(model.sides)
         for side in sides.unique().tolist():
             rows = (sides == side).nonzero().squeeze(1)
             branch_side = model.route(side)
             if branch_side == model.size:
                 continue  # the trunk's own job: nothing to distil
-            routed = True
+            idle.discard(branch_side)
             maps = model.branches[str(branch_side)](resize_to(lq[rows, :, :side, :side], branch_side))
             embedding = model.finish(maps, branch_side)
             share = len(rows) / len(labels)
@@ -191,8 +191,9 @@ class BTNetTrainer(nn.Module):
                 (1 - F.cosine_similarity(embedding.float(), target[rows].float())).mean(),
                 F.cross_entropy(self.head(embedding, labels[rows]), labels[rows]),
             ])
-        if not routed:
-            raise ValueError(f"no LQ face of this batch ({sorted(set(sides.tolist()))} px) goes to a branch of "
-                             f"{list(model.sides)} with selection {model.selection!r}")
-        loss = sum(w * t for w, t in zip(self.weights, terms))
+        # A branch no face of this batch goes to takes part with weight 0, so the backward pass reaches
+        # every branch whatever the batch (DDP requires it of each rank's step; a batch whose faces
+        # all go to the trunk, as small ones can with few branches, then makes a step of loss 0).
+        untouched = sum(p.sum() for side in idle for p in model.branches[str(side)].parameters())
+        loss = sum(w * t for w, t in zip(self.weights, terms)) + 0 * untouched
         return loss, {"feature_mse": terms[0].detach(), "embedding": terms[1].detach(), "identity": terms[2].detach()}
