@@ -18,7 +18,8 @@ from degrade.sources.subset import SubsetSource
 from degrade.stream import PairStream
 from trainers.backbones import build_backbone
 from trainers.checkpoints import backbone_state
-from trainers.evaluate import embed, faces_per_pass, kfold_accuracy, probe, roc_auc, tar_at_far
+from trainers.evaluate import (embed, faces_per_pass, kfold_accuracy, probe, roc_auc, tar_at_far,
+                               verification_metrics)
 from trainers.heads import AdaFace, ArcFace, CosFace
 from trainers.losses import log_exp_contrast
 from trainers import loop
@@ -152,6 +153,12 @@ def test_tar_at_far_and_auc_have_the_known_answers():
     assert tar_at_far(scores, same, 0.01) == 0.0   # the ten 0.9 negatives must stay rejected
     assert tar_at_far(scores, same, 0.1) == 1.0
     assert roc_auc(scores, same) == pytest.approx(0.9)
+
+
+def test_tar_is_reported_only_at_the_fars_the_different_pairs_can_resolve():
+    scores, same, fold = synthetic_scores()  # 100 different pairs: 1e-2 is one of them, 1e-3 a tenth of one
+    metrics = verification_metrics(scores, same, fold)
+    assert metrics["different_pairs"] == 100 and metrics["tar@far=0.01"] == 0.0 and "tar@far=0.001" not in metrics
 
 
 def test_probe_resolution_is_the_engines_resize(faces):
