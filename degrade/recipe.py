@@ -34,7 +34,7 @@ import importlib.resources
 import re
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -198,6 +198,8 @@ class Recipe:
         ``images`` is never written to; the tensors made on the way are, where a stage changes
         some rows only (see ``_apply_chain``)."""
         self._check_images(images)
+        if len(images) == 0:  # nothing to degrade (some ops' FFTs refuse an empty batch)
+            return images.clone()
         ran = self.ran(params)
         made_here = False
         stages = iter(zip(self.stages, self.stages[1:] + [None]))
@@ -214,12 +216,23 @@ class Recipe:
                 images, made_here = out, made_here or out is not images
         return images
 
-    def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int | None = None) -> tuple[torch.Tensor, Params]:
+    def __call__(self, images: torch.Tensor, keys: torch.Tensor | Sequence[int], seed: int | None = None
+                 ) -> tuple[torch.Tensor, Params]:
         """Degrade (N, 3, S, S) float images in [0, 1] whose sample keys are ``keys`` ((N,) integers):
-        the LQ images and the params drawn for them."""
+        the LQ images and the params drawn for them.
+
+        Images far outside [0, 1], as 0-255 values or normalised ones are, are refused: the ops
+        would clip them to white or black without a word. (Checking costs one host wait, here
+        only: the engine's own faces come from :func:`degrade.engine.to_float`.)"""
+        keys = torch.as_tensor(keys)
         if keys.shape != images.shape[:1] or keys.is_floating_point():
             raise ValueError(f"recipe {self.name!r}: expects one integer key per image, got keys of shape "
                              f"{tuple(keys.shape)} ({keys.dtype}) for {len(images)} images")
+        self._check_images(images)
+        low, high = torch.aminmax(images) if images.numel() else (torch.tensor(0), torch.tensor(1))
+        if low < -0.5 or high > 1.5:
+            raise ValueError(f"recipe {self.name!r}: expects images in [0, 1], got values in [{low:g}, {high:g}]"
+                             + ("; divide 0-255 values by 255" if high > 1.5 else ""))
         params = self.sample(keys.to(images.device), seed)
         return self.apply(images, params), params
 

@@ -111,11 +111,21 @@ def test_a_seed_outside_32_bits_is_refused_as_it_would_repeat_another_seeds_draw
     (torch.rand(3, 112, 112), torch.arange(3), "expects float (N, 3, H, W) images in [0, 1], got (3, 112, 112)"),
     (torch.rand(2, 3, 112, 112), torch.arange(3), "one integer key per image, got keys of shape (3,)"),
     (torch.rand(2, 3, 112, 112), torch.tensor([0.0, 1.0]), "one integer key per image, got keys of shape (2,) (torch.float32)"),
+    (torch.full((2, 3, 112, 112), 200.0), torch.arange(2), "expects images in [0, 1], got values in [200, 200]; divide 0-255"),
+    (torch.full((2, 3, 112, 112), -0.9), torch.arange(2), "expects images in [0, 1], got values in [-0.9, -0.9]"),
 ])
 def test_a_recipe_refuses_images_or_keys_it_cannot_degrade(images, keys, says):
-    # uint8 faces went through as zeros: the resize's matrices were cast to uint8
+    # uint8 faces went through as zeros (the resize's matrices were cast to uint8); 0-255 floats came out white
     with pytest.raises(ValueError, match="recipe 'maug': .*" + re.escape(says)):
         load_recipe("maug")(images, keys)
+
+
+def test_a_recipe_takes_keys_as_a_list_and_an_empty_batch(faces):
+    recipe = load_recipe("mixed")
+    lq, params = recipe(faces[:3], [0, 1, 2])
+    assert torch.equal(lq, recipe(faces[:3], torch.arange(3))[0])
+    empty, params = recipe(faces[:0], torch.arange(0))
+    assert empty.shape == (0, 3, 112, 112) and all(len(value) == 0 for value in params.values())
 
 
 def test_catface_splits_consecutive_keys_in_half_and_the_seed_shifts_the_split():
