@@ -239,6 +239,9 @@ def test_teacher_identifies_lfw_faces_well_at_112_px_and_near_chance_at_7(teache
     assert rank1["7"] < 0.25  # chance is 1 / 12
     assert all(results[side]["rank5"] >= rank1[side] for side in results)
     assert results["7"]["rank5"] < 0.7 < results["14"]["rank5"]
+    assert results["112"]["gallery"] == 12
+    three = identification(teacher, lfw_source, keys[torch.isin(lfw_source.identities[keys], chosen[:3])], [112])
+    assert three["112"]["gallery"] == 3 and "rank5" not in three["112"]  # every probe is within rank 5 of 3
 
 
 # ---- smoke training -------------------------------------------------------------------------

@@ -147,7 +147,8 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
                    device: str | torch.device = "cpu", progress: str | None = None) -> dict[str, dict[str, float]]:
     """Rank-1 / rank-5 identification among the identities with two or more images: the first image
     of each (HQ) is its gallery entry, its other images are probes at each resolution (identities
-    with one image are left out: they would be gallery entries no probe belongs to). ``keys``
+    with one image are left out: they would be gallery entries no probe belongs to). Rank 5 only
+    with more than 5 gallery entries; ``gallery``: their number. ``keys``
     chooses the samples used; ``progress`` as in :func:`evaluate_pairs`."""
     faces = source.load(keys)
     identity = faces.identity
@@ -172,8 +173,9 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
             probe_embedding = embed_probes(model, probe_faces, side, device, bar)
             ranking = (probe_embedding @ gallery_embedding.T).argsort(dim=1, descending=True)
             hits = gallery_identity[ranking] == probe_identity[:, None]
-            results[str(side)] = {"rank1": hits[:, :1].any(1).float().mean().item(),
-                                  "rank5": hits[:, :5].any(1).float().mean().item()}
+            results[str(side)] = {"rank1": hits[:, :1].any(1).float().mean().item(), "gallery": len(gallery_identity)}
+            if len(gallery_identity) > 5:  # with 5 or fewer entries every probe is within rank 5
+                results[str(side)]["rank5"] = hits[:, :5].any(1).float().mean().item()
     return results
 
 
