@@ -14,9 +14,9 @@ the consuming process (on a CPU, in the workers themselves), with no disk in bet
 ``torch.distributed`` each rank gets an equal number of batches (the remainder of an epoch is
 dropped), its batch b being global batch ``b * world_size + rank`` of that epoch's shuffled order;
 ``start_step`` resumes mid-epoch. Inputs that cannot be read are left out of their batch; a batch
-left with none fails with a ``SourceError`` naming one. Because params are keyed by sample, a sample's LQ does not
-depend on ranks, workers or order. Made on the fly, each epoch draws every sample's degradation
-afresh (epoch 0 with the recipe seed, so it holds a build's pairs; epoch e with
+left with none fails with a ``SourceError`` naming one. Because params are keyed by sample, a
+sample's LQ does not depend on ranks, workers or order. Made on the fly, each epoch draws every
+sample's degradation afresh (epoch 0 with the recipe seed, so it holds a build's pairs; epoch e with
 :func:`degrade.keyed.epoch_seed`); read from a build, every epoch gets the build's one draw.
 On a GPU the next batches are made ahead by a thread on their own CUDA stream (see
 :func:`prefetched`), so the engine's host work never leaves the training stream idle.
