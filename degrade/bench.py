@@ -35,6 +35,7 @@ CHUNK = 32
 @dataclasses.dataclass
 class BenchResult:
     recipe: str
+    size: int  # the faces' side in pixels
     device: str
     pairs: int
     batch_size: int
@@ -61,12 +62,12 @@ class BenchResult:
         on_cpu = self.device == "cpu"
         rounds = len(self.engine_rates)
         each_round = ", ".join(f"{e / o:.2f}x" for e, o in zip(self.engine_rates, self.opencv_rates))
+        processes = counted(self.workers, "process", "processes")
         lines = [
-            f"recipe {self.recipe}, {self.pairs} pairs of 112x112, engine on {self.device} (batch {self.batch_size}), "
-            f"best of {rounds} round{'s' * (rounds > 1)} each",
-            (f"  engine,     {self.workers:2d} processes   " if on_cpu else "  engine                      ")
-            + f"{self.engine_rate:12,.0f} pairs/s",
-            f"  OpenCV loop, {self.workers:2d} processes   {self.opencv_rate:12,.0f} pairs/s",
+            f"recipe {self.recipe}, {counted(self.pairs, 'pair')} of {self.size}x{self.size}, engine on {self.device} "
+            f"(batch {self.batch_size}), best of {counted(rounds, 'round')} each",
+            f"  {'engine, ' + processes if on_cpu else 'engine':<28}{self.engine_rate:12,.0f} pairs/s",
+            f"  {'OpenCV loop, ' + processes:<28}{self.opencv_rate:12,.0f} pairs/s",
             f"  ratio engine / OpenCV       {self.ratio:12.2f}x   (round by round: {each_round})",
             f"  per process of OpenCV       {self.opencv_rate / self.workers:12,.0f} pairs/s",
             "  engine stages alone (every sample of a batch" + ("; one thread" if on_cpu else "") + "; pairs/s):",
@@ -321,6 +322,6 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
     torch.set_num_threads(threads)
     if target.type == "cuda":
         peak = torch.cuda.max_memory_allocated(target) / 2 ** 20
-    return BenchResult(recipe=recipe.name, device=str(target), pairs=pairs, batch_size=batch_size, workers=workers,
+    return BenchResult(recipe=recipe.name, size=recipe.size, device=str(target), pairs=pairs, batch_size=batch_size, workers=workers,
                        engine_rates=engine_rates, opencv_rates=opencv_rates, stage_rates=stage_rates,
                        peak_memory_mib=peak)

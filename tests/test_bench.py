@@ -55,14 +55,21 @@ def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(
 def test_bench_prints_both_best_rates_their_ratio_and_each_round():
     output = CliRunner().invoke(main, ["bench", "--recipe", "maug", "--n", "64", "--batch-size", "32",
                                        "-j", "1", "--rounds", "2", "--device", "cpu"]).output
-    engine = float(re.search(r"engine,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
-    opencv = float(re.search(r"OpenCV loop,\s+1 processes\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
+    engine = float(re.search(r"engine, 1 process\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
+    opencv = float(re.search(r"OpenCV loop, 1 process\s+([\d,]+) pairs/s", output).group(1).replace(",", ""))
     ratio = float(re.search(r"ratio engine / OpenCV\s+([\d.]+)x", output).group(1))
     each_round = [float(r) for r in re.search(r"round by round: ([\d.]+)x, ([\d.]+)x\)", output).groups()]
     assert engine > 0 and opencv > 0 and "best of 2 rounds" in output
     assert ratio == pytest.approx(engine / opencv, rel=0.05, abs=0.01)
     assert all(r > 0 for r in each_round)
     assert "resize (resize)" in output
+
+
+def test_bench_names_the_size_of_the_recipes_faces(tmp_path):
+    (tmp_path / "small.yaml").write_text("size: 64\nstages:\n  - {op: resize, sides: [7, 14]}\n")
+    output = CliRunner().invoke(main, ["bench", "--recipe", str(tmp_path / "small.yaml"), "--n", "32", "-b", "32",
+                                       "-j", "1", "--rounds", "1", "--device", "cpu"]).output
+    assert output.startswith("recipe small, 32 pairs of 64x64, engine on cpu (batch 32), best of 1 round each\n")
 
 
 def test_bench_build_reports_both_formats_with_consistent_ratios():
