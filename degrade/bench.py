@@ -231,8 +231,8 @@ def run_build_bench(recipe_source: str, source_spec: str, device: str = "cpu", b
     recipe = load_recipe(recipe_source)
     source = open_source(source_spec, recipe.size)
     pairs = min(pairs, len(source))
-    lines = [f"degrade build, recipe {recipe.name}, {pairs} pairs from {source_spec}, engine on {device}, "
-             f"{workers} decoding workers / OpenCV processes"]
+    lines = [f"degrade build, recipe {recipe.name}, {counted(pairs, 'pair')} from {source_spec}, engine on {device}, "
+             f"{counted(workers, 'decoding worker')}, {counted(workers, 'OpenCV process', 'OpenCV processes')}"]
     with tempfile.TemporaryDirectory() as scratch:
         build_dataset(recipe, source, Path(scratch) / "warm-up", limit=min(batch_size, pairs), batch_size=batch_size,
                       device=device, image_format="raw", progress=False)  # device start-up stays out of the timing
@@ -279,8 +279,8 @@ def run_train_bench(recipe_source: str, source: Source, backbone: str, device: s
     rate = (last["step"] - warm["step"]) * batch_size / (seconds(last) - seconds(warm))
     return "\n".join([
         f"training {backbone} ({precision}, batch {batch_size}) on pairs streamed from {source.name} with recipe "
-        f"{recipe.name}, {workers} decoding workers, engine on {device}",
-        f"  steps timed                 {last['step'] - warm['step']:12d} (after {warm['step']} warm-up steps)",
+        f"{recipe.name}, {counted(workers, 'decoding worker')}, engine on {device}",
+        f"  steps timed                 {last['step'] - warm['step']:12d} (after {counted(warm['step'], 'warm-up step')})",
         f"  training                    {rate:12,.0f} pairs/s (whole run with warm-up {last['pairs_per_s']:,.0f})",
         f"  waiting for data            {100 * last['data_fraction']:11.2f} % of step time",
     ])
