@@ -280,7 +280,8 @@ def run_train_bench(recipe_source: str, source: Source, backbone: str, device: s
     return "\n".join([
         f"training {backbone} ({precision}, batch {batch_size}) on pairs streamed from {source.name} with recipe "
         f"{recipe.name}, {counted(workers, 'decoding worker')}, engine on {device}",
-        f"  steps timed                 {last['step'] - warm['step']:12d} (after {counted(warm['step'], 'warm-up step')})",
+        f"  steps timed                 {last['step'] - warm['step']:12d} "
+        f"(after {counted(warm['step'], 'warm-up step')})",
         f"  training                    {rate:12,.0f} pairs/s (whole run with warm-up {last['pairs_per_s']:,.0f})",
         f"  waiting for data            {100 * last['data_fraction']:11.2f} % of step time",
     ])
@@ -322,6 +323,6 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
     torch.set_num_threads(threads)
     if target.type == "cuda":
         peak = torch.cuda.max_memory_allocated(target) / 2 ** 20
-    return BenchResult(recipe=recipe.name, size=recipe.size, device=str(target), pairs=pairs, batch_size=batch_size, workers=workers,
-                       engine_rates=engine_rates, opencv_rates=opencv_rates, stage_rates=stage_rates,
+    return BenchResult(recipe=recipe.name, size=recipe.size, device=str(target), pairs=pairs, batch_size=batch_size,
+                       workers=workers, engine_rates=engine_rates, opencv_rates=opencv_rates, stage_rates=stage_rates,
                        peak_memory_mib=peak)
