@@ -2,6 +2,9 @@
 CPU run whose checkpoint `degrade eval` rebuilds and probes with native small faces."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -140,6 +143,17 @@ def test_every_branch_gets_a_gradient_in_every_step_also_from_a_batch_none_of_wh
     assert all(p.grad is not None for p in trainer.backbone.branches.parameters())
     assert all(p.grad.abs().sum() == 0 for p in trainer.backbone.branches["14"].parameters())
     assert all(p.grad.abs().sum() == 0 for p in trainer.backbone.branches["7"].parameters()) == loss_is_zero
+
+
+def test_two_ranks_train_btnet_under_torchrun_on_batches_that_leave_a_branch_without_faces(tmp_path):
+    """With branches at 7 and 14 px and two faces a batch, nearly every step of a rank has a branch
+    no face goes to; DDP failed such a run at its second step."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
+               "-m", "degrade", "train", "btnet", "--sides", "7,14", "--steps", "6", "-b", "2", "-j", "0",
+               "--device", "cpu", "--out", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("step 6: loss") == 1 and (tmp_path / "run" / "last.pt").is_file()
 
 
 def test_btnet_trains_and_evaluates_from_the_command_line(tmp_path, small_pairs):
