@@ -25,6 +25,7 @@ from trainers.losses import log_exp_contrast
 from trainers import loop
 from trainers.loop import DataClock, TrainConfig, learning_rate_factor, train
 from trainers.lrfr import LRFR
+from trainers.registry import build_trainer
 
 from .conftest import SHARED_DATA, TEACHER
 
@@ -327,3 +328,28 @@ def test_frozen_backbone_steps_train_only_the_head(tmp_path):
     train(trainer, stream, TrainConfig(out=tmp_path, steps=2, lr=0.05, frozen_backbone_steps=2, progress=False))
     assert all(torch.equal(v, backbone_before[k]) for k, v in trainer.backbone.state_dict().items())
     assert not torch.equal(trainer.head.weight.detach(), head_before)
+
+
+BASE_SPEC = {"backbone": "mobilefacenet", "head": "arcface", "classes": 4}
+
+
+@pytest.mark.parametrize("spec", [
+    {"trainer": "lrfr", "use_lq": True, "contrast_weight": 0.5, "p": 2.0, "teacher": True},
+    *({"trainer": "lgaf", "mode": mode, "heads": 4} for mode in ("local", "global", "concat", "lgf")),
+    {"trainer": "catface", "stage": 1, "columns": ["Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"]},
+    *({"trainer": "catface", "stage": 2, "columns": ["Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"],
+       "fusion": fusion} for fusion in ("none", "concat", "add", "catf")),
+    {"trainer": "btnet", "sides": [7, 14, 28, 56], "selection": "ceil", "blocks": 1, "loss_weights": [1, 1, 1]},
+], ids=lambda spec: "-".join(str(spec[k]) for k in ("trainer", "mode", "stage", "fusion") if k in spec))
+def test_one_step_of_every_trainer_reaches_each_of_its_trainable_parameters(spec):
+    """DDP requires it of every rank's step: CATFace stage 1 and LGAF's local mode left the
+    backbone's own embedding layers without a gradient, and failed under torchrun at the second step."""
+    torch.manual_seed(0)
+    trainer = build_trainer({**BASE_SPEC, **spec}).train()
+    batch = {"hq": torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8),
+             "lq": torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8), "identity": torch.arange(4),
+             "attributes": torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0]] * 4), "lq_side": torch.tensor([7, 14, 28, 56])}
+    loss, _ = trainer(batch)
+    loss.backward()
+    missed = [name for name, p in trainer.named_parameters() if p.requires_grad and p.grad is None]
+    assert missed == [] and any(p.requires_grad for p in trainer.parameters())

@@ -118,6 +118,19 @@ def test_a_run_folder_is_resumed_only_by_the_command_that_started_it(tmp_path):
     assert (run / "command.json").read_text() == started_by
 
 
+def test_a_last_checkpoint_whose_optimizer_trained_other_parameters_is_not_resumed(tmp_path):
+    """As a run of an earlier version, which trained the backbone's own embedding under CATFace, would be."""
+    run = tmp_path / "run"
+    command = ["train", "lrfr", "--source", "demo", "--steps", "3", "--max-steps", "1", "--batch-size", "8",
+               "--device", "cpu", "-j", "0", "--out", str(run)]
+    assert CliRunner().invoke(main, command).exit_code == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["optimizer"]["param_groups"][0]["params"].append(10_000)
+    torch.save(state, run / "last.pt")
+    _fails_naming(CliRunner().invoke(main, command), str(run / "last.pt"),
+                  "its optimizer does not fit this run's trainable parameters")
+
+
 def test_catface_stage1_names_a_bad_checkpoint(tmp_path, bad_files):
     for kind in ("empty", "list"):
         path, _ = bad_files[kind]

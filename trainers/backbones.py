@@ -230,6 +230,17 @@ def stage_shapes(backbone: nn.Module, size: int = 112) -> list[tuple[int, int, i
     return [tuple(m.shape[1:]) for m in maps]
 
 
+def freeze_embedding(backbone: nn.Module) -> nn.Module:
+    """``backbone`` with its layers after the last stage (its own ``embed``) frozen, for a model that
+    embeds the stage maps itself: every trainable parameter then takes part in each step, as DDP
+    requires of each rank (those layers got no gradient; under torchrun the second step failed)."""
+    in_stages = {id(parameter) for stage in backbone.stages() for parameter in stage.parameters()}
+    for parameter in backbone.parameters():
+        if id(parameter) not in in_stages:
+            parameter.requires_grad_(False)
+    return backbone
+
+
 def feature_shape(backbone: nn.Module, size: int = 112) -> tuple[int, int, int]:
     """(C, H, W) of ``backbone.features`` for (size, size) input."""
     return stage_shapes(backbone, size)[-1]

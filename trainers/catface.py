@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainers.backbones import freeze_embedding
 from trainers.heads import AdaFace
 from trainers.loop import both_views
 
@@ -91,7 +92,7 @@ class CATFaceStage1(nn.Module):
                  columns: tuple[str, ...] = CATFACE_ATTRIBUTES, embedding_size: int = 512) -> None:
         super().__init__()
         channels, height, width = feature_shape
-        self.backbone, self.columns = backbone, tuple(columns)
+        self.backbone, self.columns = freeze_embedding(backbone), tuple(columns)
         self.attributes = tuple(n for n in columns if n != "Female")
         self.recognition_branch, self.attribute_branch = conv_block(channels), conv_block(channels)
         self.embed = nn.Sequential(nn.BatchNorm2d(channels), nn.Flatten(), nn.Linear(channels * height * width, embedding_size),

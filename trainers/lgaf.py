@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainers.backbones import freeze_embedding
 from trainers.heads import build_head
 from trainers.loop import both_views
 
@@ -109,7 +110,7 @@ class LGAF(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown LGAF mode {mode!r}; use one of {', '.join(MODES)}")
-        self.backbone, self.mode = backbone, mode
+        self.backbone, self.mode = freeze_embedding(backbone) if mode == "local" else backbone, mode
         size = backbone.embedding_size
         channels, height, width = feature_shape
         self.local = MHMS(channels, height, width, size, heads) if mode != "global" else None

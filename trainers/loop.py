@@ -237,7 +237,11 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
             raise CheckpointError(f"{last}: saved by a run of another command ({differences}); run that command "
                                   "to resume it, or give this one a new --out")
         trainer.load_state_dict(state["trainer"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:  # e.g. a version that trained other parameters of the same model
+            raise CheckpointError(f"{last}: its optimizer does not fit this run's trainable parameters ({error}); "
+                                  "saved by another version of degrade? Give this run a new --out") from None
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, samples_seen = state["step"], state["samples_seen"]
