@@ -26,7 +26,7 @@ from degrade.arrow import encode_png
 from degrade.engine import chunks, degrade_uint8, prepare_cpu_worker, to_float
 from degrade.layout import channels_last
 from degrade.recipe import Recipe, leaf_params, load_recipe
-from degrade.sources import Source, SourceError
+from degrade.sources import Faces, Source, SourceError
 from degrade.text import counted
 
 CHUNK = 32
@@ -219,6 +219,16 @@ def _time_opencv_build(recipe_source: str, source_spec: str, image_format: str, 
     return written / (time.perf_counter() - started)
 
 
+def _first_faces(source: Source, count: int) -> Faces:
+    """The readable ones of ``source``'s first ``count`` faces; a SourceError naming one when none is."""
+    faces = source.load(torch.arange(min(count, len(source))))
+    if len(faces.key) == 0:
+        key, reason = faces.skipped[0]
+        raise SourceError(f"{source.name}: none of the first {counted(len(faces.skipped), 'face')} to time could be "
+                          f"read (key {key}: {reason})")
+    return faces
+
+
 def run_build_bench(recipe_source: str, source_spec: str, device: str = "cpu", batch_size: int = 256,
                     pairs: int = 2048, workers: int | None = None) -> str:
     """``degrade build`` end to end (PNG and raw) against an OpenCV loop that decodes, degrades,
@@ -233,6 +243,7 @@ def run_build_bench(recipe_source: str, source_spec: str, device: str = "cpu", b
     pairs = min(pairs, len(source))
     lines = [f"degrade build, recipe {recipe.name}, {counted(pairs, 'pair')} from {source_spec}, engine on {device}, "
              f"{counted(workers, 'decoding worker')}, {counted(workers, 'OpenCV process', 'OpenCV processes')}"]
+    _first_faces(source, batch_size)
     with tempfile.TemporaryDirectory() as scratch:
         build_dataset(recipe, source, Path(scratch) / "warm-up", limit=min(batch_size, pairs), batch_size=batch_size,
                       device=device, image_format="raw", progress=False)  # device start-up stays out of the timing
@@ -293,12 +304,7 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
     in turn, ``rounds`` times each."""
     recipe = load_recipe(recipe_source)
     workers = workers or os.cpu_count() or 1
-    faces = source.load(torch.arange(min(batch_size, len(source))))
-    if len(faces.key) == 0:
-        key, reason = faces.skipped[0]
-        raise SourceError(f"{source.name}: none of the first {counted(len(faces.skipped), 'face')} to time could be "
-                          f"read (key {key}: {reason})")
-    hq_cpu = faces.hq
+    hq_cpu = _first_faces(source, batch_size).hq
     if len(hq_cpu) < batch_size:
         hq_cpu = hq_cpu[torch.arange(batch_size) % len(hq_cpu)]
     target = torch.device(device)
