@@ -297,10 +297,15 @@ def test_training_leaves_out_the_identities_of_the_excluded_folds_by_default_all
     (["--from-dataset", "BUILD", "--recipe", "maug_111", "--source", "demo"], "--source, --recipe would have no effect"),
     (["--exclude-folds", "7,8"], "--exclude-folds names folds of --exclude-pairs, which is not given"),
     (["--exclude-pairs", "PAIRS", "--exclude-folds", "3"], "PAIRS has folds 1-2; got '3'"),
+    (["lgaf", "--mode", "global", "--heads", "8"], "--heads would have no effect: --mode global uses no MHMS heads"),
+    (["catface", "--attributes", "ATTRIBUTES", "--fusion", "add"], "--stage1 and --fusion are for stage 2"),
 ])
 def test_training_options_that_would_have_no_effect_are_refused(tmp_path, small_pairs, arguments, says):
-    arguments = [str(small_pairs) if a == "PAIRS" else str(tmp_path) if a == "BUILD" else a for a in arguments]
-    result = CliRunner().invoke(main, ["train", "lrfr", *arguments, "--steps", "2", "-b", "8", "--device", "cpu",
+    """The trainer is lrfr unless the arguments start with another one's name."""
+    named = {"PAIRS": str(small_pairs), "BUILD": str(tmp_path), "ATTRIBUTES": str(LFW / "attributes.tsv")}
+    arguments = [named.get(a, a) for a in arguments]
+    trainer = arguments.pop(0) if arguments[0] in ("lgaf", "catface") else "lrfr"
+    result = CliRunner().invoke(main, ["train", trainer, *arguments, "--steps", "2", "-b", "8", "--device", "cpu",
                                        "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and says.replace("PAIRS", str(small_pairs)) in result.output
     assert not (tmp_path / "run").exists()

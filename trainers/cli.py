@@ -63,14 +63,20 @@ MADE_ON_THE_FLY = {"source": "--source", "recipe": "--recipe", "exclude_pairs": 
                    "exclude_folds": "--exclude-folds", "attribute_file": "--attributes"}
 
 
-def refuse_unused_options(context: click.Context) -> None:
+def given(name: str) -> bool:
+    """Whether the command line gave the current command's option ``name`` (not its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def refuse_unused_options() -> None:
     """A training option that the command's other options would leave without effect is a usage error."""
-    given = [flag for name, flag in MADE_ON_THE_FLY.items()
-             if context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
-    if context.params["from_dataset"] and given:
-        raise click.UsageError(f"{', '.join(given)} would have no effect: --from-dataset reads a build's pairs as "
-                               "they were made (from its source, with its recipe and attributes)")
-    if context.params["exclude_folds"] and not context.params["exclude_pairs"]:
+    params = click.get_current_context().params
+    made_on_the_fly = [flag for name, flag in MADE_ON_THE_FLY.items() if given(name)]
+    if params["from_dataset"] and made_on_the_fly:
+        raise click.UsageError(f"{', '.join(made_on_the_fly)} would have no effect: --from-dataset reads a build's "
+                               "pairs as they were made (from its source, with its recipe and attributes)")
+    if params["exclude_folds"] and not params["exclude_pairs"]:
         raise click.UsageError("--exclude-folds names folds of --exclude-pairs, which is not given")
 
 
@@ -154,6 +160,8 @@ def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str
 @click.option("--heads", "mhms_heads", default=4, show_default=True, type=click.IntRange(1), help="MHMS heads b.")
 def train_lgaf(mode: str, mhms_heads: int, **options) -> None:
     """LGAF: MHMS local features, the global embedding, and their norm-weighted fusion (LGF)."""
+    if mode == "global" and given("mhms_heads"):
+        raise click.UsageError("--heads would have no effect: --mode global uses no MHMS heads")
     run({"trainer": "lgaf", "mode": mode, "heads": mhms_heads}, "lgaf", **options)
 
 
@@ -178,6 +186,8 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
         raise click.UsageError("stage 2 needs --stage1 (the stage-1 run's last.pt)")
     if stage == "2" and attribute_file:
         raise click.UsageError("--attributes is for stage 1: stage 2 trains the fusion on the stage-1 model's columns")
+    if stage == "1" and (given("stage1_checkpoint") or given("fusion")):
+        raise click.UsageError("--stage1 and --fusion are for stage 2: stage 1 trains the backbone and its branches")
     attributes, stage1 = None, None
     if stage == "1":
         from degrade.arrow import BuildError
@@ -248,7 +258,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     if options["warmup"] >= options["steps"]:
         raise click.BadParameter(f"{options['warmup']} warm-up steps leave none of the {options['steps']} --steps at "
                                  "the full learning rate", param_hint="--warmup")
-    refuse_unused_options(click.get_current_context())
+    refuse_unused_options()
     device = torch.device(options["device"])
     stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
                           shuffle_seed=options["seed"])
