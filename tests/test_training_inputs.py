@@ -298,6 +298,8 @@ def test_training_leaves_out_the_identities_of_the_excluded_folds_by_default_all
     (["--exclude-folds", "7,8"], "--exclude-folds names folds of --exclude-pairs, which is not given"),
     (["--exclude-pairs", "PAIRS", "--exclude-folds", "3"], "PAIRS has folds 1-2; got '3'"),
     (["lgaf", "--mode", "global", "--heads", "8"], "--heads would have no effect: --mode global uses no MHMS heads"),
+    (["--hq-only", "--p", "1"], "--contrast-weight, --p and --teacher would have no effect: --hq-only trains on HQ"),
+    (["--contrast-weight", "0", "--p", "1"], "--p would have no effect: --contrast-weight 0 turns L_LogExp off"),
     (["catface", "--attributes", "ATTRIBUTES", "--fusion", "add"], "--stage1 and --fusion are for stage 2"),
 ])
 def test_training_options_that_would_have_no_effect_are_refused(tmp_path, small_pairs, arguments, says):

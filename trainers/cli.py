@@ -143,6 +143,13 @@ def train_group() -> None:
               help="Frozen teacher checkpoint for the HQ target (default: the network itself, stop-gradient).")
 def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str | None, **options) -> None:
     """LRFR: MAug pairs, margin softmax on HQ and LQ, L_LogExp between LQ and HQ embeddings."""
+    shaping_contrast = [flag for name, flag in (("power", "--p"), ("teacher", "--teacher")) if given(name)]
+    if hq_only and (shaping_contrast or given("contrast_weight")):
+        raise click.UsageError("--contrast-weight, --p and --teacher would have no effect: --hq-only trains on HQ "
+                               "faces alone, without L_LogExp")
+    if contrast_weight == 0 and shaping_contrast:
+        raise click.UsageError(f"{', '.join(shaping_contrast)} would have no effect: --contrast-weight 0 turns "
+                               "L_LogExp off")
     spec = {"trainer": "lrfr", "use_lq": not hq_only, "contrast_weight": 0.0 if hq_only else contrast_weight,
             "p": power, "teacher": teacher is not None}
 
