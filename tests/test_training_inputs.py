@@ -175,13 +175,13 @@ def test_training_on_faces_that_cannot_be_read_fails_naming_one(tmp_path, unread
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("models, says", [
-    (["x=mobilefacenet:"], "no weights file after 'mobilefacenet:' in 'x=mobilefacenet:'"),
-    (["x=mobilefacenet", "x=iresnet18"], "two models are named 'x'; give each a NAME of its own"),
-    (["mobilefacenet"], "expected NAME=BACKBONE[:WEIGHTS]"),
+@pytest.mark.parametrize("options, says", [
+    (["--model", "x=mobilefacenet:"], "no weights file after 'mobilefacenet:' in 'x=mobilefacenet:'"),
+    (["--model", "x=mobilefacenet", "--model", "x=iresnet18"], "two models are named 'x'; give each a NAME of its own"),
+    (["--model", "mobilefacenet"], "expected NAME=BACKBONE[:WEIGHTS]"),
+    (["--model", "x=mobilefacenet", "--selection", "floor"], "--selection would have no effect: no --model is a BTNet"),
 ])
-def test_eval_models_that_are_not_one_named_model_each_are_refused_before_any_work(tmp_path, small_pairs, models, says):
-    options = [option for model in models for option in ("--model", model)]
+def test_eval_models_that_are_not_one_named_model_each_are_refused_before_any_work(tmp_path, small_pairs, options, says):
     result = CliRunner().invoke(main, ["eval", *options, "--pairs", str(small_pairs), "--device", "cpu",
                                        "--out", str(tmp_path / "eval")])
     _fails_naming(result, "--model", says)

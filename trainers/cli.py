@@ -387,6 +387,8 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     if chosen_folds is not None and len(chosen_folds) < 2:
         raise click.BadParameter(f"k-fold accuracy needs two or more folds; got {folds!r}", param_hint="--folds")
     opened = [open_model(text, selection) for text in models]  # every --model checked before any work
+    if selection is not None and not any(getattr(model, "native_input", False) for _, model in opened):
+        raise click.UsageError("--selection would have no effect: no --model is a BTNet, whose branches it chooses")
     names = [name for name, _ in opened]
     if len(set(names)) < len(names):
         twice = next(name for name in names if names.count(name) > 1)
