@@ -41,7 +41,7 @@ import yaml
 
 from degrade.keyed import MAX_SEED, KeyedRandom
 from degrade.ops import ConfigError, Op, Params, op_class
-from degrade.ops.base import PART_NAME, is_weight
+from degrade.ops.base import PART_NAME, check_images, checked_batch, is_weight
 
 # The fields that shape a recipe, and why one is refused where it would have no effect.
 MISPLACED = {
@@ -197,7 +197,7 @@ class Recipe:
 
         ``images`` is never written to; the tensors made on the way are, where a stage changes
         some rows only (see ``_apply_chain``)."""
-        self._check_images(images)
+        check_images(images, f"recipe {self.name!r}")
         if len(images) == 0:  # nothing to degrade (some ops' FFTs refuse an empty batch)
             return images.clone()
         ran = self.ran(params)
@@ -219,30 +219,10 @@ class Recipe:
     def __call__(self, images: torch.Tensor, keys: torch.Tensor | Sequence[int], seed: int | None = None
                  ) -> tuple[torch.Tensor, Params]:
         """Degrade (N, 3, S, S) float images in [0, 1] whose sample keys are ``keys`` ((N,) integers):
-        the LQ images and the params drawn for them.
-
-        Images far outside [0, 1], as 0-255 values or normalised ones are, are refused: the ops
-        would clip them to white or black without a word. (Checking costs one host wait, here
-        only: the engine's own faces come from :func:`degrade.engine.to_float`.)"""
-        keys = torch.as_tensor(keys)
-        if keys.shape != images.shape[:1] or keys.is_floating_point():
-            raise ValueError(f"recipe {self.name!r}: expects one integer key per image, got keys of shape "
-                             f"{tuple(keys.shape)} ({keys.dtype}) for {len(images)} images")
-        self._check_images(images)
-        low, high = torch.aminmax(images) if images.numel() else (torch.tensor(0), torch.tensor(1))
-        if low < -0.5 or high > 1.5:
-            raise ValueError(f"recipe {self.name!r}: expects images in [0, 1], got values in [{low:g}, {high:g}]"
-                             + ("; divide 0-255 values by 255" if high > 1.5 else ""))
+        the LQ images and the params drawn for them (see :func:`degrade.ops.base.checked_batch`)."""
+        keys = checked_batch(images, keys, f"recipe {self.name!r}")
         params = self.sample(keys.to(images.device), seed)
         return self.apply(images, params), params
-
-    def _check_images(self, images: torch.Tensor) -> None:
-        """Refuse anything but a float (N, 3, H, W) batch: uint8 faces would be filtered by matrices
-        cast to uint8 (zeros) without an error."""
-        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            hint = "; for uint8 faces use degrade.engine.degrade_uint8 (or to_float first)" if images.dtype == torch.uint8 else ""
-            raise ValueError(f"recipe {self.name!r}: expects float (N, 3, H, W) images in [0, 1], "
-                             f"got {tuple(images.shape)} {images.dtype}{hint}")
 
 
 def leaf_params(params: Params, leaf: Leaf) -> Params:

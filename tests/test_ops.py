@@ -38,6 +38,14 @@ def test_recorded_params_replay_the_output_exactly(name, faces):
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
+def test_an_op_called_on_0_255_values_or_uint8_faces_refuses_them_naming_itself(name, faces):
+    with pytest.raises(ValueError, match=f"op '{make(name).name}': expects images in \\[0, 1\\], got values in .*divide"):
+        make(name)(faces[:2] * 255, torch.arange(2))
+    with pytest.raises(ValueError, match=f"op '{make(name).name}': expects float .* torch.uint8; for uint8 faces"):
+        make(name)((faces[:2] * 255).to(torch.uint8), [0, 1])
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
 def test_a_sample_is_degraded_the_same_alone_or_in_a_batch(name, faces):
     op = make(name)
     keys = torch.arange(40, 48)

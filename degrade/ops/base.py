@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -81,9 +81,41 @@ class Op:
         (N, R, S). A recipe folds such a stage into a following op that takes a prefilter."""
         raise NotImplementedError(f"{self.name} is not foldable")
 
-    def __call__(self, images: torch.Tensor, keys: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, Params]:
+    def __call__(self, images: torch.Tensor, keys: torch.Tensor | Sequence[int], seed: int = 0
+                 ) -> tuple[torch.Tensor, Params]:
+        """Degrade (N, C, H, W) float images in [0, 1] whose sample keys are ``keys``: the degraded
+        images and the params drawn for them (see :func:`checked_batch`)."""
+        keys = checked_batch(images, keys, f"op {self.name!r}")
         params = self.sample(keys.to(images.device), seed)
         return self.apply(images, params), params
+
+
+def check_images(images: torch.Tensor, owner: str) -> None:
+    """Refuse anything but a float (N, 3, H, W) batch: uint8 faces would be filtered by matrices
+    cast to uint8 (zeros) without an error. ``owner`` names the op or recipe in the message."""
+    if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        uint8 = images.dtype == torch.uint8
+        hint = "; for uint8 faces use degrade.engine.degrade_uint8 (or to_float first)" if uint8 else ""
+        raise ValueError(f"{owner}: expects float (N, 3, H, W) images in [0, 1], got {tuple(images.shape)} "
+                         f"{images.dtype}{hint}")
+
+
+def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owner: str) -> torch.Tensor:
+    """The (N,) integer keys of a batch a caller hands to an op or a recipe, checked with its images.
+
+    Images far outside [0, 1], as 0-255 values or normalised ones are, are refused: the ops would
+    clip them to white or black without a word. (Checking costs one host wait, on these entry
+    points only: the engine's own faces come from :func:`degrade.engine.to_float`.)"""
+    keys = torch.as_tensor(keys)
+    if keys.shape != images.shape[:1] or keys.is_floating_point():
+        raise ValueError(f"{owner}: expects one integer key per image, got keys of shape {tuple(keys.shape)} "
+                         f"({keys.dtype}) for {len(images)} images")
+    check_images(images, owner)
+    low, high = torch.aminmax(images) if images.numel() else (torch.tensor(0), torch.tensor(1))
+    if low < -0.5 or high > 1.5:
+        raise ValueError(f"{owner}: expects images in [0, 1], got values in [{low:g}, {high:g}]"
+                         + ("; divide 0-255 values by 255" if high > 1.5 else ""))
+    return keys
 
 
 def as_range(field: str, value: object, low: float, high: float) -> tuple[float, float]:
