@@ -266,8 +266,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     with reported(BuildError, SourceError, WorkerLost), ends_on_stop_signals(stopped):
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
-                                shard_size=shard_size, device=device,
-                                num_workers=num_workers,
+                                shard_size=shard_size, device=device, num_workers=num_workers,
                                 image_format=image_format, attributes=table)
     if first_rank():
         click.echo(f"wrote {target}: {summary.describe()}")

@@ -64,6 +64,8 @@ NAME_RULE = ("letters, digits, '_' or '-' (it is part of the dotted paths of the
 def _is_part_name(value: object) -> bool:
     """Whether ``value`` can name a stage, option or op, or a param an op draws (see NAME_RULE)."""
     return isinstance(value, str) and PART_NAME.fullmatch(value) is not None and value not in STAGE_PARAMS
+
+
 # A recipe's name is the folder its build goes to by default (``out/<name>``).
 RECIPE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 
 import click
 import torch
 
 from degrade.cli import device_option, ends_on_stop_signals, first_rank, num_workers_option, reported, source_option
+from degrade.ops.base import is_weight
 from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -237,7 +237,7 @@ def train_btnet(sides: str, selection: str, branch_blocks: int, loss_weights: st
         weights = [float(w) for w in loss_weights.split(",")]
     except ValueError:
         weights = []
-    if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+    if len(weights) != 3 or not all(is_weight(w) for w in weights) or not any(weights):
         raise click.BadParameter(f"expected three numbers >= 0, not all 0, like 1,1,1; got {loss_weights!r}",
                                  param_hint="--loss-weights")
     if not options["init"]:

@@ -232,9 +232,9 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     last = out / "last.pt"
     if last.exists():
         state = training_checkpoint(last)
-        differences = _run_differences(state, spec, config)
-        if differences:
-            raise CheckpointError(f"{last}: saved by a run of another command ({differences}); run that command "
+        changed = _run_differences(state, spec, config)
+        if changed:
+            raise CheckpointError(f"{last}: saved by a run of another command ({changed}); run that command "
                                   "to resume it, or give this one a new --out")
         trainer.load_state_dict(state["trainer"])
         try:

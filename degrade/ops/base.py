@@ -111,10 +111,11 @@ def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owne
         raise ValueError(f"{owner}: expects one integer key per image, got keys of shape {tuple(keys.shape)} "
                          f"({keys.dtype}) for {len(images)} images")
     check_images(images, owner)
-    low, high = torch.aminmax(images) if images.numel() else (torch.tensor(0), torch.tensor(1))
-    if low < -0.5 or high > 1.5:
-        raise ValueError(f"{owner}: expects images in [0, 1], got values in [{low:g}, {high:g}]"
-                         + ("; divide 0-255 values by 255" if high > 1.5 else ""))
+    if images.numel():
+        low, high = torch.aminmax(images)
+        if low < -0.5 or high > 1.5:
+            raise ValueError(f"{owner}: expects images in [0, 1], got values in [{low:g}, {high:g}]"
+                             + ("; divide 0-255 values by 255" if high > 1.5 else ""))
     return keys
 
 
