@@ -436,6 +436,19 @@ def test_an_op_of_your_own_named_module_colon_class_is_drawn_stored_and_replayed
     assert rows[3]["params"]["vignette"]["strength"] == pytest.approx(float(recipe.sample(torch.tensor([3]))["vignette.strength"]))
 
 
+def test_an_own_op_module_in_the_current_folder_is_found_without_pythonpath(tmp_path, monkeypatch):
+    (tmp_path / "my_ops.py").write_text(OWN_OPS)
+    (tmp_path / "mine.yaml").write_text("stages:\n  - {op: 'my_ops:Vignette', strength: [0.5, 0.6]}\n")
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", ".", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_ops", raising=False)
+    monkeypatch.chdir(tmp_path)  # as `degrade build` run in the module's folder: the console script's path lacks it
+    result = CliRunner().invoke(main, ["build", "--recipe", "mine.yaml", "--limit", "4", "-j", "0",
+                                       "--device", "cpu", "--out", "out"])
+    assert result.exit_code == 0, result.output
+    assert 0.5 <= open_dataset(tmp_path / "out")[0]["params"]["vignette"]["strength"] <= 0.6
+    sys.modules.pop("my_ops", None)
+
+
 def test_a_build_whose_own_op_cannot_be_imported_here_is_named_by_inspect_and_by_streams(tmp_path, own_ops,
                                                                                         monkeypatch):
     (tmp_path / "mine.yaml").write_text("stages:\n  - {op: 'my_ops:Vignette'}\n")
@@ -453,7 +466,8 @@ def test_a_build_whose_own_op_cannot_be_imported_here_is_named_by_inspect_and_by
 
 @pytest.mark.parametrize("op, says", [
     ("no_such_module:Vignette", "'no_such_module:Vignette': cannot import 'no_such_module' (No module named "
-                                "'no_such_module'); install it or put its folder on PYTHONPATH"),
+                                "'no_such_module'); put it in the current folder, install it or put its "
+                                "folder on PYTHONPATH"),
     ("my_ops:Vignete", "'my_ops:Vignete': my_ops has no Op dataclass named 'Vignete'"),
     ("my_ops:NotAnOp", "my_ops has no Op dataclass named 'NotAnOp'"),
     ("my_ops:TakesJpegsName", "its `name` must be letters, digits, '_' or '-', and not a built-in op's"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 
 from degrade.ops.base import PART_NAME, ConfigError, Op, Params
 
@@ -42,10 +44,10 @@ def op_class(name: str) -> type[Op]:
 def _own_op_class(name: str) -> type[Op]:
     module_name, _, class_name = name.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_own_module(module_name)
     except ImportError as error:
-        raise ConfigError("op", f"{name!r}: cannot import {module_name!r} ({error}); install it or put its "
-                                "folder on PYTHONPATH") from None
+        raise ConfigError("op", f"{name!r}: cannot import {module_name!r} ({error}); put it in the current "
+                                "folder, install it or put its folder on PYTHONPATH") from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Op) and dataclasses.is_dataclass(cls)):
         raise ConfigError("op", f"{name!r}: {module_name} has no Op dataclass named {class_name!r}")
@@ -53,6 +55,17 @@ def _own_op_class(name: str) -> type[Op]:
         raise ConfigError("op", f"{name!r}: its `name` must be letters, digits, '_' or '-', and not a built-in op's "
                                 f"(it names the op's params), got {cls.name!r}")
     return cls
+
+
+def _import_own_module(module_name: str):
+    """Import ``module_name`` as Python would, and failing that from the current folder, as
+    ``python -m`` and ``python script.py`` find a module beside you (the ``degrade`` console script
+    does not look there). The folder goes last on the path, so an installed module of the same name
+    wins; worker processes start in the same folder and find it the same way."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    return importlib.import_module(module_name)
 
 
 __all__ = ["ConfigError", "OP_NAMES", "Op", "Params", "op_class"]
