@@ -256,6 +256,9 @@ def test_other_sizes_are_resized_or_refused_when_strict(face):
     assert image.shape == (112, 112, 3) and fixes == ["resized to 112x112"]
     with pytest.raises(SourceError, match="big.jpg: is 224x224, expected 112x112"):
         decode_image(jpeg(big), "big.jpg", 112, strict=True)
+    narrow = cv2.resize(face, (96, 112))  # the 112x96 crop of SphereFace-style alignment
+    image, fixes = decode_image(jpeg(narrow), "narrow.jpg", 112)
+    assert image.shape == (112, 112, 3) and fixes == ["stretched to 112x112 (not square)"]
 
 
 def test_truncated_and_non_image_files_are_skipped_with_reasons(tmp_path, face):

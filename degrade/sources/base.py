@@ -80,13 +80,16 @@ def decode_raw_pixels(data: bytes, name: str, size: int, strict: bool = False) -
 
 
 def _resized(image: np.ndarray, name: str, size: int, strict: bool, fixes: list[str]) -> tuple[np.ndarray, list[str]]:
-    """An (H, W, 3) RGB image at (size, size): area when shrinking, bicubic when enlarging."""
-    if image.shape[:2] != (size, size):
+    """An (H, W, 3) RGB image at (size, size): area when shrinking, bicubic when enlarging. A face
+    that is not square is stretched, and counted apart ("stretched ... (not square)"): an aligned
+    112x96 crop has other proportions than a square one, and the build's summary says so."""
+    height, width = image.shape[:2]
+    if (height, width) != (size, size):
         if strict:
-            raise SourceError(f"{name}: is {image.shape[1]}x{image.shape[0]}, expected {size}x{size} (--strict)")
-        shrinking = image.shape[0] > size or image.shape[1] > size
+            raise SourceError(f"{name}: is {width}x{height}, expected {size}x{size} (--strict)")
+        shrinking = height > size or width > size
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-        fixes.append(f"resized to {size}x{size}")
+        fixes.append(f"resized to {size}x{size}" if height == width else f"stretched to {size}x{size} (not square)")
     return image, fixes
 
 
