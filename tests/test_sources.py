@@ -344,7 +344,9 @@ def test_a_key_whose_rows_disagree_is_refused_naming_both_rows(tmp_path):
 
 
 @pytest.mark.parametrize("rows, says", [("bob.jpg\t1\n", "Expected 3 columns, got 2: bob.jpg"),
-                                        ("bob.jpg\tyes\t1\n", "column 'Male': CSV conversion error to float: invalid value 'yes'")])
+                                        ("bob.jpg\tyes\t1\n", "column 'Male': CSV conversion error to float: invalid value 'yes'"),
+                                        ("bob.jpg\t1\t-inf\n", "file 'bob.jpg' has Bald = -inf (data row 2, after the "
+                                                               "header); leave the cell empty where it is not known")])
 def test_an_attributes_row_that_cannot_be_read_is_named(tmp_path, rows, says):
     (tmp_path / "a.tsv").write_text("file\tMale\tBald\nann.jpg\t1\t0\n" + rows)
     with pytest.raises(SourceError) as error:

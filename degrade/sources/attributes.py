@@ -1,9 +1,10 @@
 """Per-sample attributes (e.g. soft biometrics for CATFace) from a CSV or TSV file.
 
 The first column is ``file`` (the sample's path relative to its source, as
-``Name/Name_0001.jpg``) or ``identity`` (an identity name); every other column is a
-number. Samples with no row get NaN; a table in which none of the samples looked up has a row
-(keys that name them some other way) is refused before a build or a stream starts.
+``Name/Name_0001.jpg``) or ``identity`` (an identity name); every other column is a finite
+number, blank where not known (NaN). Samples with no row get NaN; a table in which none of the
+samples looked up has a row (keys that name them some other way) is refused before a build or a
+stream starts.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class Attributes:
         values = np.full((table.num_rows + 1, len(self.names)), np.nan, np.float32)
         for column in range(len(self.names)):
             values[:-1, column] = table.column(column + 1).to_numpy(zero_copy_only=False)
+        infinite = np.argwhere(np.isinf(values))
+        if len(infinite):
+            row, column = infinite[0]
+            raise SourceError(f"{path}: {self.keyed_by} {keys[row]!r} has {self.names[column]} = {values[row, column]} "
+                              f"(data row {row + 1}, after the header); leave the cell empty where it is not known")
         if len(self.rows) < len(keys):
             self._refuse_rows_that_disagree(keys, values)
         self.values = values
