@@ -42,7 +42,7 @@ from degrade.ops import Params
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source
 from degrade.sources.attributes import Attributes
-from degrade.text import counted, differences
+from degrade.text import counted, differences, every
 
 if TYPE_CHECKING:
     import datasets
@@ -456,7 +456,7 @@ def _finish(out: Path, names: list[str], total: int, recipe: Recipe, seed: int, 
                                             indent=2, sort_keys=True))
     if rows == 0:
         key, reason = skipped[0]
-        raise BuildError(f"{out}: every one of the {total} inputs was skipped (key {key}: {reason}); "
+        raise BuildError(f"{out}: {every(total, 'input')} was skipped (key {key}: {reason}); "
                          f"{SUMMARY} lists them all")
     info = {"citation": "", "description": f"degrade build of recipe {recipe.name} (seed {seed})",
             "features": _features(schema, image_format), "homepage": "", "license": ""}

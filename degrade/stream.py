@@ -37,7 +37,7 @@ from degrade.keyed import epoch_seed
 from degrade.loader import decoded_batches, pair_batches
 from degrade.recipe import Recipe
 from degrade.sources import Source, SourceError
-from degrade.text import counted
+from degrade.text import counted, every
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -144,7 +144,7 @@ class PairStream:
                                          self.num_workers):
             if len(faces.key) == 0:  # a step cannot learn from no pair
                 key, reason = faces.skipped[0]
-                raise SourceError(f"{self.source.name}: every one of the {len(faces.skipped)} faces of a batch was "
+                raise SourceError(f"{self.source.name}: {every(len(faces.skipped), 'face')} of a batch was "
                                   f"skipped (key {key}: {reason}); a batch needs one readable face")
             if self.attributes is not None:
                 batch.attributes = self.attributes.lookup(self.source, faces.key, faces.identity).to(self.device)

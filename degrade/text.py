@@ -8,6 +8,11 @@ def counted(number: int, noun: str, plural: str | None = None) -> str:
     return f"{number:,} {noun if number == 1 else plural or noun + 's'}"
 
 
+def every(number: int, noun: str) -> str:
+    """All of ``number`` things, as a sentence's subject: 'the only input', 'every one of the 2 inputs'."""
+    return f"the only {noun}" if number == 1 else f"every one of the {counted(number, noun)}"
+
+
 def differences(there: dict, here: dict) -> str:
     """The fields whose values differ between two settings, in sorted order, as
     "seed 0 there, 3 here; shard_size 16 there, 2048 here"; empty when none does."""

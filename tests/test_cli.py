@@ -18,7 +18,7 @@ from degrade.cli import main
 from degrade.engine import make_pairs
 from degrade.recipe import builtin_recipes, load_recipe
 from degrade.sources.demo import DemoSource
-from degrade.text import counted
+from degrade.text import counted, every
 
 
 def run(*args: str):
@@ -73,6 +73,7 @@ def test_counts_in_messages_take_the_number_of_their_noun():
     assert [counted(1, "shard"), counted(3, "shard"), counted(0, "pair"), counted(1_000, "pair")] == [
         "1 shard", "3 shards", "0 pairs", "1,000 pairs"]
     assert [counted(1, "identity", "identities"), counted(2, "identity", "identities")] == ["1 identity", "2 identities"]
+    assert [every(1, "input"), every(1_200, "input")] == ["the only input", "every one of the 1,200 inputs"]
 
 
 def test_build_writes_a_dataset_whose_lq_is_the_engines_output(tmp_path):
