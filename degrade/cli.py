@@ -191,11 +191,18 @@ def recipes_command() -> None:
         click.echo(f"{name:<{width}}  {load_recipe(path).description}")
 
 
+def _png_path(context: click.Context, parameter: click.Parameter, path: str) -> str:
+    if not path.lower().endswith(".png"):
+        raise click.BadParameter(f"a preview is a PNG (lossless, so every artifact in it is the LQ's own); give a "
+                                 f"path ending in .png, got {path!r}")
+    return path
+
+
 @main.command("preview")
 @recipe_option
 @source_option
 @click.option("--out", "-o", default="preview.png", show_default=True, type=click.Path(dir_okay=False),
-              help="PNG file to write.")
+              callback=_png_path, help="PNG file to write.")
 @click.option("--count", "-n", default=16, show_default=True, type=click.IntRange(1, 256), help="Pairs to show.")
 @click.option("--start", default=0, show_default=True, type=click.IntRange(0), help="First sample key.")
 @click.option("--stride", default=1, show_default=True, type=click.IntRange(1),

@@ -44,6 +44,6 @@ def preview_grid(recipe: Recipe, batch: PairBatch) -> np.ndarray:
 
 
 def write_preview(recipe: Recipe, batch: PairBatch, out: str | Path) -> None:
-    """The grid as a PNG file at ``out``, whatever its extension; an OSError names the path if it
-    cannot be written."""
+    """The grid as a PNG file at ``out`` (``degrade preview`` asks for a .png path); an OSError
+    names the path if it cannot be written."""
     Path(out).write_bytes(cv2.imencode(".png", preview_grid(recipe, batch))[1].tobytes())

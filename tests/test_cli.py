@@ -152,11 +152,18 @@ def test_preview_writes_a_grid_of_pairs(tmp_path):
     assert grid.std() > 20
 
 
-@pytest.mark.parametrize("command", [["build", "--recipe", "maug", "--limit", "8", "--out"],
-                                     ["preview", "--recipe", "maug", "--count", "2", "--out"]], ids=lambda c: c[0])
-def test_an_output_path_that_cannot_be_written_fails_with_one_clear_message(tmp_path, command):
+def test_preview_refuses_a_path_that_is_not_a_png_before_any_work(tmp_path):
+    result = CliRunner().invoke(main, ["preview", "--out", str(tmp_path / "grid.jpg"), "--device", "cpu"])
+    assert result.exit_code == 2 and "give a path ending in .png, got" in result.output
+    assert not (tmp_path / "grid.jpg").exists()
+
+
+@pytest.mark.parametrize("command, name", [(["build", "--recipe", "maug", "--limit", "8", "--out"], "out"),
+                                           (["preview", "--recipe", "maug", "--count", "2", "--out"], "out.png")],
+                         ids=["build", "preview"])
+def test_an_output_path_that_cannot_be_written_fails_with_one_clear_message(tmp_path, command, name):
     (tmp_path / "a_file").write_text("not a folder")
-    result = CliRunner().invoke(main, [*command, str(tmp_path / "a_file" / "out"), "--device", "cpu"])
+    result = CliRunner().invoke(main, [*command, str(tmp_path / "a_file" / name), "--device", "cpu"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(f"Error: {tmp_path / 'a_file'}")
     assert "Traceback" not in result.output
