@@ -123,7 +123,8 @@ recipe_option = click.option("--recipe", "-r", required=True, metavar="NAME|FILE
 source_option = click.option(
     "--source", "-s", default="demo", show_default=True, metavar="demo[:IDENTITIES]|PATH",
     help="`demo` (synthetic faces; `demo:20000` for 20,000 identities of 10), a folder of identity sub-folders, "
-         "an insightface train.rec (or its folder), a saved HF dataset / .parquet / .arrow with an image column "
+         "an insightface train.rec (or its folder), a saved HF dataset / .parquet / .arrow / folder of .parquet "
+         "shards with an image column "
          "(a degrade build's HQ faces: a raw build's are read with nothing to decode), an LFW-style pairs.txt, "
          "or a .bin set.")
 # The range of degrade.keyed.MAX_SEED, not imported here (it imports torch).

@@ -121,6 +121,30 @@ def test_saved_hf_dataset_parquet_and_arrow_sources(tmp_path, lfw_jpegs):
         assert source.identity_name(int(faces.identity[1])) == str(labels[5])
 
 
+def test_a_hub_download_of_parquet_shards_is_read_as_one_table_of_its_train_split(tmp_path, lfw_jpegs):
+    images, labels = lfw_jpegs
+    table = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "label": labels})
+    table = table.cast_column("image", datasets.Image())
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for name, rows in [("train-00000-of-00002", range(0, 7)), ("train-00001-of-00002", range(7, 10)),
+                       ("test-00000-of-00001", range(10, 12))]:
+        table.select(rows).to_parquet(str(tmp_path / "hub" / "data" / f"{name}.parquet"))
+    source = open_source(str(tmp_path / "hub"))
+    assert len(source) == 10  # the train split's rows, in the shards' order; the test split's left out
+    faces = source.load(torch.tensor([6, 7, 9]))
+    assert all(np.array_equal(faces.hq[i].permute(1, 2, 0).numpy(), decoded(images[k])) for i, k in enumerate([6, 7, 9]))
+    assert [source.identity_name(int(i)) for i in faces.identity] == [str(labels[k]) for k in (6, 7, 9)]
+    assert len(open_source(str(tmp_path / "hub" / "data"))) == 10
+
+
+def test_parquet_shards_of_other_splits_alone_are_refused_naming_them(tmp_path):
+    for name in ("test-00000-of-00001", "validation-00000-of-00001"):
+        pq.write_table(pa.table({"image": [b""], "label": [0]}), tmp_path / f"{name}.parquet")
+    with pytest.raises(SourceError, match=re.escape(f"{tmp_path}: Parquet shards of the splits test, validation and "
+                                                    "none of 'train'")):
+        open_source(str(tmp_path))
+
+
 def test_raw_pixels_are_read_as_they_are_resized_like_decoded_images_and_a_wrong_length_is_named():
     face = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     same, fixes = decode_raw_pixels(face.tobytes(), "row 3", 64)

@@ -2,7 +2,8 @@
 
 * ``demo`` or ``demo:IDENTITIES``: built-in synthetic faces, 10 per identity (100 identities by default);
 * a folder with ``train.rec`` / ``train.idx``, or a ``.rec`` file: insightface RecordIO;
-* a dataset folder saved with ``save_to_disk``, a ``.parquet`` or an ``.arrow`` file: a table (a degrade
+* a dataset folder saved with ``save_to_disk``, a ``.parquet`` or an ``.arrow`` file, or a folder of
+  ``.parquet`` shards (a Hugging Face Hub download: in it or in its ``data/``): a table (a degrade
   build's HQ faces, a raw build's read with nothing to decode);
 * a ``pairs.txt``-style file: the images of an LFW-style verification protocol;
 * a ``.bin`` file: an insightface verification set;
@@ -61,6 +62,11 @@ def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
         from degrade.sources.table import TableSource
 
         return TableSource(path, size, strict)
+    if path.is_dir():
+        from degrade.sources.table import TableSource, parquet_shards
+
+        if parquet_shards(path):
+            return TableSource(path, size, strict)
     if path.suffix == ".bin":
         from degrade.sources.pairs import BinSource
 

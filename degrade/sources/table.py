@@ -1,7 +1,9 @@
-"""Faces from a table: an HF dataset saved with ``save_to_disk``, or Arrow / Parquet files."""
+"""Faces from a table: an HF dataset saved with ``save_to_disk``, Arrow / Parquet files, or a folder
+of Parquet shards as the Hugging Face Hub serves a dataset."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,11 +21,41 @@ IMAGE_COLUMNS = ("image", "img", "face", "hq")
 LABEL_COLUMNS = ("label", "identity_name", "identity", "labels", "id")
 
 
+# The Hub names a split's shards SPLIT-00000-of-00004.parquet.
+_HUB_SHARD = re.compile(r"(?P<split>.+)-\d+-of-\d+\.parquet")
+
+
+def parquet_shards(folder: Path) -> list[Path]:
+    """The ``.parquet`` files of a folder that holds a table in shards, as a download of a Hugging
+    Face Hub dataset does: in the folder itself or in its ``data/`` folder, in name order. Where the
+    names say which split each holds (``train-00000-of-00004.parquet``), the train split's alone.
+    Empty when there are none."""
+    for where in (folder, folder / "data"):
+        shards = sorted(where.glob("*.parquet"))
+        named = [_HUB_SHARD.fullmatch(shard.name) for shard in shards]
+        splits = sorted({match["split"] for match in named if match}) if all(named) else []
+        if len(splits) > 1:
+            if "train" not in splits:
+                raise SourceError(f"{where}: Parquet shards of the splits {', '.join(splits)} and none of 'train'; "
+                                  "give one shard's path, or a folder holding one split's")
+            shards = [shard for shard, match in zip(shards, named) if match["split"] == "train"]
+        if shards:
+            return shards
+    return []
+
+
 def open_table(path: Path) -> datasets.Dataset:
-    """A ``datasets.Dataset`` for a save_to_disk folder, a ``.parquet`` or an ``.arrow`` file."""
+    """A ``datasets.Dataset`` for a save_to_disk folder, a ``.parquet`` or an ``.arrow`` file, or a
+    folder of Parquet shards (:func:`parquet_shards`, read as one table in their order)."""
     import datasets
 
     if path.is_dir():
+        shards = parquet_shards(path)
+        if shards and not (path / "state.json").is_file():
+            try:
+                return datasets.Dataset.from_parquet([str(shard) for shard in shards])
+            except pa.ArrowException as error:
+                raise SourceError(f"{path}: its Parquet shards are not one readable table ({error})") from None
         if not (path / "state.json").is_file():
             raise SourceError(f"{path}: not a finished dataset folder (no state.json)")
         loaded = datasets.load_from_disk(str(path))
@@ -56,7 +88,7 @@ class TableSource(EncodedSource):
     once from JPEGs serves as the source of builds with other recipes.
 
     Args:
-        path: dataset folder, .parquet or .arrow file.
+        path: dataset folder, .parquet or .arrow file, or folder of Parquet shards.
         image_column, label_column: column names (default: the first of the usual names present).
     """
 
