@@ -315,157 +315,179 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 def parse_recipe(data: Any, source: str = "<recipe>", text: str = "") -> Recipe:
-    """Validate recipe data (as loaded from YAML) and build the :class:`Recipe`."""
+    """Validate recipe data (as loaded from YAML) and build the :class:`Recipe`; raises
+    :class:`RecipeError` naming ``source``, the stage and the field."""
+    return _RecipeParser(source).parse(data, text)
 
-    def fail(where: str, message: str) -> RecipeError:
-        return RecipeError(f"{source}: {where}: {message}")
 
-    if not isinstance(data, dict):
-        raise fail("top level", "expected a mapping with 'stages' (and optionally name, description, seed, size)")
-    unknown = set(data) - {"name", "description", "seed", "size", "stages"}
-    if unknown:
-        raise fail("top level", f"unknown field(s) {', '.join(sorted(map(str, unknown)))} (a recipe's fields: stages, "
-                                "name, description, seed, size)")
-    name = data.get("name", Path(source).stem)
-    if "name" in data and not (isinstance(name, str) and RECIPE_NAME.fullmatch(name)):
-        raise fail("field 'name'", "expected letters, digits, '_', '-' or '.', not first (it names the default "
-                                   f"output folder, out/<name>), got {name!r}")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise fail("field 'description'", f"expected one line of text, got {description!r}")
-    seed, size = data.get("seed", 0), data.get("size", 112)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise fail("field 'seed'", f"expected an integer in [0, {MAX_SEED}], got {seed!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-        raise fail("field 'size'", f"expected an integer >= 8, got {size!r}")
-    stages_data = data.get("stages")
-    if not isinstance(stages_data, list) or not stages_data:
-        raise fail("field 'stages'", "expected a non-empty list of stages")
+def _unique(base: str, used: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3`` ... when names in ``used`` take it; marked used."""
+    candidate, count = base, 1
+    while candidate in used:
+        count += 1
+        candidate = f"{base}_{count}"
+    used.add(candidate)
+    return candidate
 
-    def named(entry: dict, where: str, default: str) -> str:
+
+class _RecipeParser:
+    """One recipe's data checked top-down: the top-level fields, then each stage (one op, or a
+    one-of group of options, each one op or a chain of them), then where native-size ops stand."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.size = source, 112
+
+    def fail(self, where: str, message: str) -> RecipeError:
+        return RecipeError(f"{self.source}: {where}: {message}")
+
+    def parse(self, data: Any, text: str) -> Recipe:
+        if not isinstance(data, dict):
+            raise self.fail("top level", "expected a mapping with 'stages' (and optionally name, description, seed, size)")
+        unknown = set(data) - {"name", "description", "seed", "size", "stages"}
+        if unknown:
+            raise self.fail("top level", f"unknown field(s) {', '.join(sorted(map(str, unknown)))} (a recipe's fields: "
+                                         "stages, name, description, seed, size)")
+        name = data.get("name", Path(self.source).stem)
+        if "name" in data and not (isinstance(name, str) and RECIPE_NAME.fullmatch(name)):
+            raise self.fail("field 'name'", "expected letters, digits, '_', '-' or '.', not first (it names the default "
+                                            f"output folder, out/<name>), got {name!r}")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise self.fail("field 'description'", f"expected one line of text, got {description!r}")
+        seed, self.size = data.get("seed", 0), data.get("size", 112)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise self.fail("field 'seed'", f"expected an integer in [0, {MAX_SEED}], got {seed!r}")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 8:
+            raise self.fail("field 'size'", f"expected an integer >= 8, got {self.size!r}")
+        stages_data = data.get("stages")
+        if not isinstance(stages_data, list) or not stages_data:
+            raise self.fail("field 'stages'", "expected a non-empty list of stages")
+        stage_names: set[str] = set()
+        stages = [self.stage(number, entry, stage_names) for number, entry in enumerate(stages_data, start=1)]
+        self.check_native_size_last(stages)
+        return Recipe(name=str(name), description=description, seed=seed, size=self.size, stages=stages, text=text)
+
+    def stage(self, number: int, entry: Any, stage_names: set[str]) -> Stage:
+        """Stage ``number`` of the recipe; its name is made unique among ``stage_names``."""
+        label = entry.get("name") or entry.get("op") or "one_of" if isinstance(entry, dict) else "?"
+        where = f"stage {number} ({label})"
+        if not isinstance(entry, dict):
+            raise self.fail(where, "expected a mapping")
+        p = entry.get("p", 1.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise self.fail(where, f"field 'p': expected a probability in [0, 1], got {p!r}")
+        split = entry.get("split", "random")
+        if split not in ("random", "key"):
+            raise self.fail(where, f"field 'split': expected 'random' or 'key', got {split!r}")
+        if ("op" in entry) == ("one_of" in entry):
+            raise self.fail(where, "a stage has exactly one of 'op' or 'one_of'")
+        if "op" in entry:
+            leaf = self.op(entry, where, "", {"op", "name", "p"}, stage_names)
+            return Stage(name=leaf.path, p=float(p), options=[Option(leaf.path, 1.0, [leaf])])
+        self.refuse_fields(entry, where, {"name", "p", "one_of", "split"}, "a one_of stage")
+        group = _unique(self.named(entry, where, "one_of"), stage_names)
+        options_data = entry["one_of"]
+        if not isinstance(options_data, list) or len(options_data) < 2:
+            raise self.fail(where, "field 'one_of': expected a list of at least two options")
+        options: list[Option] = []
+        for k, option in enumerate(options_data, start=1):
+            options.append(self.option(option, f"{where}, option {k}", f"option{k}", group, split))
+            if any(earlier.name == options[-1].name for earlier in options[:-1]):
+                raise self.fail(f"{where}, option {k}", f"two options are named {options[-1].name!r}; give them "
+                                                        "distinct 'name's")
+        if not any(option.weight for option in options):
+            raise self.fail(where, "field 'one_of': every option has weight 0; give one a positive weight")
+        return Stage(name=group, p=float(p), options=options, split=split)
+
+    def option(self, option: Any, where: str, default_name: str, group: str, split: str) -> Option:
+        """An option of the one-of group ``group``: one op, or a chain of them under 'stages'."""
+        if not isinstance(option, dict):
+            raise self.fail(where, "expected a mapping")
+        if split == "key" and "weight" in option:
+            raise self.fail(where, "field 'weight': split: key takes the options in turn by key, in equal shares; "
+                                   "weights go with split: random")
+        weight = option.get("weight", 1.0)
+        if not is_weight(weight):
+            raise self.fail(where, f"field 'weight': expected a finite number >= 0, got {weight!r}")
+        if "stages" not in option:
+            leaf = self.op(option, where, f"{group}.", {"op", "name", "weight"}, None)
+            return Option(leaf.path.split(".")[-1], float(weight), [leaf])
+        self.refuse_fields(option, where, {"name", "weight", "stages"}, "an option with 'stages'")
+        name = self.named(option, where, default_name)
+        chain = option["stages"]
+        if not isinstance(chain, list) or not chain:
+            raise self.fail(where, "field 'stages': expected a non-empty list of ops")
+        chain_names: set[str] = set()
+        leaves = [self.op(entry, f"{where}, op {j}", f"{group}.{name}.", {"op", "name"}, chain_names)
+                  for j, entry in enumerate(chain, start=1)]
+        return Option(name, float(weight), leaves)
+
+    def op(self, entry: Any, where: str, path_prefix: str, structure: set[str], used: set[str] | None) -> Leaf:
+        """The op of ``entry``, which may also hold the recipe fields in ``structure``. Its name is
+        made unique among ``used`` (the stages of the recipe, the ops of a chain) when given."""
+        if not isinstance(entry, dict) or "op" not in entry:
+            nested = isinstance(entry, dict) and "one_of" in entry
+            raise self.fail(where, f"field 'one_of' {MISPLACED['one_of']}" if nested
+                            else "expected a mapping with an 'op' field")
+        op_name = entry["op"]
+        try:
+            cls = op_class(str(op_name))
+        except ConfigError as error:
+            raise self.fail(where, str(error).split(": ", 1)[1]) from None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        self.refuse_fields(entry, where, structure, f"op {op_name!r}", fields)
+        config = {k: v for k, v in entry.items() if k not in STRUCTURE_KEYS}
+        if "size" in fields and "size" not in config:
+            config["size"] = self.size
+        try:
+            op = cls(**config)
+        except ConfigError as error:
+            raise self.fail(where, f"field {error.field!r}: {str(error).split(': ', 1)[1]}") from None
+        except TypeError as error:
+            raise self.fail(where, f"bad configuration: {error}") from None
+        self.check_draws(op, where)
+        leaf_name = self.named(entry, where, cls.name)
+        return Leaf(path=path_prefix + (leaf_name if used is None else _unique(leaf_name, used)), op=op)
+
+    def named(self, entry: dict, where: str, default: str) -> str:
         """The entry's own 'name', checked, or ``default``."""
         value = entry.get("name", default)
         if not _is_part_name(value):
-            raise fail(where, f"field 'name': expected {NAME_RULE}, got {value!r}")
+            raise self.fail(where, f"field 'name': expected {NAME_RULE}, got {value!r}")
         return value
 
-    def unique(base: str, used: set[str]) -> str:
-        """``base``, or ``base_2``, ``base_3`` ... when names in ``used`` take it; marked used."""
-        candidate, count = base, 1
-        while candidate in used:
-            count += 1
-            candidate = f"{base}_{count}"
-        used.add(candidate)
-        return candidate
-
-    def refuse_fields(entry: dict, where: str, structure: set[str], owner: str, own: set[str] = frozenset()) -> None:
+    def refuse_fields(self, entry: dict, where: str, structure: set[str], owner: str,
+                      own: set[str] = frozenset()) -> None:
         """Fail on a field that would be ignored here: one that shapes recipes elsewhere, or one
         that is not among ``owner``'s ``own`` fields."""
         extra = sorted(set(entry) - structure - own, key=str)
         if not extra:
             return
         if extra[0] in MISPLACED:
-            raise fail(where, f"field {extra[0]!r} {MISPLACED[extra[0]]}")
-        raise fail(where, f"field {extra[0]!r} is not a field of {owner} (its fields: {', '.join(sorted(own or structure))})")
+            raise self.fail(where, f"field {extra[0]!r} {MISPLACED[extra[0]]}")
+        raise self.fail(where, f"field {extra[0]!r} is not a field of {owner} (its fields: "
+                               f"{', '.join(sorted(own or structure))})")
 
-    def check_draws(op: Op, where: str) -> None:
+    def check_draws(self, op: Op, where: str) -> None:
         """Fail on params that a build could not store: each one (N,) bool, int or float, named by PART_NAME."""
         for field, value in op.draw(KeyedRandom(0, torch.arange(2), 0)).items():
             if not _is_part_name(field):
-                raise fail(where, f"op {op.name!r} draws a param named {field!r}: expected {NAME_RULE}")
+                raise self.fail(where, f"op {op.name!r} draws a param named {field!r}: expected {NAME_RULE}")
             if not (isinstance(value, torch.Tensor) and value.shape == (2,) and not value.is_complex()):
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise fail(where, f"op {op.name!r} draws {field!r} as {shape} for 2 samples; a param is one bool, "
-                                  "integer or float per sample, (N,)")
+                raise self.fail(where, f"op {op.name!r} draws {field!r} as {shape} for 2 samples; a param is one "
+                                       "bool, integer or float per sample, (N,)")
 
-    def build_op(entry: Any, where: str, path_prefix: str, structure: set[str], used: set[str] | None) -> Leaf:
-        """The op of ``entry``, which may also hold the recipe fields in ``structure``. Its name is
-        made unique among ``used`` (the stages of the recipe, the ops of a chain) when given."""
-        if not isinstance(entry, dict) or "op" not in entry:
-            nested = isinstance(entry, dict) and "one_of" in entry
-            raise fail(where, f"field 'one_of' {MISPLACED['one_of']}" if nested else "expected a mapping with an 'op' field")
-        op_name = entry["op"]
-        try:
-            cls = op_class(str(op_name))
-        except ConfigError as error:
-            raise fail(where, str(error).split(": ", 1)[1]) from None
-        fields = {f.name for f in dataclasses.fields(cls)}
-        refuse_fields(entry, where, structure, f"op {op_name!r}", fields)
-        config = {k: v for k, v in entry.items() if k not in STRUCTURE_KEYS}
-        if "size" in fields and "size" not in config:
-            config["size"] = size
-        try:
-            op = cls(**config)
-        except ConfigError as error:
-            raise fail(where, f"field {error.field!r}: {str(error).split(': ', 1)[1]}") from None
-        except TypeError as error:
-            raise fail(where, f"bad configuration: {error}") from None
-        check_draws(op, where)
-        leaf_name = named(entry, where, cls.name)
-        return Leaf(path=path_prefix + (leaf_name if used is None else unique(leaf_name, used)), op=op)
-
-    stages: list[Stage] = []
-    stage_names: set[str] = set()
-    for number, entry in enumerate(stages_data, start=1):
-        label = entry.get("name") or entry.get("op") or "one_of" if isinstance(entry, dict) else "?"
-        where = f"stage {number} ({label})"
-        if not isinstance(entry, dict):
-            raise fail(where, "expected a mapping")
-        p = entry.get("p", 1.0)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise fail(where, f"field 'p': expected a probability in [0, 1], got {p!r}")
-        split = entry.get("split", "random")
-        if split not in ("random", "key"):
-            raise fail(where, f"field 'split': expected 'random' or 'key', got {split!r}")
-        if ("op" in entry) == ("one_of" in entry):
-            raise fail(where, "a stage has exactly one of 'op' or 'one_of'")
-        if "op" in entry:
-            leaf = build_op(entry, where, "", {"op", "name", "p"}, stage_names)
-            stages.append(Stage(name=leaf.path, p=float(p), options=[Option(leaf.path, 1.0, [leaf])]))
-            continue
-        refuse_fields(entry, where, {"name", "p", "one_of", "split"}, "a one_of stage")
-        group = unique(named(entry, where, "one_of"), stage_names)
-        options_data = entry["one_of"]
-        if not isinstance(options_data, list) or len(options_data) < 2:
-            raise fail(where, "field 'one_of': expected a list of at least two options")
-        options: list[Option] = []
-        for k, option in enumerate(options_data, start=1):
-            owhere = f"{where}, option {k}"
-            if not isinstance(option, dict):
-                raise fail(owhere, "expected a mapping")
-            if split == "key" and "weight" in option:
-                raise fail(owhere, "field 'weight': split: key takes the options in turn by key, in equal shares; "
-                                   "weights go with split: random")
-            weight = option.get("weight", 1.0)
-            if not is_weight(weight):
-                raise fail(owhere, f"field 'weight': expected a finite number >= 0, got {weight!r}")
-            if "stages" in option:
-                refuse_fields(option, owhere, {"name", "weight", "stages"}, "an option with 'stages'")
-                oname = named(option, owhere, f"option{k}")
-                chain = option["stages"]
-                if not isinstance(chain, list) or not chain:
-                    raise fail(owhere, "field 'stages': expected a non-empty list of ops")
-                chain_names: set[str] = set()
-                leaves = [build_op(e, f"{owhere}, op {j}", f"{group}.{oname}.", {"op", "name"}, chain_names)
-                          for j, e in enumerate(chain, start=1)]
-            else:
-                leaf = build_op(option, owhere, f"{group}.", {"op", "name", "weight"}, None)
-                oname, leaves = leaf.path.split(".")[-1], [leaf]
-            if any(o.name == oname for o in options):
-                raise fail(owhere, f"two options are named {oname!r}; give them distinct 'name's")
-            options.append(Option(oname, float(weight), leaves))
-        if not any(option.weight for option in options):
-            raise fail(where, "field 'one_of': every option has weight 0; give one a positive weight")
-        stages.append(Stage(name=group, p=float(p), options=options, split=split))
-
-    for number, stage in enumerate(stages, start=1):
-        for option in stage.options:
-            for leaf in option.leaves:
-                if leaf.op.changes_size and (number != len(stages) or stage.is_group or stage.p < 1
-                                             or leaf is not option.leaves[-1]):
-                    raise fail(f"stage {number} ({stage.name})",
-                               "an op with native-size output must be the last stage, with p: 1, outside one_of")
-    return Recipe(name=str(name), description=description, seed=seed, size=size, stages=stages, text=text)
+    def check_native_size_last(self, stages: list[Stage]) -> None:
+        """An op whose output keeps its native size (BTNet's resize) must come last: nothing after it
+        could take images of several sizes in one batch."""
+        for number, stage in enumerate(stages, start=1):
+            for option in stage.options:
+                for leaf in option.leaves:
+                    if leaf.op.changes_size and (number != len(stages) or stage.is_group or stage.p < 1
+                                                 or leaf is not option.leaves[-1]):
+                        raise self.fail(f"stage {number} ({stage.name})", "an op with native-size output must be the "
+                                                                          "last stage, with p: 1, outside one_of")
 
 
 def describe(recipe: Recipe, params: Params, index: int) -> list[str]:
