@@ -207,6 +207,27 @@ class _Log:
                     self.board.add_scalar(name, value, row["step"])
 
 
+def _resume(last: Path, trainer: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+            config: TrainConfig) -> tuple[int, int]:
+    """Load the run's state from its ``last.pt`` into the objects given; returns (step, samples
+    seen). Refuses a checkpoint saved by another command, naming what differs."""
+    state = training_checkpoint(last)
+    changed = _run_differences(state, getattr(trainer, "spec", None), config)
+    if changed:
+        raise CheckpointError(f"{last}: saved by a run of another command ({changed}); run that command "
+                              "to resume it, or give this one a new --out")
+    trainer.load_state_dict(state["trainer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as error:  # e.g. a version that trained other parameters of the same model
+        raise CheckpointError(f"{last}: its optimizer does not fit this run's trainable parameters ({error}); "
+                              "saved by another version of degrade? Give this run a new --out") from None
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return state["step"], state["samples_seen"]
+
+
 def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: str | torch.device = "cpu",
           stop: threading.Event | None = None) -> list[dict]:
     """Train ``trainer`` for ``config.steps`` steps (resuming from ``config.out/last.pt`` if present).
@@ -227,24 +248,9 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     optimizer = make_optimizer(trainer.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    step, samples_seen = 0, 0
     spec = getattr(trainer, "spec", None)
     last = out / "last.pt"
-    if last.exists():
-        state = training_checkpoint(last)
-        changed = _run_differences(state, spec, config)
-        if changed:
-            raise CheckpointError(f"{last}: saved by a run of another command ({changed}); run that command "
-                                  "to resume it, or give this one a new --out")
-        trainer.load_state_dict(state["trainer"])
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError as error:  # e.g. a version that trained other parameters of the same model
-            raise CheckpointError(f"{last}: its optimizer does not fit this run's trainable parameters ({error}); "
-                                  "saved by another version of degrade? Give this run a new --out") from None
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, samples_seen = state["step"], state["samples_seen"]
+    step, samples_seen = _resume(last, trainer, optimizer, scheduler, scaler, config) if last.exists() else (0, 0)
     model = trainer
     if world > 1:
         model = nn.parallel.DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
