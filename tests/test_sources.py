@@ -145,6 +145,18 @@ def test_parquet_shards_of_other_splits_alone_are_refused_naming_them(tmp_path):
         open_source(str(tmp_path))
 
 
+def test_parquet_shards_that_are_not_parts_of_one_table_are_refused_naming_the_odd_one(tmp_path):
+    pq.write_table(pa.table({"image": [b""], "label": [0]}), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"img": [b""], "name": ["ann"]}), tmp_path / "part-1.parquet")
+    with pytest.raises(SourceError) as error:
+        open_source(str(tmp_path))
+    assert str(error.value) == (f"{tmp_path / 'part-1.parquet'}: has the columns img, name, where part-0.parquet has "
+                                "image, label; the shards of one table have the same columns")
+    (tmp_path / "part-1.parquet").write_bytes(b"PAR1 and then nothing a table holds")
+    with pytest.raises(SourceError, match=re.escape(f"{tmp_path / 'part-1.parquet'}: not a readable parquet file")):
+        open_source(str(tmp_path))
+
+
 def test_raw_pixels_are_read_as_they_are_resized_like_decoded_images_and_a_wrong_length_is_named():
     face = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     same, fixes = decode_raw_pixels(face.tobytes(), "row 3", 64)

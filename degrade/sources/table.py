@@ -44,33 +44,48 @@ def parquet_shards(folder: Path) -> list[Path]:
     return []
 
 
+def _check_same_columns(shards: list[Path]) -> None:
+    """Refuse shards that are not parts of one table, naming the first whose columns differ (read
+    from the files' footers, before ``datasets`` copies any of them)."""
+    import pyarrow.parquet as pq
+
+    columns = []
+    for shard in shards:
+        try:
+            columns.append(pq.read_schema(shard).names)
+        except pa.ArrowException as error:
+            raise SourceError(f"{shard}: not a readable parquet file ({error})") from None
+        if columns[-1] != columns[0]:
+            raise SourceError(f"{shard}: has the columns {', '.join(columns[-1])}, where {shards[0].name} has "
+                              f"{', '.join(columns[0])}; the shards of one table have the same columns")
+
+
 def open_table(path: Path) -> datasets.Dataset:
     """A ``datasets.Dataset`` for a save_to_disk folder, a ``.parquet`` or an ``.arrow`` file, or a
     folder of Parquet shards (:func:`parquet_shards`, read as one table in their order)."""
     import datasets
+    from datasets.exceptions import DatasetGenerationError
 
-    if path.is_dir():
-        shards = parquet_shards(path)
-        if shards and not (path / "state.json").is_file():
-            try:
-                return datasets.Dataset.from_parquet([str(shard) for shard in shards])
-            except pa.ArrowException as error:
-                raise SourceError(f"{path}: its Parquet shards are not one readable table ({error})") from None
-        if not (path / "state.json").is_file():
-            raise SourceError(f"{path}: not a finished dataset folder (no state.json)")
+    if (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if "train" not in loaded:
                 raise SourceError(f"{path}: a dataset dictionary without a 'train' split ({', '.join(loaded)})")
             loaded = loaded["train"]
         return loaded
-    readers = {".parquet": datasets.Dataset.from_parquet, ".arrow": datasets.Dataset.from_file}
-    if path.suffix in readers:
-        try:
-            return readers[path.suffix](str(path))
-        except pa.ArrowException as error:
-            raise SourceError(f"{path}: not a readable {path.suffix[1:]} file ({error})") from None
-    raise SourceError(f"{path}: expected a dataset folder, a .parquet or an .arrow file")
+    shards = parquet_shards(path) if path.is_dir() else []
+    if path.is_dir() and not shards:
+        raise SourceError(f"{path}: not a finished dataset folder (no state.json)")
+    if not shards and path.suffix not in (".parquet", ".arrow"):
+        raise SourceError(f"{path}: expected a dataset folder, a .parquet or an .arrow file")
+    _check_same_columns(shards)
+    try:
+        if path.suffix == ".arrow":
+            return datasets.Dataset.from_file(str(path))
+        return datasets.Dataset.from_parquet([str(shard) for shard in shards] or str(path))
+    except (pa.ArrowException, DatasetGenerationError) as error:  # datasets wraps what Arrow says in the latter
+        kind = "Parquet shards" if shards else f"{path.suffix[1:]} file"
+        raise SourceError(f"{path}: not a readable {kind} ({error.__cause__ or error})") from None
 
 
 def holds_raw_pixels(path: Path) -> bool:
