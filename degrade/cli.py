@@ -182,10 +182,15 @@ def main() -> None:
 
 
 @main.command("recipes")
-def recipes_command() -> None:
-    """List the built-in recipes, one line each."""
+@click.argument("name", required=False)
+def recipes_command(name: str | None) -> None:
+    """List the built-in recipes, one line each; with NAME, print that recipe's YAML (`degrade
+    recipes catface > mine.yaml` starts a recipe of your own)."""
     from degrade.recipe import builtin_recipes, load_recipe
 
+    if name is not None:
+        click.echo(_recipe(name).text, nl=False)
+        return
     recipes = sorted(builtin_recipes().items())
     width = max(len(name) for name, _ in recipes)
     for name, path in recipes:

@@ -61,6 +61,15 @@ def test_recipes_lists_each_builtin_recipe_with_its_description_in_one_column():
         assert line.index(load_recipe(name).description) == max(map(len, builtin_recipes())) + 2
 
 
+def test_recipes_with_a_name_prints_its_yaml_which_loads_back_as_the_same_recipe(tmp_path):
+    (tmp_path / "mine.yaml").write_text(run("recipes", "catface").output)
+    mine, builtin = load_recipe(tmp_path / "mine.yaml"), load_recipe("catface")
+    faces = DemoSource(identities=1).load(torch.arange(8)).hq.float() / 255
+    assert mine.text == builtin.text and torch.equal(mine(faces, torch.arange(8))[0], builtin(faces, torch.arange(8))[0])
+    result = CliRunner().invoke(main, ["recipes", "nope"])
+    assert result.exit_code == 1 and "unknown recipe 'nope'; built-in recipes: btnet" in result.output
+
+
 def build(tmp_path: Path, *extra: str) -> Path:
     out = tmp_path / "ds"
     result = run("build", "--recipe", "maug", "--limit", "40", "--batch-size", "16", "--shard-size", "16",
