@@ -64,7 +64,7 @@ def open_table(path: Path) -> datasets.Dataset:
     """A ``datasets.Dataset`` for a save_to_disk folder, a ``.parquet`` or an ``.arrow`` file, or a
     folder of Parquet shards (:func:`parquet_shards`, read as one table in their order)."""
     import datasets
-    from datasets.builder import DatasetGenerationError  # (datasets.exceptions holds it only in newer versions)
+    from datasets.builder import DatasetGenerationError  # older versions define it there, newer import it there
 
     if (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
