@@ -197,10 +197,10 @@ def recipes_command(name: str | None) -> None:
         click.echo(f"{name:<{width}}  {load_recipe(path).description}")
 
 
-def _png_path(context: click.Context, parameter: click.Parameter, path: str) -> str:
-    if not path.lower().endswith(".png"):
-        raise click.BadParameter(f"a preview is a PNG (lossless, so every artifact in it is the LQ's own); give a "
-                                 f"path ending in .png, got {path!r}")
+def _png_path(context: click.Context, parameter: click.Parameter, path: str | None) -> str | None:
+    if path is not None and not path.lower().endswith(".png"):
+        raise click.BadParameter(f"the grid is written as PNG (lossless, so every artifact in it is the LQ's own); "
+                                 f"give a path ending in .png, got {path!r}")
     return path
 
 
@@ -287,7 +287,8 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
 
 @main.command("inspect")
 @click.argument("folder", type=click.Path(file_okay=False, exists=True))
-@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also write a PNG grid of pairs.")
+@click.option("--grid", type=click.Path(dir_okay=False), default=None, callback=_png_path,
+              help="Also write a PNG grid of pairs.")
 @click.option("--count", "-n", default=16, show_default=True, type=click.IntRange(1, 256), help="Pairs in the grid.")
 def inspect_command(folder: str, grid: str | None, count: int) -> None:
     """Describe a built dataset: schema, counts, recipe, skipped inputs, attribute means, param histograms."""

@@ -161,10 +161,12 @@ def test_preview_writes_a_grid_of_pairs(tmp_path):
     assert grid.std() > 20
 
 
-def test_preview_refuses_a_path_that_is_not_a_png_before_any_work(tmp_path):
-    result = CliRunner().invoke(main, ["preview", "--out", str(tmp_path / "grid.jpg"), "--device", "cpu"])
-    assert result.exit_code == 2 and "give a path ending in .png, got" in result.output
-    assert not (tmp_path / "grid.jpg").exists()
+@pytest.mark.parametrize("command", [["preview", "--device", "cpu", "--out"], ["inspect", ".", "--grid"]],
+                         ids=lambda command: command[0])
+def test_a_grid_path_that_is_not_a_png_is_refused_before_any_work(tmp_path, command):
+    result = CliRunner().invoke(main, [*command, str(tmp_path / "grid.jpg")])
+    assert result.exit_code == 2 and "the grid is written as PNG" in result.output
+    assert "give a path ending in .png, got" in result.output and not (tmp_path / "grid.jpg").exists()
 
 
 @pytest.mark.parametrize("command, name", [(["build", "--recipe", "maug", "--limit", "8", "--out"], "out"),
