@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import os
 import sys
+import types
 
 from degrade.ops.base import PART_NAME, ConfigError, Op, Params
 
@@ -57,7 +58,7 @@ def _own_op_class(name: str) -> type[Op]:
     return cls
 
 
-def _import_own_module(module_name: str):
+def _import_own_module(module_name: str) -> types.ModuleType:
     """Import ``module_name`` as Python would, and failing that from the current folder, as
     ``python -m`` and ``python script.py`` find a module beside you (the ``degrade`` console script
     does not look there). The folder goes last on the path, so an installed module of the same name
