@@ -68,8 +68,8 @@ def flat_grey() -> torch.Tensor:
 
 @pytest.fixture
 def unreadable_faces(tmp_path) -> Path:
-    """A folder source of one identity whose two files, 1.jpg and 2.jpg, are not images."""
-    (tmp_path / "faces" / "ann").mkdir(parents=True)
-    for name in ("1.jpg", "2.jpg"):
-        (tmp_path / "faces" / "ann" / name).write_bytes(b"not an image")
+    """A folder source of two identities whose files, ann/1.jpg and bob/2.jpg, are not images."""
+    for name in ("ann/1.jpg", "bob/2.jpg"):
+        (tmp_path / "faces" / name).parent.mkdir(parents=True)
+        (tmp_path / "faces" / name).write_bytes(b"not an image")
     return tmp_path / "faces"

@@ -243,6 +243,17 @@ def test_identification_on_a_folder_without_probes_is_refused_before_verifying(t
     assert "verification" not in result.output
 
 
+def test_training_on_faces_of_one_identity_is_refused_before_any_work(tmp_path, lfw_source):
+    (tmp_path / "faces" / "ann").mkdir(parents=True)
+    for key in range(2):
+        (tmp_path / "faces" / "ann" / f"{key}.jpg").write_bytes(lfw_source.read(key)[0])
+    result = CliRunner().invoke(main, ["train", "lrfr", "--source", str(tmp_path / "faces"), "--steps", "1", "-b", "2",
+                                       "-j", "0", "--device", "cpu", "--out", str(tmp_path / "run")])
+    _fails_naming(result, str(tmp_path / "faces"), "faces of one identity; a recognition head learns to tell identities "
+                                                   "apart, so training needs two or more")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("trainer, recipe, says", [
     ("btnet", "maug", "recipe 'maug' makes LQ faces at the input size; btnet trains on native-size LQ faces"),
     ("lrfr", "btnet", "recipe 'btnet' makes native-size LQ faces (no up-sampling); lrfr trains on LQ faces at the input size"),

@@ -282,6 +282,9 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                            f"--exclude-pairs left out {left_out:,} faces{why}", err=True)
             stream = PairStream.from_source(recipe, faces, attributes=attributes, **stream_options)
         classes = stream.source.num_identities
+    if classes < 2:
+        raise click.ClickException(f"{stream.source.name}: faces of one identity; a recognition head learns to tell "
+                                   "identities apart, so training needs two or more")
     takes_native = spec["trainer"] == "btnet"
     if stream.recipe.makes_native_size != takes_native:
         kind = {True: "native-size LQ faces (no up-sampling)", False: "LQ faces at the input size"}
