@@ -334,8 +334,10 @@ class _RecipeParser:
     """One recipe's data checked top-down: the top-level fields, then each stage (one op, or a
     one-of group of options, each one op or a chain of them), then where native-size ops stand."""
 
+    size: int  # the recipe's face size, read by parse before any op: ops with a size field default to it
+
     def __init__(self, source: str) -> None:
-        self.source, self.size = source, 112
+        self.source = source
 
     def fail(self, where: str, message: str) -> RecipeError:
         return RecipeError(f"{self.source}: {where}: {message}")
