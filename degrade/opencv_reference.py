@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 
+from degrade.ops import Op
 from degrade.recipe import Leaf, Recipe, leaf_params
 
 _UP = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
@@ -72,81 +74,114 @@ def _remap(image: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return cv2.remap(image, base_x + dx, base_y + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
+def _resize(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (p["side"], p["side"]), interpolation=_DOWN[op.down])
+    return small if op.output == "native" else cv2.resize(small, (w, h), interpolation=_UP[op.up])
+
+
+def _gaussian_blur(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    k = int(p["kernel_size"])
+    return cv2.GaussianBlur(image, (k, k), p["sigma"], borderType=cv2.BORDER_REFLECT_101)
+
+
+def _kernel_blur(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    return cv2.filter2D(image, -1, _kernel(op.name, p, int(p["kernel_size"])), borderType=cv2.BORDER_REFLECT_101)
+
+
+def _noise(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    h, w = image.shape[:2]
+    rng = np.random.default_rng(p["seed"])
+    pixels = image.astype(np.float32)
+    if op.name == "gaussian_noise":
+        noise = rng.standard_normal((h, w, 1 if p["grey"] else 3), dtype=np.float32) * p["sigma"]
+    else:
+        rate = (pixels.mean(axis=2, keepdims=True) if p["grey"] else pixels) / 255 * 256
+        noise = (rng.poisson(rate) / 256 - rate / 256) * 255 * p["scale"]
+    return np.clip(pixels + noise, 0, 255).round().astype(np.uint8)
+
+
+def _jpeg(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(p["quality"])])
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _erase(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    t, l, bh, bw = (int(p[k]) for k in ("top", "left", "height", "width"))
+    out = image.copy()
+    if p["fill"] == 1:
+        out[t:t + bh, l:l + bw] = image.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+    elif p["fill"] == 2:
+        out[t:t + bh, l:l + bw] = np.random.default_rng(p["seed"]).integers(0, 256, (bh, bw, 3), dtype=np.uint8)
+    else:
+        out[t:t + bh, l:l + bw] = 0
+    return out
+
+
+def _crop_pad(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    t, l, bh, bw = (int(p[k]) for k in ("top", "left", "height", "width"))
+    out = np.zeros_like(image)
+    out[t:t + bh, l:l + bw] = image[t:t + bh, l:l + bw]
+    return out
+
+
+def _illumination(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    h, w = image.shape[:2]
+    pixels = (image.astype(np.float32) / 255) ** p["gamma"]
+    pixels = pixels.mean() + p["contrast"] * (pixels - pixels.mean()) + p["brightness"]
+    x, y = np.meshgrid(np.linspace(-1, 1, w, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32))
+    t = math.radians(p["angle"])
+    ramp = (x * math.cos(t) + y * math.sin(t)) / math.sqrt(2)
+    return (np.clip(pixels * (1 + p["gradient"] * ramp)[:, :, None], 0, 1) * 255).round().astype(np.uint8)
+
+
+def _elastic(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    h, w = image.shape[:2]
+    noise = np.random.default_rng(p["seed"]).standard_normal((2, h, w)).astype(np.float32)
+    field = np.stack([cv2.GaussianBlur(n, (0, 0), op.smoothness) for n in noise])
+    field *= p["magnitude"] / max(float(field.std()), 1e-6)
+    return _remap(image, field[0], field[1])
+
+
+def _turbulence(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
+    from degrade.ops.turbulence import MAX_BLUR_SIGMA, residual_phase_variance, tilt_variance
+
+    h, w = image.shape[:2]
+    std = math.sqrt(tilt_variance(p["strength"], op.sampling))
+    dx, dy = _power_law_field(p["seed"], h, op.patch, op.field_step, std)
+    warped = _remap(image, dx, dy)
+    if not op.blur:
+        return warped
+    sigma = 0.42 * op.sampling * math.sqrt(math.expm1(residual_phase_variance(p["strength"])))
+    variation = cv2.GaussianBlur(np.random.default_rng(p["blur_seed"]).standard_normal((h, w)).astype(np.float32),
+                                 (0, 0), op.patch / 2)
+    local = np.minimum(sigma * np.exp(0.5 * variation / max(float(variation.std()), 1e-6)), MAX_BLUR_SIGMA)
+    levels = [warped.astype(np.float32)] + [
+        cv2.GaussianBlur(warped, (0, 0), max(float(local.max()) * k / 4, 0.05)).astype(np.float32) for k in range(1, 5)]
+    position = np.clip(local / max(float(local.max()), 1e-6) * 4, 0, 4)
+    lower = np.minimum(position.astype(np.int64), 3)
+    stack = np.stack(levels)
+    rows, cols = np.indices((h, w))
+    below, above = stack[lower, rows, cols], stack[lower + 1, rows, cols]
+    blend = below + (position - lower)[:, :, None] * (above - below)
+    return np.clip(blend, 0, 255).round().astype(np.uint8)
+
+
+# Each built-in op's twin: (op, one (H, W, 3) uint8 RGB image, its params as Python scalars) -> image.
+_TWINS: dict[str, Callable[[Op, np.ndarray, dict], np.ndarray]] = {
+    "resize": _resize, "gaussian_blur": _gaussian_blur, "anisotropic_blur": _kernel_blur,
+    "motion_blur": _kernel_blur, "defocus_blur": _kernel_blur, "gaussian_noise": _noise, "poisson_noise": _noise,
+    "jpeg": _jpeg, "erase": _erase, "crop_pad": _crop_pad, "illumination": _illumination, "elastic": _elastic,
+    "turbulence": _turbulence,
+}
+
+
 def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
     """One op on one (H, W, 3) uint8 RGB image with this sample's params ``p`` (Python scalars)."""
-    op, name = leaf.op, leaf.op.name
-    h, w = image.shape[:2]
-    if name == "resize":
-        small = cv2.resize(image, (p["side"], p["side"]), interpolation=_DOWN[op.down])
-        return small if op.output == "native" else cv2.resize(small, (w, h), interpolation=_UP[op.up])
-    if name == "gaussian_blur":
-        k = int(p["kernel_size"])
-        return cv2.GaussianBlur(image, (k, k), p["sigma"], borderType=cv2.BORDER_REFLECT_101)
-    if name in ("anisotropic_blur", "motion_blur", "defocus_blur"):
-        return cv2.filter2D(image, -1, _kernel(name, p, int(p["kernel_size"])), borderType=cv2.BORDER_REFLECT_101)
-    if name in ("gaussian_noise", "poisson_noise"):
-        rng = np.random.default_rng(p["seed"])
-        channels = 1 if p["grey"] else 3
-        pixels = image.astype(np.float32)
-        if name == "gaussian_noise":
-            noise = rng.standard_normal((h, w, channels), dtype=np.float32) * p["sigma"]
-        else:
-            rate = (pixels.mean(axis=2, keepdims=True) if p["grey"] else pixels) / 255 * 256
-            noise = (rng.poisson(rate) / 256 - rate / 256) * 255 * p["scale"]
-        return np.clip(pixels + noise, 0, 255).round().astype(np.uint8)
-    if name == "jpeg":
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(p["quality"])])
-        return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    if name in ("erase", "crop_pad"):
-        t, l, bh, bw = (int(p[k]) for k in ("top", "left", "height", "width"))
-        if name == "crop_pad":
-            out = np.zeros_like(image)
-            out[t:t + bh, l:l + bw] = image[t:t + bh, l:l + bw]
-            return out
-        out = image.copy()
-        if p["fill"] == 1:
-            out[t:t + bh, l:l + bw] = image.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
-        elif p["fill"] == 2:
-            out[t:t + bh, l:l + bw] = np.random.default_rng(p["seed"]).integers(0, 256, (bh, bw, 3), dtype=np.uint8)
-        else:
-            out[t:t + bh, l:l + bw] = 0
-        return out
-    if name == "illumination":
-        pixels = (image.astype(np.float32) / 255) ** p["gamma"]
-        pixels = pixels.mean() + p["contrast"] * (pixels - pixels.mean()) + p["brightness"]
-        x, y = np.meshgrid(np.linspace(-1, 1, w, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32))
-        t = math.radians(p["angle"])
-        ramp = (x * math.cos(t) + y * math.sin(t)) / math.sqrt(2)
-        return (np.clip(pixels * (1 + p["gradient"] * ramp)[:, :, None], 0, 1) * 255).round().astype(np.uint8)
-    if name == "elastic":
-        rng = np.random.default_rng(p["seed"])
-        noise = rng.standard_normal((2, h, w)).astype(np.float32)
-        field = np.stack([cv2.GaussianBlur(n, (0, 0), op.smoothness) for n in noise])
-        field *= p["magnitude"] / max(float(field.std()), 1e-6)
-        return _remap(image, field[0], field[1])
-    if name == "turbulence":
-        from degrade.ops.turbulence import MAX_BLUR_SIGMA, residual_phase_variance, tilt_variance
-
-        std = math.sqrt(tilt_variance(p["strength"], op.sampling))
-        dx, dy = _power_law_field(p["seed"], h, op.patch, op.field_step, std)
-        warped = _remap(image, dx, dy)
-        if not op.blur:
-            return warped
-        sigma = 0.42 * op.sampling * math.sqrt(math.expm1(residual_phase_variance(p["strength"])))
-        variation = cv2.GaussianBlur(np.random.default_rng(p["blur_seed"]).standard_normal((h, w)).astype(np.float32),
-                                     (0, 0), op.patch / 2)
-        local = np.minimum(sigma * np.exp(0.5 * variation / max(float(variation.std()), 1e-6)), MAX_BLUR_SIGMA)
-        levels = [warped.astype(np.float32)] + [
-            cv2.GaussianBlur(warped, (0, 0), max(float(local.max()) * k / 4, 0.05)).astype(np.float32) for k in range(1, 5)]
-        position = np.clip(local / max(float(local.max()), 1e-6) * 4, 0, 4)
-        lower = np.minimum(position.astype(np.int64), 3)
-        stack = np.stack(levels)
-        rows, cols = np.indices((h, w))
-        below, above = stack[lower, rows, cols], stack[lower + 1, rows, cols]
-        blend = below + (position - lower)[:, :, None] * (above - below)
-        return np.clip(blend, 0, 255).round().astype(np.uint8)
-    raise KeyError(f"no OpenCV reference for op {name!r}")
+    if leaf.op.name not in _TWINS:
+        raise KeyError(f"no OpenCV reference for op {leaf.op.name!r}")
+    return _TWINS[leaf.op.name](leaf.op, image, p)
 
 
 def degrade_one(recipe: Recipe, image: np.ndarray, params: dict[str, np.ndarray], index: int) -> np.ndarray:

@@ -39,8 +39,11 @@ def test_opencv_reference_makes_the_same_pairs_as_the_engine(stage, faces):
 
 
 @pytest.mark.parametrize("stage", [{"op": "gaussian_noise", "sigma": [10, 10], "grey": 0.0},
+                                   {"op": "poisson_noise", "scale": [2.0, 2.0], "grey": 0.5},
+                                   {"op": "erase", "fill": ["noise"], "p": 1.0},
                                    {"op": "turbulence", "strength": [1.0, 1.0]},
-                                   {"op": "elastic", "magnitude": [2.0, 2.0]}], ids=lambda s: s["op"])
+                                   {"op": "elastic", "magnitude": [2.0, 2.0]}],
+                         ids=lambda s: s["op"] + ("_noise_fill" if s.get("fill") else ""))
 def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(stage, faces):
     recipe = parse_recipe({"stages": [stage]})
     lq, params = recipe(faces[:16], torch.arange(16))
