@@ -27,7 +27,7 @@ from degrade.engine import chunks, degrade_uint8, prepare_cpu_worker, to_float
 from degrade.layout import channels_last
 from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Faces, Source, SourceError
-from degrade.text import counted
+from degrade.text import counted, every
 
 CHUNK = 32
 
@@ -224,8 +224,8 @@ def _first_faces(source: Source, count: int) -> Faces:
     faces = source.load(torch.arange(min(count, len(source))))
     if len(faces.key) == 0:
         key, reason = faces.skipped[0]
-        raise SourceError(f"{source.name}: none of the first {counted(len(faces.skipped), 'face')} to time could be "
-                          f"read (key {key}: {reason})")
+        raise SourceError(f"{source.name}: {every(len(faces.skipped), 'face')} to time was skipped (key {key}: "
+                          f"{reason})")
     return faces
 
 

@@ -107,6 +107,7 @@ def test_bench_on_a_source_whose_faces_are_all_unreadable_fails_naming_one(unrea
                                        "-j", "1", *options])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # an Error line, no traceback
     assert "ann/1.jpg: not a readable image" in result.output and "warm-up" not in result.output  # no scratch folder
+    assert "every one of the 2 faces " in result.output and "was skipped (key 0: " in result.output
 
 
 def test_bench_train_refuses_a_recipe_of_native_size_faces_before_any_work():
