@@ -1,6 +1,7 @@
 """Trainer core: heads, losses and the k-fold protocol against hand-computed values; the teacher
 loads exactly and verifies LFW; a CPU smoke run learns and resumes as the same run."""
 
+import json
 import math
 import os
 import signal
@@ -10,16 +11,18 @@ import time
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from degrade.cli import main
 from degrade.ops.resize import Resize
-from degrade.recipe import load_recipe
+from degrade.recipe import load_recipe, parse_recipe
 from degrade.sources import open_source
 from degrade.sources.subset import SubsetSource
 from degrade.stream import PairStream
 from trainers.backbones import build_backbone
 from trainers.checkpoints import backbone_state
-from trainers.evaluate import (embed, faces_per_pass, kfold_accuracy, probe, roc_auc, tar_at_far,
-                               verification_metrics)
+from trainers.evaluate import (ProbeRecipe, embed, evaluate_pairs, faces_per_pass, identification, kfold_accuracy,
+                               probe, roc_auc, tar_at_far, verification_metrics)
 from trainers.heads import AdaFace, ArcFace, CosFace
 from trainers.losses import log_exp_contrast
 from trainers import loop
@@ -165,6 +168,41 @@ def test_tar_is_reported_only_at_the_fars_the_different_pairs_can_resolve():
 def test_probe_resolution_is_the_engines_resize(faces):
     assert torch.equal(probe(faces[:4], 14), Resize(sides=[14]).apply(faces[:4], {"side": torch.full((4,), 14)}))
     assert torch.equal(probe(faces[:4], 112), faces[:4])
+
+
+def test_probes_degraded_by_a_recipe_of_a_14_px_resize_score_as_the_14_px_probes_do(small_pairs, lfw_source):
+    torch.manual_seed(0)
+    model = build_backbone("mobilefacenet")
+    reduce_to_14 = ProbeRecipe(parse_recipe({"name": "to14", "stages": [{"op": "resize", "sides": [14]}]}), seed=0)
+    protocol = open_source(str(small_pairs))
+    plain, degraded = evaluate_pairs(model, protocol, [14]), evaluate_pairs(model, protocol, [112], degraded_by=reduce_to_14)
+    assert degraded["same"]["112"] == plain["same"]["14"] and degraded["cross"]["112"] == plain["cross"]["14"]
+    keys = torch.nonzero(torch.isin(lfw_source.identities, torch.tensor([1, 5, 9]))).squeeze(1)
+    assert (identification(model, lfw_source, keys, [112], degraded_by=reduce_to_14)["112"]
+            == identification(model, lfw_source, keys, [14])["14"])
+
+
+def test_probes_degraded_by_a_random_recipe_are_the_same_for_every_model_and_every_run(small_pairs):
+    torch.manual_seed(0)
+    model = build_backbone("mobilefacenet")
+    protocol = open_source(str(small_pairs))
+    catface = ProbeRecipe(load_recipe("catface"), seed=0)
+    first = evaluate_pairs(model, protocol, [20, 112], degraded_by=catface)
+    assert evaluate_pairs(model, protocol, [20, 112], degraded_by=catface) == first
+    clean = evaluate_pairs(model, protocol, [112])
+    assert first["cross"]["112"]["auc"] != clean["cross"]["112"]["auc"]  # the recipe ran on the 112 px probes
+    other_seed = evaluate_pairs(model, protocol, [112], degraded_by=ProbeRecipe(load_recipe("catface"), seed=1))
+    assert other_seed["cross"]["112"]["auc"] != first["cross"]["112"]["auc"]
+
+
+def test_eval_records_and_prints_the_recipe_its_probes_were_degraded_by(tmp_path, small_pairs):
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs), "--resolutions",
+                                       "112", "--recipe", "lgaf", "--seed", "5", "--device", "cpu", "--out",
+                                       str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "probes: recipe lgaf (seed 5), then each resolution" in result.output
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["x"]["probe_recipe"] == {"recipe": "lgaf",
+                                                                                                "seed": 5}
 
 
 def test_embed_gives_each_face_its_normalised_flip_concatenation_whatever_the_passes():

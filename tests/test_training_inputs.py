@@ -188,6 +188,18 @@ def test_eval_models_that_are_not_one_named_model_each_are_refused_before_any_wo
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize("options, names, says", [
+    (["--seed", "3"], "--seed", "--seed would have no effect: it seeds the probes' --recipe, which is not given"),
+    (["--recipe", "btnet"], "--recipe", "recipe 'btnet' makes native-size LQ faces; probes are degraded at the 112 px"),
+    (["--recipe", "nope"], "nope", "unknown recipe 'nope'"),
+])
+def test_eval_probe_recipes_that_cannot_be_used_are_refused_before_any_work(tmp_path, small_pairs, options, names, says):
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", *options, "--pairs", str(small_pairs),
+                                       "--device", "cpu", "--out", str(tmp_path / "eval")])
+    _fails_naming(result, names, says)
+    assert not (tmp_path / "eval").exists()
+
+
 def test_eval_on_pairs_whose_images_are_missing_fails_naming_one(tmp_path, lfw_source):
     (tmp_path / "images").symlink_to(LFW / "images")
     (tmp_path / "pairs.txt").write_text("2\t1\nAaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tNobody\t1\n"

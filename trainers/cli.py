@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 import torch
 
-from degrade.cli import device_option, ends_on_stop_signals, first_rank, num_workers_option, reported, source_option
+from degrade.cli import (device_option, ends_on_stop_signals, first_rank, num_workers_option, reported, seed_option,
+                         source_option)
 from degrade.ops.base import is_weight
 from trainers.backbones import BACKBONES, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
@@ -365,6 +366,11 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
               help="LFW-style pairs.txt (images in an images/ folder beside it) or an insightface .bin.")
 @click.option("--folds", default=None, help="Only these folds of the pairs file, e.g. 7,8 (default: all).")
 @click.option("--resolutions", default="7,14,20,112", show_default=True, help="Probe sides in pixels.")
+@click.option("--recipe", "-r", "probe_recipe", default=None, metavar="NAME|FILE",
+              help="Also degrade every probe with this recipe (e.g. catface, lgaf) before reducing it to each "
+                   "resolution (at the faces' own size: the recipe alone). Each face is drawn by its key, so every "
+                   "model sees the same probes; the HQ side of cross-resolution pairs and the gallery stay clean.")
+@seed_option
 @click.option("--identification", "gallery", type=click.Path(exists=True), default=None,
               help="Also rank-1/5 identification on this folder source, among identities with two or more images "
                    "(the first image of each is the gallery, the others probes).")
@@ -372,15 +378,28 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
               help="Folder for results.json and accuracy.png.")
 @device_option
 def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, folds: str | None, resolutions: str,
-                 gallery: str | None, out: str | None, device: str) -> None:
+                 probe_recipe: str | None, seed: int | None, gallery: str | None, out: str | None,
+                 device: str) -> None:
     """Verification (k-fold accuracy, TAR@FAR, AUC) same- and cross-resolution, and identification."""
+    from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError, open_source
-    from trainers.evaluate import evaluate_pairs, format_table, identification, plot_accuracy, write_results
+    from trainers.evaluate import (ProbeRecipe, evaluate_pairs, format_table, identification, plot_accuracy,
+                                   write_results)
 
     sides = parse_resolutions(resolutions, "--resolutions")
-    with reported(SourceError):
+    if seed is not None and probe_recipe is None:
+        raise click.UsageError("--seed would have no effect: it seeds the probes' --recipe, which is not given")
+    with reported(SourceError, RecipeError):
         protocol = open_source(pairs)
         gallery_source = open_source(gallery) if gallery else None
+        degraded_by = None
+        if probe_recipe is not None:
+            recipe = load_recipe(probe_recipe)
+            degraded_by = ProbeRecipe(recipe, recipe.seed if seed is None else seed)
+    if degraded_by is not None and (recipe.makes_native_size or recipe.size != protocol.size):
+        made = "native-size LQ faces" if recipe.makes_native_size else f"LQ faces of {recipe.size} px"
+        raise click.BadParameter(f"recipe {recipe.name!r} makes {made}; probes are degraded at the {protocol.size} px "
+                                 f"of the faces of {pairs}, then reduced to each resolution", param_hint="--recipe")
     if not hasattr(protocol, "pairs"):
         raise click.ClickException(f"{pairs}: not a pairs protocol (.txt pairs file or .bin)")
     if max(sides) > protocol.size:  # it would be evaluated at the faces' own size, under another name
@@ -405,13 +424,16 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
         if gallery_source is not None:
             try:
                 identified = identification(model, gallery_source, torch.arange(len(gallery_source)), sides,
-                                            device, progress=f"{name}: identification")
+                                            device, progress=f"{name}: identification", degraded_by=degraded_by)
             except ValueError as error:
                 raise click.BadParameter(str(error), param_hint="--identification") from None
         with reported(SourceError):
-            results = evaluate_pairs(model, protocol, sides, chosen_folds, device, progress=f"{name}: verification")
+            results = evaluate_pairs(model, protocol, sides, chosen_folds, device, progress=f"{name}: verification",
+                                     degraded_by=degraded_by)
         if identified is not None:
             results["identification"] = identified
+        if degraded_by is not None:
+            results["probe_recipe"] = degraded_by.describe()
         runs[name] = results
         click.echo(format_table(name, results))
     if out:

@@ -3,12 +3,15 @@ pairs protocol, same-resolution and cross-resolution, and rank-1/5 identificatio
 
 Probe images are made with the engine's own resize op (area down to ``r`` px, bicubic back
 to 112), which draws nothing at random, so every model sees exactly the same probes. Models
-with ``native_input = True`` (BTNet) get the r x r probes themselves, not up-sampled.
-Embeddings are the usual flip-concatenation, L2-normalised, compared by cosine.
+with ``native_input = True`` (BTNet) get the r x r probes themselves, not up-sampled. A
+:class:`ProbeRecipe` degrades the probes first (turbulence, occlusion, ...), every face by its
+own key, so with it too every model sees the same probes. Embeddings are the usual
+flip-concatenation, L2-normalised, compared by cosine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from tqdm import tqdm
 
 from degrade.engine import to_float
 from degrade.ops.resize import Resize
+from degrade.recipe import Recipe
 from degrade.sources.base import SourceError
 from degrade.text import counted
 
@@ -32,6 +36,22 @@ def probe(images: torch.Tensor, side: int, native: bool = False) -> torch.Tensor
         return images
     op = Resize(sides=[side], size=size, output="native" if native else "input")
     return op.apply(images, {"side": torch.full((len(images),), side, device=images.device)})
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeRecipe:
+    """Probes degraded by ``recipe`` (drawn with ``seed``) before they are reduced to each
+    resolution; the recipe's LQ must be at the faces' size."""
+
+    recipe: Recipe
+    seed: int
+
+    def __call__(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) faces in [0, 1] whose source keys are ``keys`` -> their LQ, (N, 3, S, S) in [0, 1]."""
+        return self.recipe(images, keys, self.seed)[0]
+
+    def describe(self) -> dict:
+        return {"recipe": self.recipe.name, "seed": self.seed}
 
 
 def faces_per_pass(device: str | torch.device) -> int:
@@ -60,13 +80,20 @@ def embed(model: nn.Module, images: torch.Tensor, device: str | torch.device = "
 
 
 def embed_probes(model: nn.Module, faces: torch.Tensor, side: int, device: str | torch.device = "cpu",
-                 progress: tqdm | None = None) -> torch.Tensor:
+                 progress: tqdm | None = None, keys: torch.Tensor | None = None,
+                 degraded_by: ProbeRecipe | None = None) -> torch.Tensor:
     """:func:`embed` of uint8 faces (N, 3, S, S) probed at ``side`` px (as they are when ``side`` >= S),
-    made and embedded 1,024 at a time, so memory does not grow with N (a float copy of LFW's
-    folds 1-8 and one of its probes alone took 2 GB)."""
+    after ``degraded_by`` when given (``keys``: the faces' (N,) source keys), made on ``device`` and
+    embedded 1,024 at a time, so memory does not grow with N (a float copy of LFW's folds 1-8 and
+    one of its probes alone took 2 GB)."""
     native = getattr(model, "native_input", False)
-    return torch.cat([embed(model, probe(to_float(block), side, native), device, progress)
-                      for block in faces.split(1024)])
+    embedded = []
+    for start in range(0, len(faces), 1024):
+        images = to_float(faces[start:start + 1024].to(device))
+        if degraded_by is not None:
+            images = degraded_by(images, keys[start:start + 1024].to(device))
+        embedded.append(embed(model, probe(images, side, native), device, progress))
+    return torch.cat(embedded)
 
 
 def kfold_accuracy(scores: torch.Tensor, same: torch.Tensor, fold: torch.Tensor) -> tuple[float, float]:
@@ -113,12 +140,14 @@ def verification_metrics(scores: torch.Tensor, same: torch.Tensor, fold: torch.T
 
 
 def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list[int] | None = None,
-                   device: str | torch.device = "cpu", progress: str | None = None) -> dict[str, dict[str, dict[str, float]]]:
+                   device: str | torch.device = "cpu", progress: str | None = None,
+                   degraded_by: ProbeRecipe | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Verification on ``source.pairs`` (optionally only ``folds``, numbered from 1) at each resolution.
 
     Returns {"same": {r: metrics}, "cross": {r: metrics}}: ``same`` degrades both faces of a
-    pair, ``cross`` compares the HQ left face with the degraded right face. ``progress``: the
-    label of a progress bar over the faces embedded (None: no bar).
+    pair, ``cross`` compares the HQ left face with the degraded right face. ``degraded_by``:
+    a recipe for the probes before each resolution (at the faces' own size, the recipe alone).
+    ``progress``: the label of a progress bar over the faces embedded (None: no bar).
     """
     pairs = source.pairs
     chosen = torch.ones_like(pairs.same) if not folds else torch.isin(pairs.fold, torch.tensor(folds) - 1)
@@ -133,23 +162,25 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
     a, b = position[left], position[right]
     size = faces.hq.shape[-1]
     results: dict[str, dict[str, dict[str, float]]] = {"same": {}, "cross": {}}
-    embedded = len(faces.hq) * (1 + sum(side < size for side in resolutions))  # HQ, then each lower side
-    with tqdm(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
+    probed = [side for side in resolutions if side < size or degraded_by is not None]  # the others are the HQ
+    with tqdm(total=len(faces.hq) * (1 + len(probed)), desc=progress, unit="face", disable=progress is None) as bar:
         hq_embedding = embed_probes(model, faces.hq, size, device, bar)
         for side in resolutions:
-            lq_embedding = hq_embedding if side >= size else embed_probes(model, faces.hq, side, device, bar)
+            lq_embedding = (embed_probes(model, faces.hq, side, device, bar, faces.key, degraded_by)
+                            if side in probed else hq_embedding)
             results["same"][str(side)] = verification_metrics((lq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
             results["cross"][str(side)] = verification_metrics((hq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
     return results
 
 
 def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: list[int],
-                   device: str | torch.device = "cpu", progress: str | None = None) -> dict[str, dict[str, float]]:
+                   device: str | torch.device = "cpu", progress: str | None = None,
+                   degraded_by: ProbeRecipe | None = None) -> dict[str, dict[str, float]]:
     """Rank-1 / rank-5 identification among the identities with two or more images: the first image
     of each (HQ) is its gallery entry, its other images are probes at each resolution (identities
     with one image are left out: they would be gallery entries no probe belongs to). Rank 5 only
-    with more than 5 gallery entries; ``gallery``: their number. ``keys``
-    chooses the samples used; ``progress`` as in :func:`evaluate_pairs`."""
+    with more than 5 gallery entries; ``gallery``: their number. ``keys`` chooses the samples
+    used; ``progress`` and ``degraded_by`` (the probes only) as in :func:`evaluate_pairs`."""
     faces = source.load(keys)
     identity = faces.identity
     first = torch.zeros(len(identity), dtype=torch.bool)
@@ -170,7 +201,7 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
     with tqdm(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
         gallery_embedding = embed_probes(model, faces.hq[gallery], faces.hq.shape[-1], device, bar)
         for side in resolutions:
-            probe_embedding = embed_probes(model, probe_faces, side, device, bar)
+            probe_embedding = embed_probes(model, probe_faces, side, device, bar, faces.key[probes], degraded_by)
             ranking = (probe_embedding @ gallery_embedding.T).argsort(dim=1, descending=True)
             hits = gallery_identity[ranking] == probe_identity[:, None]
             results[str(side)] = {"rank1": hits[:, :1].any(1).float().mean().item(), "gallery": len(gallery_identity)}
@@ -190,6 +221,9 @@ def format_table(name: str, results: dict) -> str:
     if "identification" in results:
         lines.append(f"  {'rank-1 identification':<22}" + "".join(
             f"{100 * results['identification'][s]['rank1']:>16.2f}" for s in sides))
+    if "probe_recipe" in results:
+        lines.append(f"  probes: recipe {results['probe_recipe']['recipe']} (seed {results['probe_recipe']['seed']}), "
+                     "then each resolution")
     return "\n".join(lines)
 
 
@@ -207,7 +241,9 @@ def plot_accuracy(runs: dict[str, dict], out: str | Path) -> None:
             axes.plot(sides, [100 * results[mode][str(s)]["accuracy"] for s in sides], style, label=f"{name} ({mode})")
     axes.set_xscale("log", base=2)
     axes.set_xticks(sides, [str(s) for s in sides])
-    axes.set_xlabel("probe resolution (px)")
+    recipes = {f"{run['probe_recipe']['recipe']} (seed {run['probe_recipe']['seed']})"
+               for run in runs.values() if "probe_recipe" in run}
+    axes.set_xlabel("probe resolution (px)" + "".join(f", after recipe {recipe}" for recipe in sorted(recipes)))
     axes.set_ylabel("verification accuracy (%)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
