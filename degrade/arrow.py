@@ -505,8 +505,7 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
                          "run the same `degrade build` command again to resume it")
     skipped = _skipped_throughout(path)
     if skipped is not None:
-        raise BuildError(f"{path}: holds no pairs: every one of its {skipped} inputs was skipped ({SUMMARY} lists "
-                         "them)")
+        raise BuildError(f"{path}: holds no pairs: {every(skipped, 'input')} was skipped ({SUMMARY} lists them)")
     if not (path / "state.json").is_file():
         raise BuildError(f"{path}: not a dataset folder (no state.json)")
     return datasets.load_from_disk(str(path))
