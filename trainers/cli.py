@@ -392,11 +392,9 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     with reported(SourceError, RecipeError):
         protocol = open_source(pairs)
         gallery_source = open_source(gallery) if gallery else None
-        degraded_by = None
-        if probe_recipe is not None:
-            recipe = load_recipe(probe_recipe)
-            degraded_by = ProbeRecipe(recipe, recipe.seed if seed is None else seed)
-    if degraded_by is not None and (recipe.makes_native_size or recipe.size != protocol.size):
+        recipe = load_recipe(probe_recipe) if probe_recipe is not None else None
+    degraded_by = None if recipe is None else ProbeRecipe(recipe, recipe.seed if seed is None else seed)
+    if recipe is not None and (recipe.makes_native_size or recipe.size != protocol.size):
         made = "native-size LQ faces" if recipe.makes_native_size else f"LQ faces of {recipe.size} px"
         raise click.BadParameter(f"recipe {recipe.name!r} makes {made}; probes are degraded at the {protocol.size} px "
                                  f"of the faces of {pairs}, then reduced to each resolution", param_hint="--recipe")
