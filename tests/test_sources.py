@@ -108,10 +108,15 @@ def test_a_recordio_with_an_empty_index_is_named(tmp_path):
         open_source(str(tmp_path))
 
 
+def image_table(images: list[bytes], labels: list[int]) -> datasets.Dataset:
+    """An HF dataset of encoded images (an ``Image`` column) and their labels."""
+    table = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "label": labels})
+    return table.cast_column("image", datasets.Image())
+
+
 def test_saved_hf_dataset_parquet_and_arrow_sources(tmp_path, lfw_jpegs):
     images, labels = lfw_jpegs
-    table = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "label": labels})
-    table = table.cast_column("image", datasets.Image())
+    table = image_table(images, labels)
     table.save_to_disk(str(tmp_path / "saved"))
     table.to_parquet(str(tmp_path / "faces.parquet"))
     for spec in (tmp_path / "saved", tmp_path / "faces.parquet", next((tmp_path / "saved").glob("*.arrow"))):
@@ -123,8 +128,7 @@ def test_saved_hf_dataset_parquet_and_arrow_sources(tmp_path, lfw_jpegs):
 
 def test_a_hub_download_of_parquet_shards_is_read_as_one_table_of_its_train_split(tmp_path, lfw_jpegs):
     images, labels = lfw_jpegs
-    table = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "label": labels})
-    table = table.cast_column("image", datasets.Image())
+    table = image_table(images, labels)
     (tmp_path / "hub" / "data").mkdir(parents=True)
     for name, rows in [("train-00000-of-00002", range(0, 7)), ("train-00001-of-00002", range(7, 10)),
                        ("test-00000-of-00001", range(10, 12))]:
