@@ -60,7 +60,7 @@ kill $monitor
 models() {  # models RUN...: --model RUN=checkpoint for each run that saved one
   for run in "$@"; do [ -f "$RESULTS/$run/last.pt" ] && echo "--model $run=$RESULTS/$run/last.pt"; done
 }
-evaluate() {  # evaluate NAME RESOLUTIONS MODEL-ARGS...
+evaluate() {  # evaluate NAME RESOLUTIONS EVAL-OPTIONS... (--model ..., --recipe ...)
   local name=$1 sides=$2; shift 2
   degrade eval "$@" --pairs "$LFW/pairs.txt" --folds 7,8 --resolutions "$sides" --device $DEVICE \
     --out "$RESULTS/eval_$name" > "$RESULTS/eval_$name.txt" 2>&1
@@ -70,8 +70,14 @@ teacher="--model teacher=mobilefacenet:$TEACHER"
 wants lrfr && evaluate lrfr 7,14,20,112 $teacher \
   $(models lrfr_hq_only lrfr_maug lrfr_maug_logexp_p1 lrfr_maug_logexp_p2 lrfr_maug111_logexp_p2) &
 wants btnet && evaluate btnet 7,14,28,56,112 $teacher $(models btnet) &
-wants lgaf && evaluate lgaf 7,14,20,112 $(models lgaf_local lgaf_global lgaf_concat lgaf_lgf lgaf_lgf_b2 lgaf_lgf_b8) &
-wants catface && evaluate catface 7,14,20,112 $(models catface_none catface_concat catface_add catface_catf) &
+lgaf_models=$(models lgaf_local lgaf_global lgaf_concat lgaf_lgf lgaf_lgf_b2 lgaf_lgf_b8)
+catface_models=$(models catface_none catface_concat catface_add catface_catf)
+# LGAF and CATFace are judged twice: on probes reduced in resolution only, and on probes their own
+# recipe degraded first (occluded and deformed; turbulence or capture), what their fusions are for.
+wants lgaf && evaluate lgaf 7,14,20,112 $lgaf_models &
+wants lgaf && evaluate lgaf_recipe_probes 7,14,20,112 --recipe lgaf $lgaf_models &
+wants catface && evaluate catface 7,14,20,112 $catface_models &
+wants catface && evaluate catface_recipe_probes 7,14,20,112 --recipe catface $catface_models &
 wait
 pack
 cat "$RESULTS"/eval_*.txt
