@@ -34,6 +34,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, kornia; print('torch', torch.__version__, 'kornia', kornia.__version__)"
 if wants tests && [ "$DEVICE" = cuda ]; then
   step cuda_tests 90 env DEGRADE_TEST_DATA="$DATA" python3 -m pytest -q -rs tests -k cuda
+  # The probes made on the GPU: docs/results.md has this on the CPU (same / cross: 20 px 81.17 / 88.67,
+  # 112 px 85.17 / 91.67); the GPU's should match to within a pair or two (float rounding).
+  step eval_teacher_catface 120 degrade eval --model teacher=mobilefacenet:"$TEACHER" --recipe catface \
+    --pairs "$LFW/pairs.txt" --folds 7,8 --resolutions 20,112 --device $DEVICE --out "$RESULTS/eval_teacher_catface"
 fi
 if wants bench; then
   for recipe in catface mixed mixed_no_turbulence; do
