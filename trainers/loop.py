@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -207,25 +207,78 @@ class _Log:
                     self.board.add_scalar(name, value, row["step"])
 
 
-def _resume(last: Path, trainer: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-            config: TrainConfig) -> tuple[int, int]:
-    """Load the run's state from its ``last.pt`` into the objects given; returns (step, samples
-    seen). Refuses a checkpoint saved by another command, naming what differs."""
-    state = training_checkpoint(last)
-    changed = _run_differences(state, getattr(trainer, "spec", None), config)
-    if changed:
-        raise CheckpointError(f"{last}: saved by a run of another command ({changed}); run that command "
-                              "to resume it, or give this one a new --out")
-    trainer.load_state_dict(state["trainer"])
+class _Checkpoints:
+    """A run's checkpoints: ``last.pt`` (all it needs to resume: model, optimiser, schedule, scaler,
+    samples seen, config and spec) and, at each step saved, ``step-NNNNNNN.pt`` (the backbone alone,
+    and the whole model with its spec)."""
+
+    def __init__(self, out: Path, trainer: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                 config: TrainConfig) -> None:
+        self.out, self.trainer, self.optimizer, self.scheduler, self.scaler = out, trainer, optimizer, scheduler, scaler
+        self.config = config
+        self.spec = getattr(trainer, "spec", None)
+        self.last = out / "last.pt"
+
+    def resume(self) -> tuple[int, int]:
+        """Load the run's state from its ``last.pt`` into the objects given, if it has one; returns
+        (step, samples seen), (0, 0) for a new run. Refuses a checkpoint saved by another command,
+        naming what differs."""
+        if not self.last.exists():
+            return 0, 0
+        state = training_checkpoint(self.last)
+        changed = _run_differences(state, self.spec, self.config)
+        if changed:
+            raise CheckpointError(f"{self.last}: saved by a run of another command ({changed}); run that command "
+                                  "to resume it, or give this one a new --out")
+        self.trainer.load_state_dict(state["trainer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:  # e.g. a version that trained other parameters of the same model
+            raise CheckpointError(f"{self.last}: its optimizer does not fit this run's trainable parameters ({error}); "
+                                  "saved by another version of degrade? Give this run a new --out") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        return state["step"], state["samples_seen"]
+
+    def save(self, step: int, samples_seen: int) -> None:
+        config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
+        _save(self.last, {"trainer": self.trainer.state_dict(), "optimizer": self.optimizer.state_dict(),
+                          "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
+                          "samples_seen": samples_seen, "config": config, "spec": self.spec})
+        _save(self.out / f"step-{step:07d}.pt", {"backbone": self.trainer.backbone.state_dict(),
+                                                  "trainer": self.trainer.state_dict(), "step": step, "spec": self.spec})
+
+
+class _BackboneWarmup:
+    """The head warm-up: for the first ``steps`` steps ``trainer.backbone`` takes no gradient and
+    keeps its BatchNorm statistics; after them its parameters train as they did before (a frozen
+    embedding stays frozen)."""
+
+    def __init__(self, trainer: nn.Module, steps: int) -> None:
+        self.trainer, self.steps = trainer, steps
+        self.trainable = {name: p.requires_grad for name, p in trainer.backbone.named_parameters()}
+
+    def before(self, step: int) -> None:
+        """Freeze the backbone before each warm-up step, and thaw it before the first step after them."""
+        if step < self.steps or step == self.steps > 0:
+            frozen = step < self.steps
+            for name, parameter in self.trainer.backbone.named_parameters():
+                parameter.requires_grad_(self.trainable[name] and not frozen)
+            self.trainer.train()
+            if frozen:
+                self.trainer.backbone.eval()
+
+
+def _next_batch(batches: Iterator[dict], stop: threading.Event | None) -> dict | None:
+    """The epoch's next batch; None at its end, or when a decoding worker ended after ``stop`` was
+    set (a SIGTERM to the whole job reaches the workers too)."""
     try:
-        optimizer.load_state_dict(state["optimizer"])
-    except ValueError as error:  # e.g. a version that trained other parameters of the same model
-        raise CheckpointError(f"{last}: its optimizer does not fit this run's trainable parameters ({error}); "
-                              "saved by another version of degrade? Give this run a new --out") from None
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    return state["step"], state["samples_seen"]
+        return next(batches, None)
+    except WorkerLost:
+        if stop is None or not stop.is_set():
+            raise
+        return None
 
 
 def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: str | torch.device = "cpu",
@@ -248,9 +301,8 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     optimizer = make_optimizer(trainer.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    spec = getattr(trainer, "spec", None)
-    last = out / "last.pt"
-    step, samples_seen = _resume(last, trainer, optimizer, scheduler, scaler, config) if last.exists() else (0, 0)
+    checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config)
+    step, samples_seen = checkpoints.resume()
     model = trainer
     if world > 1:
         model = nn.parallel.DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
@@ -263,25 +315,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     bar = tqdm(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
     started, started_samples = time.perf_counter(), samples_seen
     trainer.train()
-    trainable = {name: p.requires_grad for name, p in trainer.backbone.named_parameters()}
-
-    def freeze_backbone(frozen: bool) -> None:
-        """Head warm-up: the backbone takes no gradient and keeps its BatchNorm statistics."""
-        for name, parameter in trainer.backbone.named_parameters():
-            parameter.requires_grad_(trainable[name] and not frozen)
-        trainer.train()
-        if frozen:
-            trainer.backbone.eval()
-
-    def save_checkpoint() -> None:
-        state = {"trainer": trainer.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "samples_seen": samples_seen, "config": {**dataclasses.asdict(config), "out": str(config.out)},
-                 "spec": spec}
-        _save(last, state)
-        _save(out / f"step-{step:07d}.pt", {"backbone": trainer.backbone.state_dict(),
-                                            "trainer": trainer.state_dict(), "step": step, "spec": spec})
-
+    warmup = _BackboneWarmup(trainer, config.frozen_backbone_steps)
     vote = _StopVote(world) if stop is not None else None
     stopping = False
     clock = DataClock(device)
@@ -291,24 +325,18 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
             batches = iter(stream)
             while True:
                 clock.fetching()
-                try:
-                    batch = next(batches, None)
-                except WorkerLost:
-                    if not (stop is not None and stop.is_set()):
-                        raise
-                    batch = None
+                batch = _next_batch(batches, stop)
                 if vote is not None and vote.any_asked(stop.is_set()):
                     stop.set()
                     stopping = True
                     if rank == 0 and step % config.checkpoint_every != 0:
-                        save_checkpoint()
+                        checkpoints.save(step, samples_seen)
                     vote.wait_for_all()
                     break
                 if batch is None:
                     break
                 clock.fetched()
-                if step < config.frozen_backbone_steps or step == config.frozen_backbone_steps > 0:
-                    freeze_backbone(step < config.frozen_backbone_steps)
+                warmup.before(step)
                 with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
                     loss, metrics = model(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -328,7 +356,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}")
                 if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
-                    save_checkpoint()
+                    checkpoints.save(step, samples_seen)
                 if step >= end:
                     break
     return rows
