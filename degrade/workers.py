@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from multiprocessing.reduction import ForkingPickler
 
 import torch
@@ -32,17 +32,69 @@ class WorkerLost(RuntimeError):
     or a signal sent to it alone) or crashed in native code."""
 
 
-def named_worker_losses(batches: Iterator) -> Iterator:
-    """``batches`` (a DataLoader's), with its error for a worker that died raised as a :class:`WorkerLost`
-    that says what to try, rather than a RuntimeError traceback (PyTorch's messages for it begin
-    'DataLoader worker (pid ...)')."""
-    try:
-        yield from batches
-    except RuntimeError as error:
-        if not str(error).startswith("DataLoader worker"):
-            raise
-        raise WorkerLost(f"a decoding worker ended while it had work ({error}): killed, by the out-of-memory killer "
-                         "if the machine ran short (fewer workers, -j, or smaller batches use less), or crashed") from None
+class _ChildSignalsHeldForFetches:
+    """While installed (by the main thread; elsewhere it does nothing), the SIGCHLD handler it
+    replaced runs only inside :meth:`fetch`: a signal that arrives outside is held, and handled when
+    the next fetch begins.
+
+    PyTorch reports a DataLoader worker's death from a SIGCHLD handler, which raises its RuntimeError
+    wherever the main thread is at that moment: while the consumer degrades or trains on a batch, out
+    of reach of the code that names the death (and of the training loop, which takes a worker ended
+    by a SIGTERM to the whole job for the stop it is)."""
+
+    def __init__(self) -> None:
+        self.replaced = None
+        self.held = False
+        self.fetching = False
+
+    def __enter__(self) -> _ChildSignalsHeldForFetches:
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.getsignal(signal.SIGCHLD)
+            if callable(handler):
+                self.replaced = handler
+                signal.signal(signal.SIGCHLD, self._arrived)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.replaced is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGCHLD, self.replaced)
+
+    def _arrived(self, signum: int, frame: object) -> None:
+        if self.fetching:
+            self.replaced(signum, frame)
+        else:
+            self.held = True
+
+    def fetch(self, batches: Iterator):
+        """``next(batches)``, after handling a signal held since the last fetch."""
+        self.fetching = True
+        try:
+            if self.held:
+                self.held = False
+                self.replaced(signal.SIGCHLD, None)
+            return next(batches)
+        finally:
+            self.fetching = False
+
+
+def named_worker_losses(loader: Iterable) -> Iterator:
+    """The batches of ``loader`` (a DataLoader), with its error for a worker that died raised as a
+    :class:`WorkerLost` that says what to try, rather than a RuntimeError traceback (PyTorch's messages
+    for it begin 'DataLoader worker (pid ...)'), and raised here, when the next batch is asked for."""
+    batches = iter(loader)  # starts the workers, and PyTorch's SIGCHLD handler with them
+    with _ChildSignalsHeldForFetches() as signals:
+        while True:
+            try:
+                batch = signals.fetch(batches)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                if not str(error).startswith("DataLoader worker"):
+                    raise
+                raise WorkerLost(f"a decoding worker ended while it had work ({error}): killed, by the out-of-memory "
+                                 "killer if the machine ran short (fewer workers, -j, or smaller batches use less), "
+                                 "or crashed") from None
+            yield batch
 
 
 def _exit_with(parent: int) -> None:

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 import types
 
 import pytest
@@ -98,6 +99,18 @@ def test_a_worker_killed_mid_way_is_named_with_what_to_try():
     with pytest.raises(WorkerLost, match=r"^a decoding worker ended while it had work \(DataLoader worker "
                                          r".*\): killed, by the out-of-memory killer .*\(fewer workers"):
         list(decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1))
+
+
+def test_a_worker_killed_while_the_consumer_is_busy_is_named_when_the_next_batch_is_asked_for():
+    """The worker dies while the consumer works on a batch (a build degrading, a training step):
+    the death is reported by the next fetch, not raised from wherever the consumer was."""
+    batches = torch.arange(12).split(2)
+    fetched = []
+    with pytest.raises(WorkerLost, match=r"^a decoding worker ended while it had work"):
+        for faces in decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1):
+            fetched.append(faces.key.tolist())
+            time.sleep(1.5)  # the worker reaches key 6 meanwhile, and is killed
+    assert fetched[:1] == [[0, 1]]
 
 
 class _TensorsOfEveryKind(torch.utils.data.Dataset):
