@@ -32,10 +32,15 @@ class WorkerLost(RuntimeError):
     or a signal sent to it alone) or crashed in native code."""
 
 
-class _ChildSignalsHeldForFetches:
+def _is_worker_death(error: RuntimeError) -> bool:
+    """Whether ``error`` is PyTorch's report of a DataLoader worker that died ('DataLoader worker (pid ...)')."""
+    return str(error).startswith("DataLoader worker")
+
+
+class _WorkerDeathsHeldForFetches:
     """While installed (by the main thread; elsewhere it does nothing), the SIGCHLD handler it
-    replaced runs only inside :meth:`fetch`: a signal that arrives outside is held, and handled when
-    the next fetch begins.
+    replaced still runs at once, but a worker's death that it reports outside :meth:`fetch` is held,
+    and raised when the next fetch begins.
 
     PyTorch reports a DataLoader worker's death from a SIGCHLD handler, which raises its RuntimeError
     wherever the main thread is at that moment: while the consumer degrades or trains on a batch, out
@@ -44,10 +49,10 @@ class _ChildSignalsHeldForFetches:
 
     def __init__(self) -> None:
         self.replaced = None
-        self.held = False
+        self.held: RuntimeError | None = None
         self.fetching = False
 
-    def __enter__(self) -> _ChildSignalsHeldForFetches:
+    def __enter__(self) -> _WorkerDeathsHeldForFetches:
         if threading.current_thread() is threading.main_thread():
             handler = signal.getsignal(signal.SIGCHLD)
             if callable(handler):
@@ -60,18 +65,20 @@ class _ChildSignalsHeldForFetches:
             signal.signal(signal.SIGCHLD, self.replaced)
 
     def _arrived(self, signum: int, frame: object) -> None:
-        if self.fetching:
+        try:
             self.replaced(signum, frame)
-        else:
-            self.held = True
+        except RuntimeError as error:
+            if self.fetching or not _is_worker_death(error):
+                raise
+            self.held = error
 
     def fetch(self, batches: Iterator):
-        """``next(batches)``, after handling a signal held since the last fetch."""
+        """``next(batches)``, or the worker's death held since the last fetch, raised."""
+        if self.held is not None:
+            death, self.held = self.held, None
+            raise death
         self.fetching = True
         try:
-            if self.held:
-                self.held = False
-                self.replaced(signal.SIGCHLD, None)
             return next(batches)
         finally:
             self.fetching = False
@@ -82,14 +89,14 @@ def named_worker_losses(loader: Iterable) -> Iterator:
     :class:`WorkerLost` that says what to try, rather than a RuntimeError traceback (PyTorch's messages
     for it begin 'DataLoader worker (pid ...)'), and raised here, when the next batch is asked for."""
     batches = iter(loader)  # starts the workers, and PyTorch's SIGCHLD handler with them
-    with _ChildSignalsHeldForFetches() as signals:
+    with _WorkerDeathsHeldForFetches() as deaths:
         while True:
             try:
-                batch = signals.fetch(batches)
+                batch = deaths.fetch(batches)
             except StopIteration:
                 return
             except RuntimeError as error:
-                if not str(error).startswith("DataLoader worker"):
+                if not _is_worker_death(error):
                     raise
                 raise WorkerLost(f"a decoding worker ended while it had work ({error}): killed, by the out-of-memory "
                                  "killer if the machine ran short (fewer workers, -j, or smaller batches use less), "
