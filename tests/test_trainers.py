@@ -205,6 +205,16 @@ def test_eval_records_and_prints_the_recipe_its_probes_were_degraded_by(tmp_path
                                                                                                 "seed": 5}
 
 
+def test_an_untrained_backbone_scores_the_same_on_every_run(tmp_path, small_pairs):
+    def scores(run: str) -> dict:
+        result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
+                                           "--resolutions", "112", "--device", "cpu", "--out", str(tmp_path / run)])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / run / "results.json").read_text())["x"]["same"]
+
+    assert scores("a") == scores("b")
+
+
 def test_embed_gives_each_face_its_normalised_flip_concatenation_whatever_the_passes():
     torch.manual_seed(0)
     model = build_backbone("mobilefacenet").eval()
@@ -312,6 +322,20 @@ def test_smoke_training_learns_and_resumes_as_the_same_run(tmp_path):
     assert [r["step"] for r in later_rows] == list(range(9, 17))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_the_same_training_command_trains_the_same_weights_and_another_seed_other_ones(tmp_path):
+    """--seed seeds the weights that start untrained (here every one: no --init) as well as the
+    epochs' order, so running a command again repeats its run step by step."""
+    def weights_after_one_step(run: str, *seed: str) -> dict[str, torch.Tensor]:
+        result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", "--steps", "1", "-b", "4", "--device",
+                                           "cpu", "-j", "0", "--out", str(tmp_path / run), *seed])
+        assert result.exit_code == 0, result.output
+        return torch.load(tmp_path / run / "step-0000001.pt", weights_only=True)["trainer"]
+
+    first, again, other = weights_after_one_step("a"), weights_after_one_step("b"), weights_after_one_step("c", "--seed", "1")
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not torch.equal(first["head.weight"], other["head.weight"])
 
 
 @pytest.mark.parametrize("to_whom", ["job", "main process"])

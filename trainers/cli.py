@@ -293,6 +293,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                                    f"{spec['trainer']} trains on {kind[takes_native]} (e.g. the {default_recipe} recipe)")
     spec = {**spec, "backbone": options["backbone"], "head": options["head"], "classes": classes}
     with reported(ValueError):
+        torch.manual_seed(options["seed"])  # the weights not loaded from a file (heads, branches, fusion) start alike
         trainer = build_trainer(spec, build_backbone(options["backbone"], options["init"]))
         if load_weights is not None:
             load_weights(trainer)
@@ -340,6 +341,7 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
             raise click.BadParameter(f"no weights file after {model_spec!r} in {text!r}; leave out the ':' for an "
                                      "untrained backbone", param_hint="--model")
         try:
+            torch.manual_seed(0)  # an untrained backbone (no weights given) evaluates the same on every run
             return name, build_backbone(backbone_name, weights or None)
         except CheckpointError as error:
             raise click.BadParameter(str(error), param_hint="--model") from None
