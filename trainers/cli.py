@@ -341,7 +341,6 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
             raise click.BadParameter(f"no weights file after {model_spec!r} in {text!r}; leave out the ':' for an "
                                      "untrained backbone", param_hint="--model")
         try:
-            torch.manual_seed(0)  # an untrained backbone (no weights given) evaluates the same on every run
             return name, build_backbone(backbone_name, weights or None)
         except CheckpointError as error:
             raise click.BadParameter(str(error), param_hint="--model") from None
@@ -408,6 +407,7 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     chosen_folds = parse_folds(folds, protocol, pairs, "--folds")
     if chosen_folds is not None and len(chosen_folds) < 2:
         raise click.BadParameter(f"k-fold accuracy needs two or more folds; got {folds!r}", param_hint="--folds")
+    torch.manual_seed(0)  # untrained backbones (no weights given) evaluate the same on every run
     opened = [open_model(text, selection) for text in models]  # every --model checked before any work
     if selection is not None and not any(getattr(model, "native_input", False) for _, model in opened):
         raise click.UsageError("--selection would have no effect: no --model is a BTNet, whose branches it chooses")
