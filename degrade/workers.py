@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from multiprocessing.reduction import ForkingPickler
 
 import torch
-from torch.multiprocessing.reductions import reduce_tensor
+from torch.multiprocessing.reductions import reduce_tensor, shared_cache
 
 from degrade.engine import prepare_cpu_worker
 
@@ -142,8 +142,15 @@ def _small_tensors_inline(tensor: torch.Tensor):
 
     Torch's own reduction gives every tensor a shared-memory segment and a file descriptor handed
     over with a round trip to the worker, about 0.5 ms on each side; a batch's key, identity and
-    params are 4-46 such tensors (a recipe draws up to 44 params)."""
+    params are 4-46 such tensors (a recipe draws up to 44 params).
+
+    Torch notes every tensor it shares in ``shared_cache``, and each note of a tensor since freed
+    holds that tensor's memory in the worker until the cache, past 128 notes, drops them all. With
+    only the images shared that is 64 batches of them: a ``maug`` raw build's workers grew to 820
+    and 850 MiB within 60,000 pairs (docs/benchmarks.md, target 5). Dropping the dead notes before
+    each share keeps a worker at one batch's images."""
     if tensor.nbytes > INLINE_TENSOR_BYTES or tensor.is_shared():
+        shared_cache.free_dead_references()
         return reduce_tensor(tensor)
     try:
         return torch.from_numpy, (tensor.numpy(),)

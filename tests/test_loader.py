@@ -134,3 +134,29 @@ def test_a_decoding_worker_sends_small_tensors_inside_the_pickle_and_the_rest_th
     assert item["bfloat16"].dtype == torch.bfloat16 and item["bfloat16"].tolist() == [1, 1, 1]
     assert {name: tensor.is_shared() for name, tensor in item.items()} == {
         "small": False, "view": False, "large": True, "shared": True, "bfloat16": True}
+
+
+def _private_memory_mib() -> int:
+    """This process's resident private (anonymous) memory."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("RssAnon:"))
+
+
+class _ImagesWithTheWorkersMemory(torch.utils.data.Dataset):
+    """Item i: a batch of 4 MB images, as a build's workers send them, and the memory the worker
+    held before making it."""
+
+    def __len__(self):
+        return 160
+
+    def __getitem__(self, index):
+        held = _private_memory_mib()
+        return torch.full((4 << 20,), index % 200, dtype=torch.uint8), held
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads memory from Linux's /proc")
+def test_a_decoding_workers_memory_does_not_grow_with_the_batches_it_sends():
+    held = [memory for images, memory in torch.utils.data.DataLoader(
+        _ImagesWithTheWorkersMemory(), batch_size=None, num_workers=1, worker_init_fn=prepare_worker)]
+    # torch's own reduction kept every batch's 4 MB until 128 had been sent: 677 against 237 MiB
+    assert held[-1] - held[20] < 64, held[::20]
