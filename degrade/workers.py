@@ -147,8 +147,8 @@ def _small_tensors_inline(tensor: torch.Tensor):
     Torch notes every tensor it shares in ``shared_cache``, and each note of a tensor since freed
     holds that tensor's memory in the worker until the cache, past 128 notes, drops them all. With
     only the images shared that is 64 batches of them: a ``maug`` raw build's workers grew to 820
-    and 850 MiB within 60,000 pairs (docs/benchmarks.md, target 5). Dropping the dead notes before
-    each share keeps a worker at one batch's images."""
+    and 850 MiB over their first 70,000 pairs (docs/benchmarks.md, target 5). Dropping the dead
+    notes before each share keeps a worker at one batch's images."""
     if tensor.nbytes > INLINE_TENSOR_BYTES or tensor.is_shared():
         shared_cache.free_dead_references()
         return reduce_tensor(tensor)
