@@ -20,6 +20,7 @@ PINNED = Path(__file__).with_name("pinned_draws.json")
 # The first keys, and keys far apart, so the hashing of a key's high bits is pinned too.
 KEYS = [0, 1, 2, 3, 4, 5, 6, 7, 1000, 123_456, 2**31 + 5, 2**40 + 3]
 FIELD_SEEDS = [0, 1, 2**32 - 1]
+FIELDS = {"uniform": uniform_field, "byte": byte_field, "normal": normal_field}
 
 
 def current_draws() -> dict[str, list]:
@@ -28,7 +29,7 @@ def current_draws() -> dict[str, list]:
     keys, seeds = torch.tensor(KEYS), torch.tensor(FIELD_SEEDS)
     draws = {f"{name} {path}": value.tolist()
              for name in sorted(builtin_recipes()) for path, value in load_recipe(name).sample(keys).items()}
-    for kind, field in (("uniform", uniform_field), ("byte", byte_field), ("normal", normal_field)):
+    for kind, field in FIELDS.items():
         draws[f"field {kind}"] = field(seeds, (6,)).tolist()
     return draws
 
@@ -47,7 +48,9 @@ def draws() -> tuple[dict, dict]:
 
 
 def _of(draws: dict, owner: str) -> dict:
-    return {name.split(" ", 1)[1]: value for name, value in draws.items() if name.split(" ", 1)[0] == owner}
+    """The draws of ``owner`` (a recipe's name, or "field"), by the rest of their names."""
+    prefix = f"{owner} "
+    return {name.removeprefix(prefix): value for name, value in draws.items() if name.startswith(prefix)}
 
 
 @pytest.mark.parametrize("name", sorted(builtin_recipes()))
@@ -59,7 +62,7 @@ def test_a_built_in_recipe_draws_the_pinned_params_for_each_key(draws, name):
     assert not changed, f"{name} draws otherwise for {', '.join(changed)}"
 
 
-@pytest.mark.parametrize("kind", ["uniform", "byte", "normal"])
+@pytest.mark.parametrize("kind", FIELDS)
 def test_the_noise_fields_of_a_seed_are_the_pinned_ones(draws, kind):
     pinned, current = (d[f"field {kind}"] for d in draws)
     assert _same(pinned, current), f"{kind}_field: {current} where {pinned} was pinned"
