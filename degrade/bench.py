@@ -42,7 +42,8 @@ class BenchResult:
     workers: int
     engine_rates: list[float]  # one per round
     opencv_rates: list[float]
-    stage_rates: dict[str, float]
+    stage_rates: dict[str, float]  # the engine's, each stage alone
+    opencv_stage_rates: dict[str, float]  # the OpenCV loop's, one process, the same stages
     peak_memory_mib: float  # on a CPU the largest engine process's RSS, on a GPU the engine's allocations
 
     @property
@@ -70,10 +71,12 @@ class BenchResult:
             f"  {'OpenCV loop, ' + processes:<28}{self.opencv_rate:12,.0f} pairs/s",
             f"  ratio engine / OpenCV       {self.ratio:12.2f}x   (round by round: {each_round})",
             f"  per process of OpenCV       {self.opencv_rate / self.workers:12,.0f} pairs/s",
-            "  engine stages alone (every sample of a batch" + ("; one thread" if on_cpu else "") + "; pairs/s):",
         ]
         width = max(map(len, self.stage_rates))
-        lines += [f"    {name:<{width}} {rate:12,.0f}" for name, rate in self.stage_rates.items()]
+        lines += ["  stages alone, on every sample of a batch (pairs/s):",
+                  f"    {'':<{width}} {'engine' + (', 1 thread' if on_cpu else ''):>16} {'OpenCV, 1 process':>18}"]
+        lines += [f"    {name:<{width}} {rate:16,.0f} {self.opencv_stage_rates[name]:18,.0f}"
+                  for name, rate in self.stage_rates.items()]
         lines.append(("  peak RSS of an engine process" if on_cpu else "  peak GPU memory of the engine")
                      + f"{self.peak_memory_mib:10,.0f} MiB")
         return "\n".join(lines)
@@ -148,6 +151,23 @@ def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict
         run()
         _synchronise(device)
         rates[f"{leaf.path} ({leaf.op.name})"] = len(hq) / (time.perf_counter() - started)
+    return rates
+
+
+def _time_opencv_stages(recipe: Recipe, pool: np.ndarray) -> dict[str, float]:
+    """Each op's OpenCV twin alone on every face of ``pool`` ((N, H, W, 3) uint8), in this process,
+    with the params the engine's stages get in :func:`_time_stages`; keyed as there."""
+    from degrade.opencv_reference import apply_leaf
+
+    params = {k: v.numpy() for k, v in recipe.sample(torch.arange(len(pool))).items()}
+    rates = {}
+    for leaf in recipe.leaves:
+        own = leaf_params(params, leaf)
+        per_face = [{field: value[index].item() for field, value in own.items()} for index in range(len(pool))]
+        started = time.perf_counter()
+        for image, face_params in zip(pool, per_face):
+            apply_leaf(leaf, image, face_params)
+        rates[f"{leaf.path} ({leaf.op.name})"] = len(pool) / (time.perf_counter() - started)
     return rates
 
 
@@ -327,8 +347,9 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
         prepare_cpu_worker()  # per core and with the workers' malloc settings, as the engine's workers run
     stage_rates = _time_stages(recipe, hq, target)
     torch.set_num_threads(threads)
+    opencv_stage_rates = _time_opencv_stages(recipe, pool)
     if target.type == "cuda":
         peak = torch.cuda.max_memory_allocated(target) / 2 ** 20
     return BenchResult(recipe=recipe.name, size=recipe.size, device=str(target), pairs=pairs, batch_size=batch_size,
                        workers=workers, engine_rates=engine_rates, opencv_rates=opencv_rates, stage_rates=stage_rates,
-                       peak_memory_mib=peak)
+                       opencv_stage_rates=opencv_stage_rates, peak_memory_mib=peak)

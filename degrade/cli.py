@@ -326,8 +326,9 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
                   rounds: int, end_to_end: bool, train_backbone: str | None, precision: str) -> None:
     """Time the engine and a plain per-image OpenCV loop on the same pairs; print both and their ratio.
 
-    Also prints each stage's rate alone and the peak memory. Compare ratios, not absolute
-    rates: shared machines are noisy (hence the rounds, timed in turn).
+    Also prints each stage's rate alone, the engine's and the OpenCV loop's, and the engine's peak
+    memory. Compare ratios, not absolute rates: shared machines are noisy (hence the rounds, timed
+    in turn).
     """
     from degrade.arrow import BuildError
     from degrade.bench import run_bench, run_build_bench, run_train_bench
