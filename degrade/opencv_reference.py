@@ -209,8 +209,20 @@ def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
     return _TWINS[leaf.op.name](leaf.op, image, p)
 
 
-def degrade_one(recipe: Recipe, image: np.ndarray, params: dict[str, np.ndarray], index: int) -> np.ndarray:
-    """Run the whole recipe on one image with sample ``index``'s entries of the batch params."""
-    for leaf in recipe.leaves_applied(params, index):
-        image = apply_leaf(leaf, image, {field: value[index].item() for field, value in leaf_params(params, leaf).items()})
+def replay_plan(recipe: Recipe, params: dict[str, np.ndarray]) -> list[list[tuple[Leaf, dict]]]:
+    """For each sample of a batch, the ops that ran on it in order, each with the sample's params
+    as Python scalars: what a per-image loop reads before it degrades an image. Made once per
+    batch from the (N,) params columns, as lists: reading each image's scalars out of the arrays
+    took 41 us per pair of `mixed_no_turbulence`, the lists 4."""
+    columns = {leaf.path: {field: value.tolist() for field, value in leaf_params(params, leaf).items()}
+               for leaf in recipe.leaves}
+    count = len(next(iter(params.values())))
+    return [[(leaf, {field: column[index] for field, column in columns[leaf.path].items()})
+             for leaf in recipe.leaves_applied(params, index)] for index in range(count)]
+
+
+def degrade_one(image: np.ndarray, ops: list[tuple[Leaf, dict]]) -> np.ndarray:
+    """One sample's ops (a row of :func:`replay_plan`) on its (H, W, 3) uint8 RGB image."""
+    for leaf, p in ops:
+        image = apply_leaf(leaf, image, p)
     return image

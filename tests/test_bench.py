@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from degrade.cli import main
 from degrade.engine import to_uint8
-from degrade.opencv_reference import degrade_one
-from degrade.recipe import parse_recipe
+from degrade.opencv_reference import degrade_one, replay_plan
+from degrade.recipe import leaf_params, load_recipe, parse_recipe
 
 
 @pytest.mark.parametrize("stage", [
@@ -31,9 +31,9 @@ def test_opencv_reference_makes_the_same_pairs_as_the_engine(stage, faces):
     lq, params = recipe(faces[:16], keys)
     engine = to_uint8(lq).permute(0, 2, 3, 1).numpy().astype(int)
     hq = to_uint8(faces[:16]).permute(0, 2, 3, 1).numpy()
-    numpy_params = {k: v.numpy() for k, v in params.items()}
+    plan = replay_plan(recipe, {k: v.numpy() for k, v in params.items()})
     for i in range(16):
-        reference = degrade_one(recipe, hq[i], numpy_params, i).astype(int)
+        reference = degrade_one(hq[i], plan[i]).astype(int)
         side = reference.shape[0]
         assert np.abs(reference - engine[i, :side, :side]).mean() < 1.5
 
@@ -48,11 +48,24 @@ def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(
     recipe = parse_recipe({"stages": [stage]})
     lq, params = recipe(faces[:16], torch.arange(16))
     hq = to_uint8(faces[:16]).permute(0, 2, 3, 1).numpy()
-    numpy_params = {k: v.numpy() for k, v in params.items()}
-    reference = np.stack([degrade_one(recipe, hq[i], numpy_params, i) for i in range(16)]).astype(float)
+    plan = replay_plan(recipe, {k: v.numpy() for k, v in params.items()})
+    reference = np.stack([degrade_one(hq[i], plan[i]) for i in range(16)]).astype(float)
     engine_change = np.abs(to_uint8(lq).permute(0, 2, 3, 1).numpy() - hq.astype(float)).mean()
     reference_change = np.abs(reference - hq).mean()
     assert 0.6 < reference_change / engine_change < 1.6
+
+
+def test_the_opencv_loops_plan_gives_each_sample_the_ops_the_engine_ran_on_it_with_their_params():
+    recipe = load_recipe("catface")  # a one-of group (turbulence or capture) and stages of p < 1
+    params = recipe.sample(torch.arange(64))
+    plan = replay_plan(recipe, {k: v.numpy() for k, v in params.items()})
+    ran = recipe.ran(params)
+    assert len(plan) == 64
+    for index, ops in enumerate(plan):
+        assert [leaf.path for leaf, _ in ops] == [leaf.path for leaf in recipe.leaves if ran[leaf.path][index]]
+        for leaf, face_params in ops:
+            assert face_params == {field: value[index].item() for field, value in leaf_params(params, leaf).items()}
+    assert len({len(ops) for ops in plan}) > 1  # the samples do not all run the same ops
 
 
 def test_bench_prints_both_best_rates_their_ratio_and_each_round():
