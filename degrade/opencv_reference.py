@@ -179,8 +179,7 @@ def _turbulence(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
     if not op.blur:
         return warped
     sigma = 0.42 * op.sampling * math.sqrt(math.expm1(residual_phase_variance(p["strength"])))
-    variation = cv2.GaussianBlur(_normal(p["blur_seed"], (h, w)),
-                                 (0, 0), op.patch / 2)
+    variation = cv2.GaussianBlur(_normal(p["blur_seed"], (h, w)), (0, 0), op.patch / 2)
     local = np.minimum(sigma * np.exp(0.5 * variation / max(float(variation.std()), 1e-6)), MAX_BLUR_SIGMA)
     levels = [warped.astype(np.float32)] + [
         cv2.GaussianBlur(warped, (0, 0), max(float(local.max()) * k / 4, 0.05)).astype(np.float32) for k in range(1, 5)]
@@ -196,9 +195,9 @@ def _turbulence(op: Op, image: np.ndarray, p: dict) -> np.ndarray:
 # Each built-in op's twin: (op, one (H, W, 3) uint8 RGB image, its params as Python scalars) -> image.
 _TWINS: dict[str, Callable[[Op, np.ndarray, dict], np.ndarray]] = {
     "resize": _resize, "gaussian_blur": _gaussian_blur, "anisotropic_blur": _kernel_blur,
-    "motion_blur": _kernel_blur, "defocus_blur": _kernel_blur, "gaussian_noise": _gaussian_noise, "poisson_noise": _poisson_noise,
-    "jpeg": _jpeg, "erase": _erase, "crop_pad": _crop_pad, "illumination": _illumination, "elastic": _elastic,
-    "turbulence": _turbulence,
+    "motion_blur": _kernel_blur, "defocus_blur": _kernel_blur, "gaussian_noise": _gaussian_noise,
+    "poisson_noise": _poisson_noise, "jpeg": _jpeg, "erase": _erase, "crop_pad": _crop_pad,
+    "illumination": _illumination, "elastic": _elastic, "turbulence": _turbulence,
 }
 
 
