@@ -160,13 +160,12 @@ def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict
 def _time_opencv_stages(recipe: Recipe, pool: np.ndarray) -> dict[str, float]:
     """Each op's OpenCV twin alone on every face of ``pool`` ((N, H, W, 3) uint8), in this process,
     with the params the engine's stages get in :func:`_time_stages`; keyed as there."""
-    from degrade.opencv_reference import apply_leaf
+    from degrade.opencv_reference import apply_leaf, sample_params
 
     params = {k: v.numpy() for k, v in recipe.sample(torch.arange(len(pool))).items()}
     rates = {}
     for leaf in recipe.leaves:
-        own = leaf_params(params, leaf)
-        per_face = [{field: value[index].item() for field, value in own.items()} for index in range(len(pool))]
+        per_face = sample_params(params, leaf)
         started = time.perf_counter()
         for image, face_params in zip(pool, per_face):
             apply_leaf(leaf, image, face_params)

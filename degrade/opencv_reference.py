@@ -208,16 +208,21 @@ def apply_leaf(leaf: Leaf, image: np.ndarray, p: dict) -> np.ndarray:
     return _TWINS[leaf.op.name](leaf.op, image, p)
 
 
+def sample_params(params: dict[str, np.ndarray], leaf: Leaf) -> list[dict]:
+    """``leaf``'s params of each sample of a batch, as Python scalars: from (N,) params columns, N dicts."""
+    columns = {field: value.tolist() for field, value in leaf_params(params, leaf).items()}
+    count = len(next(iter(params.values())))
+    return [{field: column[index] for field, column in columns.items()} for index in range(count)]
+
+
 def replay_plan(recipe: Recipe, params: dict[str, np.ndarray]) -> list[list[tuple[Leaf, dict]]]:
     """For each sample of a batch, the ops that ran on it in order, each with the sample's params
     as Python scalars: what a per-image loop reads before it degrades an image. Made once per
     batch from the (N,) params columns, as lists: reading each image's scalars out of the arrays
     took 41 us per pair of `mixed_no_turbulence`, the lists 4."""
-    columns = {leaf.path: {field: value.tolist() for field, value in leaf_params(params, leaf).items()}
-               for leaf in recipe.leaves}
-    count = len(next(iter(params.values())))
-    return [[(leaf, {field: column[index] for field, column in columns[leaf.path].items()})
-             for leaf in recipe.leaves_applied(params, index)] for index in range(count)]
+    by_leaf = {leaf.path: sample_params(params, leaf) for leaf in recipe.leaves}
+    return [[(leaf, by_leaf[leaf.path][index]) for leaf in recipe.leaves_applied(params, index)]
+            for index in range(len(next(iter(params.values()))))]
 
 
 def degrade_one(image: np.ndarray, ops: list[tuple[Leaf, dict]]) -> np.ndarray:
