@@ -10,14 +10,17 @@ load slows whichever side runs at that moment, so one round of each can be off b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import torch
@@ -157,19 +160,35 @@ def _time_stages(recipe: Recipe, hq: torch.Tensor, device: torch.device) -> dict
     return rates
 
 
+@contextlib.contextmanager
+def _one_opencv_thread() -> Iterator[None]:
+    """OpenCV on one thread in this process and the processes it forks meanwhile, as the engine's
+    processes run torch: by default OpenCV spreads a blur or a resize over every core (its
+    `mixed_no_turbulence` loop in one process: 346 us per pair on the 2-core machine's two threads,
+    366 on one). Set before forking: a forked child that resizes the thread pool it inherited in
+    use can wait forever for the parent's threads."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def _time_opencv_stages(recipe: Recipe, pool: np.ndarray) -> dict[str, float]:
-    """Each op's OpenCV twin alone on every face of ``pool`` ((N, H, W, 3) uint8), in this process,
-    with the params the engine's stages get in :func:`_time_stages`; keyed as there."""
+    """Each op's OpenCV twin alone on every face of ``pool`` ((N, H, W, 3) uint8), in this process on
+    one OpenCV thread, with the params the engine's stages get in :func:`_time_stages`; keyed as there."""
     from degrade.opencv_reference import apply_leaf, sample_params
 
     params = {k: v.numpy() for k, v in recipe.sample(torch.arange(len(pool))).items()}
     rates = {}
-    for leaf in recipe.leaves:
-        per_face = sample_params(params, leaf)
-        started = time.perf_counter()
-        for image, face_params in zip(pool, per_face):
-            apply_leaf(leaf, image, face_params)
-        rates[f"{leaf.path} ({leaf.op.name})"] = len(pool) / (time.perf_counter() - started)
+    with _one_opencv_thread():
+        for leaf in recipe.leaves:
+            per_face = sample_params(params, leaf)
+            started = time.perf_counter()
+            for image, face_params in zip(pool, per_face):
+                apply_leaf(leaf, image, face_params)
+            rates[f"{leaf.path} ({leaf.op.name})"] = len(pool) / (time.perf_counter() - started)
     return rates
 
 
@@ -192,7 +211,8 @@ def _opencv_chunk(bounds: tuple[int, int]) -> int:
 
 def _time_opencv(recipe_source: str, pool: np.ndarray, pairs: int, workers: int) -> float:
     bounds = [(first, min(first + CHUNK, pairs)) for first in range(0, pairs, CHUNK)]
-    return _pool_rate(workers, _init_worker, (recipe_source, pool), _opencv_chunk, bounds)
+    with _one_opencv_thread():
+        return _pool_rate(workers, _init_worker, (recipe_source, pool), _opencv_chunk, bounds)
 
 
 def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, bytes]]:

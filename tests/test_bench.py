@@ -1,12 +1,15 @@
 """The benchmark's OpenCV loop does the engine's work, and `degrade bench` reports a consistent ratio."""
 
+import multiprocessing
 import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from degrade.bench import _init_worker, _one_opencv_thread
 from degrade.cli import main
 from degrade.engine import to_uint8
 from degrade.opencv_reference import degrade_one, replay_plan
@@ -66,6 +69,21 @@ def test_the_opencv_loops_plan_gives_each_sample_the_ops_the_engine_ran_on_it_wi
         for leaf, face_params in ops:
             assert face_params == {field: value[index].item() for field, value in leaf_params(params, leaf).items()}
     assert len({len(ops) for ops in plan}) > 1  # the samples do not all run the same ops
+
+
+def _threads() -> tuple[int, int]:
+    return cv2.getNumThreads(), torch.get_num_threads()
+
+
+def test_each_process_of_the_opencv_loop_runs_one_thread_of_opencv_and_of_torch():
+    """Per core, as the engine's processes run (OpenCV's default is a thread per core); this process's
+    OpenCV gets its threads back afterwards."""
+    threads = cv2.getNumThreads()
+    faces = np.zeros((1, 112, 112, 3), np.uint8)
+    with _one_opencv_thread(), multiprocessing.get_context("fork").Pool(
+            1, initializer=_init_worker, initargs=("maug", faces)) as pool:
+        assert pool.apply(_threads) == (1, 1)
+    assert cv2.getNumThreads() == threads
 
 
 def test_bench_prints_both_best_rates_their_ratio_and_each_round():
