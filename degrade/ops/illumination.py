@@ -48,7 +48,10 @@ class Illumination(Op):
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         _, _, h, w = images.shape
         out = images.clamp(min=1e-6) ** per_sample(params["gamma"], images)
-        grey = out.mean(dim=(1, 2, 3), keepdim=True)
+        # Summed in float64: torch reduces a lone sample's values in another order than a batch's rows,
+        # and in float32 that moved the mean of one face in two by an ulp, so a face alone (a chunk's
+        # one chosen row) could come out a level away from the same face in a batch.
+        grey = out.mean(dim=(1, 2, 3), keepdim=True, dtype=torch.float64).to(out.dtype)
         out = grey + per_sample(params["contrast"], images) * (out - grey)
         out = out + per_sample(params["brightness"], images)
         theta = per_sample(params["angle"], images) * (math.pi / 180)
