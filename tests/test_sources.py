@@ -337,6 +337,15 @@ def test_a_folder_source_orders_identities_and_files_by_name_and_keeps_only_imag
     assert torch.equal(source.load(torch.tensor([3])).hq[0], torch.from_numpy(face[:, :, ::-1].copy()).permute(2, 0, 1))
 
 
+def test_a_folder_of_pgm_and_ppm_faces_as_older_face_sets_ship_them_is_read(tmp_path, face):
+    (tmp_path / "s1").mkdir()
+    cv2.imwrite(str(tmp_path / "s1" / "1.pgm"), face[:, :, 0])
+    cv2.imwrite(str(tmp_path / "s1" / "2.ppm"), face)
+    hq = open_source(str(tmp_path)).load(torch.arange(2)).hq
+    assert torch.equal(hq[0], torch.from_numpy(face[:, :, 0]).expand(3, -1, -1))
+    assert torch.equal(hq[1], torch.from_numpy(face[:, :, ::-1].copy()).permute(2, 0, 1))
+
+
 def test_empty_and_missing_sources_are_clear_errors(tmp_path):
     (tmp_path / "empty" / "alice").mkdir(parents=True)
     with pytest.raises(SourceError, match="no images found"):

@@ -10,7 +10,8 @@ import torch
 
 from degrade.sources.base import EncodedSource, SourceError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# torchvision ImageFolder's image files, and GIF: older face sets come as PGM (ORL) or PPM (FERET).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif")
 
 
 class FolderSource(EncodedSource):
