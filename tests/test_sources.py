@@ -189,6 +189,35 @@ def test_a_table_row_whose_image_file_is_missing_is_skipped_naming_the_row_and_t
         open_source(str(tmp_path / "faces.parquet"), strict=True).load(torch.tensor([0, 1]))
 
 
+def test_a_tables_class_label_identities_are_named_by_their_classes(tmp_path, lfw_jpegs):
+    """A ClassLabel column holds class numbers; the identities are its names (a build's identity_name,
+    and what --exclude-pairs matches), numbered as text labels are."""
+    images, _ = lfw_jpegs
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["Zoe_Ball", "Al_Gore"])})
+    datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images[:3]], "label": [1, 0, 1]},
+                               features=features).save_to_disk(str(tmp_path / "t"))
+    source = open_source(str(tmp_path / "t"))
+    assert source.identity_names == ["Al_Gore", "Zoe_Ball"] and source.identities.tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("label, missing", [(datasets.Value("int64"), None), (datasets.ClassLabel(names=["a"]), -1)])
+def test_a_table_with_rows_without_an_identity_is_refused_naming_the_first(tmp_path, lfw_jpegs, label, missing):
+    """A null label, or a ClassLabel's -1 (the datasets library's "no label")."""
+    images, _ = lfw_jpegs
+    features = datasets.Features({"image": datasets.Image(), "label": label})
+    rows = {"image": [{"bytes": b, "path": None} for b in images[:4]], "label": [0, missing, 0, missing]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "t"))
+    with pytest.raises(SourceError, match=r"2 rows without an identity in column 'label' \(the first: row 1\)"):
+        open_source(str(tmp_path / "t"))
+
+
+def test_a_saved_table_without_rows_is_refused_saying_so(tmp_path):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"image": [], "label": []}, features=features).save_to_disk(str(tmp_path / "t"))
+    with pytest.raises(SourceError, match="t: the table has no rows"):
+        open_source(str(tmp_path / "t"))
+
+
 def test_table_without_an_image_column_is_a_clear_error(tmp_path):
     datasets.Dataset.from_dict({"text": ["a"], "label": [0]}).save_to_disk(str(tmp_path / "t"))
     with pytest.raises(SourceError, match="no image column"):

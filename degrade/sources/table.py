@@ -3,6 +3,7 @@ of Parquet shards as the Hugging Face Hub serves a dataset."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ import pyarrow as pa
 import torch
 
 from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels
+from degrade.text import counted
 
 if TYPE_CHECKING:
     import datasets
@@ -67,6 +69,8 @@ def open_table(path: Path) -> datasets.Dataset:
     from datasets.builder import DatasetGenerationError  # older versions define it there, newer import it there
 
     if (path / "state.json").is_file():
+        if not _saved_data_files(path):  # datasets' load_from_disk fails on such a folder with an IndexError
+            raise SourceError(f"{path}: the table has no rows")
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if "train" not in loaded:
@@ -86,6 +90,34 @@ def open_table(path: Path) -> datasets.Dataset:
     except (pa.ArrowException, DatasetGenerationError) as error:  # datasets wraps what Arrow says in the latter
         kind = "Parquet shards" if shards else f"{path.suffix[1:]} file"
         raise SourceError(f"{path}: not a readable {kind} ({error.__cause__ or error})") from None
+
+
+def _saved_data_files(folder: Path) -> list[dict]:
+    """The Arrow files a ``save_to_disk`` folder's state.json lists (none for a table of no rows)."""
+    try:
+        return json.loads((folder / "state.json").read_text()).get("_data_files") or []
+    except (OSError, ValueError, AttributeError) as error:
+        raise SourceError(f"{folder}: its state.json cannot be read ({error})") from None
+
+
+def _identity_labels(table: datasets.Dataset, column: str, where: Path) -> list[str]:
+    """Each row's identity as text: a ``ClassLabel``'s class name (``--exclude-pairs`` matches
+    identities by name), any other value as ``str`` gives it. A row without one (null, or a
+    ``ClassLabel``'s -1) is refused, naming how many and the first."""
+    import datasets
+
+    values = table[column]
+    feature = table.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        names = feature.names
+        labels = [names[v] if v is not None and 0 <= v < len(names) else None for v in values]
+    else:
+        labels = [None if v is None else str(v) for v in values]
+    missing = [row for row, label in enumerate(labels) if label is None]
+    if missing:
+        raise SourceError(f"{where}: {counted(len(missing), 'row')} without an identity in column {column!r} "
+                          f"(the first: row {missing[0]}); fill them in or drop them")
+    return labels
 
 
 def holds_raw_pixels(path: Path) -> bool:
@@ -131,10 +163,10 @@ class TableSource(EncodedSource):
         self.table, self.image_column = table.select_columns([image_column]), image_column
         self.name, self.size, self.strict = str(path), size, strict
         self.raw_pixels = holds_raw_pixels(path)
-        labels = table[label_column]
-        self.identity_names = sorted({str(v) for v in labels}, key=lambda v: (len(v), v))
+        labels = _identity_labels(table, label_column, path)
+        self.identity_names = sorted(set(labels), key=lambda v: (len(v), v))
         lookup = {name: index for index, name in enumerate(self.identity_names)}
-        self.identities = torch.tensor(np.array([lookup[str(v)] for v in labels]), dtype=torch.int64)
+        self.identities = torch.tensor(np.array([lookup[label] for label in labels]), dtype=torch.int64)
 
     def read(self, key: int) -> tuple[bytes, str]:
         value = self.table[key][self.image_column]
