@@ -180,7 +180,7 @@ def _time_opencv_stages(recipe: Recipe, pool: np.ndarray) -> dict[str, float]:
     one OpenCV thread, with the params the engine's stages get in :func:`_time_stages`; keyed as there."""
     from degrade.opencv_reference import apply_leaf, sample_params
 
-    params = {k: v.numpy() for k, v in recipe.sample(torch.arange(len(pool))).items()}
+    params = recipe.sample(torch.arange(len(pool)))
     rates = {}
     with _one_opencv_thread():
         for leaf in recipe.leaves:
@@ -203,7 +203,7 @@ def _opencv_chunk(bounds: tuple[int, int]) -> int:
 
     recipe, pool = _worker_state["recipe"], _worker_state["pool"]
     start, stop = bounds
-    plan = replay_plan(recipe, {k: v.numpy() for k, v in recipe.sample(torch.arange(start, stop)).items()})
+    plan = replay_plan(recipe, recipe.sample(torch.arange(start, stop)))
     for key, ops in zip(range(start, stop), plan):
         degrade_one(pool[key % len(pool)], ops)
     return stop - start
@@ -222,7 +222,7 @@ def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, 
     recipe, source, image_format = (_worker_state[k] for k in ("recipe", "source", "format"))
     keys = torch.arange(*bounds)
     faces = source.load(keys)
-    plan = replay_plan(recipe, {k: v.numpy() for k, v in recipe.sample(faces.key).items()})
+    plan = replay_plan(recipe, recipe.sample(faces.key))
 
     def encode(image: np.ndarray) -> bytes:  # as the build encodes: the same PNG options and channel swap
         return encode_png(torch.from_numpy(image)) if image_format == "png" else image.tobytes()

@@ -34,7 +34,7 @@ def test_opencv_reference_makes_the_same_pairs_as_the_engine(stage, faces):
     lq, params = recipe(faces[:16], keys)
     engine = to_uint8(lq).permute(0, 2, 3, 1).numpy().astype(int)
     hq = to_uint8(faces[:16]).permute(0, 2, 3, 1).numpy()
-    plan = replay_plan(recipe, {k: v.numpy() for k, v in params.items()})
+    plan = replay_plan(recipe, params)
     for i in range(16):
         reference = degrade_one(hq[i], plan[i]).astype(int)
         side = reference.shape[0]
@@ -51,7 +51,7 @@ def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(
     recipe = parse_recipe({"stages": [stage]})
     lq, params = recipe(faces[:16], torch.arange(16))
     hq = to_uint8(faces[:16]).permute(0, 2, 3, 1).numpy()
-    plan = replay_plan(recipe, {k: v.numpy() for k, v in params.items()})
+    plan = replay_plan(recipe, params)
     reference = np.stack([degrade_one(hq[i], plan[i]) for i in range(16)]).astype(float)
     engine_change = np.abs(to_uint8(lq).permute(0, 2, 3, 1).numpy() - hq.astype(float)).mean()
     reference_change = np.abs(reference - hq).mean()
@@ -61,7 +61,7 @@ def test_opencv_reference_of_random_fields_changes_images_as_much_as_the_engine(
 def test_the_opencv_loops_plan_gives_each_sample_the_ops_the_engine_ran_on_it_with_their_params():
     recipe = load_recipe("catface")  # a one-of group (turbulence or capture) and stages of p < 1
     params = recipe.sample(torch.arange(64))
-    plan = replay_plan(recipe, {k: v.numpy() for k, v in params.items()})
+    plan = replay_plan(recipe, params)
     ran = recipe.ran(params)
     assert len(plan) == 64
     for index, ops in enumerate(plan):
