@@ -33,12 +33,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch.utils.data import get_worker_info
-from tqdm import tqdm
 
 from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
 from degrade.ops import Params
+from degrade.progress import progress_bar
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source
 from degrade.sources.attributes import Attributes
@@ -287,7 +287,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     schema = pair_schema(recipe, image_format, attributes.names if attributes else [])
     started = time.perf_counter()
     bounds = {i: _shard_bounds(i, shard_size, total) for i in mine}
-    bar = tqdm(total=sum(stop - first for first, stop in bounds.values()), unit="pair",
+    bar = progress_bar(total=sum(stop - first for first, stop in bounds.values()), unit="pair",
                desc=f"build {recipe.name}" + (f" rank {rank}" if world > 1 else ""), disable=not progress or rank > 0,
                smoothing=0.1)
     bar.update(sum(stop - first for i, (first, stop) in bounds.items() if i not in todo))

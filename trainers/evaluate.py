@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from degrade.engine import to_float
 from degrade.ops.resize import Resize
+from degrade.progress import progress_bar
 from degrade.recipe import Recipe
 from degrade.sources.base import SourceError
 from degrade.text import counted
@@ -163,7 +164,7 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
     size = faces.hq.shape[-1]
     results: dict[str, dict[str, dict[str, float]]] = {"same": {}, "cross": {}}
     probed = [side for side in resolutions if side < size or degraded_by is not None]  # the others are the HQ
-    with tqdm(total=len(faces.hq) * (1 + len(probed)), desc=progress, unit="face", disable=progress is None) as bar:
+    with progress_bar(total=len(faces.hq) * (1 + len(probed)), desc=progress, unit="face", disable=progress is None) as bar:
         hq_embedding = embed_probes(model, faces.hq, size, device, bar)
         for side in resolutions:
             lq_embedding = (embed_probes(model, faces.hq, side, device, bar, faces.key, degraded_by)
@@ -198,7 +199,7 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
     gallery_identity, probe_identity, probe_faces = identity[gallery], identity[probes], faces.hq[probes]
     results = {}
     embedded = int(gallery.sum()) + len(probe_faces) * len(resolutions)
-    with tqdm(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
+    with progress_bar(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
         gallery_embedding = embed_probes(model, faces.hq[gallery], faces.hq.shape[-1], device, bar)
         for side in resolutions:
             probe_embedding = embed_probes(model, probe_faces, side, device, bar, faces.key[probes], degraded_by)

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from degrade.stream import PairStream
+from degrade.progress import progress_bar
 from degrade.text import differences
 from degrade.workers import WorkerLost
 from trainers.checkpoints import CheckpointError, training_checkpoint
@@ -312,7 +312,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     log = _Log(out, rank == 0)
     rows: list[dict] = []
     end = config.end_step
-    bar = tqdm(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
+    bar = progress_bar(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
     started, started_samples = time.perf_counter(), samples_seen
     trainer.train()
     warmup = _BackboneWarmup(trainer, config.frozen_backbone_steps)
@@ -354,7 +354,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                            **{k: float(v) for k, v in metrics.items()}}
                     rows.append(row)
                     log.write(row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
                 if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
                     checkpoints.save(step, samples_seen)
                 if step >= end:
