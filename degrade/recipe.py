@@ -503,8 +503,11 @@ def describe(recipe: Recipe, params: Params, index: int) -> list[str]:
 
 
 def _short(value: torch.Tensor) -> str:
+    """A param's value in a few characters: two significant digits, whole numbers from 100 on
+    (an angle of 104.2 degrees is "104", where two digits alone would write "1e+02")."""
     if value.dtype == torch.bool:
         return "y" if bool(value) else "n"
     if value.dtype.is_floating_point:
-        return f"{float(value):.2g}"
+        number = float(value)
+        return f"{number:.0f}" if abs(number) >= 100 else f"{number:.2g}"
     return str(int(value))

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from degrade.arrow import BuildError, open_dataset
 from degrade.cli import main
 from degrade.engine import to_uint8
-from degrade.recipe import RecipeError, builtin_recipes, leaf_params, load_recipe, parse_recipe
+from degrade.recipe import RecipeError, builtin_recipes, describe, leaf_params, load_recipe, parse_recipe
 from degrade.stream import PairStream
 
 RECIPES = sorted(builtin_recipes())
@@ -132,6 +132,20 @@ def test_catface_splits_consecutive_keys_in_half_and_the_seed_shifts_the_split()
     keys, catface = torch.arange(10, 74), load_recipe("catface")
     assert torch.equal(catface.sample(keys)["capture.choice"], keys % 2)  # seed 0: even keys turbulence
     assert torch.equal(catface.sample(keys, seed=7)["capture.choice"], (keys + 1) % 2)
+
+
+def test_a_samples_description_names_the_ops_applied_and_their_params_in_a_few_characters():
+    catface = load_recipe("catface")
+    params = catface.sample(torch.arange(2))  # key 0: turbulence, key 1: unconstrained capture
+    params["capture.unconstrained.motion_blur.angle"][1] = 104.2
+    params["capture.unconstrained.motion_blur.length"][1] = 3.25
+    params["capture.unconstrained.gaussian_noise.grey"][1] = False
+    side = int(params["capture.unconstrained.resize.side"][1])
+    assert describe(catface, params, 0) == [f"turbulence strength={float(params['capture.turbulence.strength'][0]):.2g}"]
+    motion, resize, noise = describe(catface, params, 1)
+    assert motion.startswith("motion_blur length=3.2 angle=104 kernel_size=")
+    assert resize == f"resize side={side}"
+    assert noise.startswith("gaussian_noise sigma=") and noise.endswith("grey=n")
 
 
 def test_btnet_records_native_sides():
