@@ -105,6 +105,7 @@ def _rows_each_param_counts_on(recipe: Recipe, params: dict[str, np.ndarray]) ->
 
 
 def write_dataset_grid(folder: str | Path, out: str | Path, count: int) -> None:
+    """A PNG grid at ``out`` of a build's first ``count`` pairs, HQ beside LQ, each with the params it drew."""
     from degrade.preview import write_preview
 
     pairs = BuiltPairs(folder)

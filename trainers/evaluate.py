@@ -254,4 +254,5 @@ def plot_accuracy(runs: dict[str, dict], out: str | Path) -> None:
 
 
 def write_results(runs: dict[str, dict], out: str | Path) -> None:
+    """``runs`` (model name -> its results, as :func:`evaluate_pairs` returns them) as JSON at ``out``."""
     Path(out).write_text(json.dumps(runs, indent=2, sort_keys=True))

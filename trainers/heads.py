@@ -104,6 +104,7 @@ HEADS = {"arcface": ArcFace, "cosface": CosFace, "adaface": AdaFace}
 
 
 def build_head(name: str, embedding_size: int, classes: int) -> MarginHead:
+    """The margin head ``name`` (a key of ``HEADS``) for ``classes`` identities on ``embedding_size``-D embeddings."""
     if name not in HEADS:
         raise KeyError(f"unknown head {name!r}; known: {', '.join(HEADS)}")
     return HEADS[name](embedding_size, classes)

@@ -75,6 +75,7 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """``config``'s optimiser (SGD with momentum, or AdamW) over the ``parameters`` that require gradients."""
     trainable = [p for p in parameters if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
