@@ -288,8 +288,8 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     started = time.perf_counter()
     bounds = {i: _shard_bounds(i, shard_size, total) for i in mine}
     bar = progress_bar(total=sum(stop - first for first, stop in bounds.values()), unit="pair",
-               desc=f"build {recipe.name}" + (f" rank {rank}" if world > 1 else ""), disable=not progress or rank > 0,
-               smoothing=0.1)
+                       desc=f"build {recipe.name}" + (f" rank {rank}" if world > 1 else ""),
+                       disable=not progress or rank > 0, smoothing=0.1)
     bar.update(sum(stop - first for i, (first, stop) in bounds.items() if i not in todo))
     key_batches = {i: torch.arange(*bounds[i]).split(batch_size) for i in todo}
     batches = [keys for i in todo for keys in key_batches[i]]

@@ -164,7 +164,8 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
     size = faces.hq.shape[-1]
     results: dict[str, dict[str, dict[str, float]]] = {"same": {}, "cross": {}}
     probed = [side for side in resolutions if side < size or degraded_by is not None]  # the others are the HQ
-    with progress_bar(total=len(faces.hq) * (1 + len(probed)), desc=progress, unit="face", disable=progress is None) as bar:
+    faces_embedded = len(faces.hq) * (1 + len(probed))
+    with progress_bar(total=faces_embedded, desc=progress, unit="face", disable=progress is None) as bar:
         hq_embedding = embed_probes(model, faces.hq, size, device, bar)
         for side in resolutions:
             lq_embedding = (embed_probes(model, faces.hq, side, device, bar, faces.key, degraded_by)
