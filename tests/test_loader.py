@@ -101,16 +101,24 @@ def test_a_worker_killed_mid_way_is_named_with_what_to_try():
         list(decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1))
 
 
+class _DiesAfterTwoFetches(_DiesOnKey):
+    """Its fatal key is in batch PREFETCH + 1, which the DataLoader hands its one worker only once
+    the consumer has taken batch 1 (it hands out PREFETCH batches ahead): the worker cannot die
+    before the consumer has the first two batches, however the processes are scheduled."""
+
+    fatal = 2 * (loader.PREFETCH + 1)  # batches of 2 keys
+
+
 def test_a_worker_killed_while_the_consumer_is_busy_is_named_when_the_next_batch_is_asked_for():
     """The worker dies while the consumer works on a batch (a build degrading, a training step):
     the death is reported by the next fetch, not raised from wherever the consumer was."""
-    batches = torch.arange(12).split(2)
+    batches = torch.arange(2 * (loader.PREFETCH + 2)).split(2)
     fetched = []
     with pytest.raises(WorkerLost, match=r"^a decoding worker ended while it had work"):
-        for faces in decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1):
+        for faces in decoded_batches(_DiesAfterTwoFetches(identities=2), batches, num_workers=1):
             fetched.append(faces.key.tolist())
-            time.sleep(1.5)  # the worker reaches key 6 meanwhile, and is killed
-    assert fetched[:1] == [[0, 1]]
+            time.sleep(1.5)  # the worker reaches the fatal key meanwhile, and is killed
+    assert fetched[:2] == [[0, 1], [2, 3]]
 
 
 class _TensorsOfEveryKind(torch.utils.data.Dataset):
