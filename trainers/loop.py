@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from degrade.stream import PairStream
 from degrade.progress import progress_bar
+from degrade.stream import PairStream
 from degrade.text import differences
 from degrade.workers import WorkerLost
 from trainers.checkpoints import CheckpointError, training_checkpoint
