@@ -17,6 +17,7 @@ import os
 import resource
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,7 +242,10 @@ def _init_build_worker(recipe_source: str, source_spec: str, image_format: str) 
 
     torch.set_num_threads(1)
     recipe = load_recipe(recipe_source)
-    _worker_state.update(recipe=recipe, format=image_format, source=open_source(source_spec, recipe.size))
+    with warnings.catch_warnings():  # what the source leaves out: said once, by the process that started this one
+        warnings.simplefilter("ignore")
+        source = open_source(source_spec, recipe.size)
+    _worker_state.update(recipe=recipe, format=image_format, source=source)
 
 
 def _time_opencv_build(recipe_source: str, source_spec: str, image_format: str, pairs: int, workers: int,

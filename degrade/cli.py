@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -179,6 +180,14 @@ def main() -> None:
     occlusion, illumination); every random draw of a sample is keyed by (seed, key, stage),
     so a sample's LQ is the same whatever the batch size, order or device.
     """
+    warnings.showwarning = _echo_warning
+
+
+def _echo_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """A warning (a source's files left unread, a library's advice) as one ``warning: ...`` line on
+    stderr, as the commands' other messages are, rather than Python's file:line form."""
+    click.echo(f"warning: {message}", err=True)
 
 
 @main.command("recipes")

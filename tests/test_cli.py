@@ -274,6 +274,20 @@ def test_an_empty_source_is_a_clear_error(tmp_path):
     assert result.exit_code != 0 and "no images found" in result.output
 
 
+def test_files_a_folder_source_does_not_read_are_counted_in_one_warning_line(tmp_path):
+    face = cv2.imencode(".png", np.zeros((112, 112, 3), np.uint8))[1].tobytes()
+    for name in ["alice/1.png", "alice/2.heic", "bob/1.png", "bob/1.txt", "bob/2.txt", "loose.png"]:
+        (tmp_path / "faces" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "faces" / name).write_bytes(face)
+    result = run("build", "--recipe", "maug", "--source", str(tmp_path / "faces"), "--out", str(tmp_path / "out"))
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [f"warning: {tmp_path / 'faces'}: 3 files in identity folders not read, not images by their suffix "
+                       f"(.txt 2, .heic 1; images are .jpg .jpeg .jpe .jfif .png .bmp .webp .tif .tiff .pgm .ppm .gif); "
+                       f"1 image directly in it not read (faces are read from identity sub-folders, "
+                       f"{tmp_path / 'faces'}/<identity>/)"]
+    assert "wrote" in result.stdout and datasets.load_from_disk(str(tmp_path / "out")).num_rows == 2
+
+
 def test_a_source_file_of_a_kind_degrade_does_not_read_is_named_as_such(tmp_path):
     (tmp_path / "faces.zip").write_bytes(b"PK")
     result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "faces.zip")])

@@ -352,16 +352,20 @@ def test_truncated_and_non_image_files_are_skipped_with_reasons(tmp_path, face):
 
 def test_a_folder_source_orders_identities_and_files_by_name_and_keeps_only_images(tmp_path, face):
     for name in ["b/2.png", "b/1.JPG", "a/z.jpg", "a/\u00e9t\u00e9.jpeg", "c/session 2/0001.png", "c/session 1/x/0001.png",
-                 "a/._z.jpg", "a/.ipynb_checkpoints/z.jpg", ".trash/a/z.jpg"]:
+                 "c/web.jfif", "a/._z.jpg", "a/.ipynb_checkpoints/z.jpg", ".trash/a/z.jpg"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(cv2.imencode(".png", face)[1].tobytes())
     (tmp_path / "a" / "notes.txt").write_text("not a face")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "readme.md").write_text("no faces here")
-    source = open_source(str(tmp_path))
+    with pytest.warns(UserWarning, match=r"2 files in identity folders not read, not images by their suffix \(.md 1, "
+                                         r"\.txt 1;") as warned:
+        source = open_source(str(tmp_path))
+    assert len(warned) == 1
     assert [source.sample_name(key) for key in range(len(source))] == [
-        "a/z.jpg", "a/\u00e9t\u00e9.jpeg", "b/1.JPG", "b/2.png", "c/session 1/x/0001.png", "c/session 2/0001.png"]
-    assert source.identities.tolist() == [0, 0, 1, 1, 2, 2] and source.identity_names == ["a", "b", "c"]
+        "a/z.jpg", "a/\u00e9t\u00e9.jpeg", "b/1.JPG", "b/2.png", "c/session 1/x/0001.png", "c/session 2/0001.png",
+        "c/web.jfif"]
+    assert source.identities.tolist() == [0, 0, 1, 1, 2, 2, 2] and source.identity_names == ["a", "b", "c"]
     assert source.read(1)[1] == str(tmp_path / "a" / "\u00e9t\u00e9.jpeg")
     assert torch.equal(source.load(torch.tensor([3])).hq[0], torch.from_numpy(face[:, :, ::-1].copy()).permute(2, 0, 1))
 
@@ -379,6 +383,14 @@ def test_empty_and_missing_sources_are_clear_errors(tmp_path):
     (tmp_path / "empty" / "alice").mkdir(parents=True)
     with pytest.raises(SourceError, match="no images found"):
         open_source(str(tmp_path / "empty"))
+    for name in ["flat/1.jpg", "flat/2.jpg", "flat/alice/1.heic", "flat/alice/2.heic", "flat/alice/3.HEIC",
+                 "flat/bob/scan"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(SourceError, match=r"flat: no images found in identity sub-folders .*; 4 files in identity "
+                                          r"folders not read, not images by their suffix \(.heic 3, no suffix 1; .*; "
+                                          r"2 images directly in it not read"):
+        open_source(str(tmp_path / "flat"))
     with pytest.raises(SourceError, match="no such file or folder"):
         open_source(str(tmp_path / "nowhere"))
 

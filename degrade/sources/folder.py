@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from degrade.sources.base import EncodedSource, SourceError
+from degrade.text import counted
 
-# torchvision ImageFolder's image files, and GIF: older face sets come as PGM (ORL) or PPM (FERET).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif")
+# torchvision ImageFolder's image files, JPEG's other names (.jfif from web downloads), and GIF:
+# older face sets come as PGM (ORL) or PPM (FERET).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif")
 
 
 class FolderSource(EncodedSource):
@@ -21,6 +25,8 @@ class FolderSource(EncodedSource):
     folders inside an identity are not followed.
 
     A root that holds an ``images/`` folder (as ``../shared/data/lfw112`` does) is read from there.
+    Files that are not read, by their suffix or by lying directly in the root, are counted in one
+    warning (an error when no image is read), so that faces are not left out unnoticed.
     """
 
     def __init__(self, root: str | Path, size: int = 112, strict: bool = False) -> None:
@@ -33,14 +39,19 @@ class FolderSource(EncodedSource):
         names: list[bytes] = []
         counts: list[int] = []
         self.identity_names: list[str] = []
+        other_suffixes: collections.Counter = collections.Counter()
         for folder in sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not _hidden(entry.name)):
-            files = sorted(_images_within(root / folder))
+            files = sorted(_images_within(root / folder, other_suffixes))
             if files:
                 self.identity_names.append(folder)
                 counts.append(len(files))
                 names += [f"{folder}/{file}".encode() for file in files]
+        not_read = _not_read(root, other_suffixes)
         if not names:
-            raise SourceError(f"{root}: no images found in identity sub-folders (expected {root}/<identity>/<file>.jpg)")
+            raise SourceError(f"{root}: no images found in identity sub-folders (expected {root}/<identity>/<file>.jpg)"
+                              + "".join(f"; {line}" for line in not_read))
+        if not_read:
+            warnings.warn(f"{root}: " + "; ".join(not_read), stacklevel=2)
         self.identities = torch.from_numpy(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
         # The relative paths as one UTF-8 string and where each ends, not a list of Paths: forked
         # decoding workers copy the pages of the Python objects they touch (reference counts).
@@ -65,15 +76,38 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _images_within(folder: str | Path, prefix: str = "") -> list[str]:
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _images_within(folder: str | Path, other_suffixes: collections.Counter, prefix: str = "") -> list[str]:
     """The image files under ``folder`` at any depth, as ``prefix`` + their path relative to it,
-    in no particular order."""
+    in no particular order; the other files are counted in ``other_suffixes`` by their suffix."""
     found = []
     for entry in os.scandir(folder):
         if _hidden(entry.name):
             continue
         if entry.is_dir(follow_symlinks=False):
-            found += _images_within(entry.path, f"{prefix}{entry.name}/")
-        elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+            found += _images_within(entry.path, other_suffixes, f"{prefix}{entry.name}/")
+        elif _is_image(entry.name):
             found.append(prefix + entry.name)
+        else:
+            other_suffixes[os.path.splitext(entry.name)[1].lower() or "no suffix"] += 1
     return found
+
+
+def _not_read(root: Path, other_suffixes: collections.Counter) -> list[str]:
+    """What a folder source leaves out that a user may have meant as faces, one phrase each: the
+    files in identity folders whose suffix is not an image's, the most common suffix first, and the images
+    lying directly in ``root``."""
+    phrases = []
+    if other_suffixes:
+        by_count = sorted(other_suffixes.items(), key=lambda item: (-item[1], item[0]))
+        kinds = ", ".join(f"{suffix} {count:,}" for suffix, count in by_count)
+        phrases.append(f"{counted(other_suffixes.total(), 'file')} in identity folders not read, not images by their "
+                       f"suffix ({kinds}; images are {' '.join(IMAGE_SUFFIXES)})")
+    loose = sum(1 for entry in os.scandir(root) if entry.is_file() and not _hidden(entry.name) and _is_image(entry.name))
+    if loose:
+        phrases.append(f"{counted(loose, 'image')} directly in it not read (faces are read from identity "
+                       f"sub-folders, {root}/<identity>/)")
+    return phrases
