@@ -7,8 +7,7 @@ timing builds at a steady state (LFW alone is gone in under a second at 20 k pai
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
-
+from degrade.progress import progress_bar
 from degrade.sources import open_source
 from degrade.sources.recordio import write_insightface_recordio
 
@@ -20,7 +19,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=16)
     args = parser.parse_args()
     source = open_source(args.source)
-    images = [source.read(key)[0] for key in tqdm(range(len(source)), desc="read", unit="image")]
+    images = [source.read(key)[0] for key in progress_bar(iterable=range(len(source)), desc="read", unit="image")]
     labels = source.identities.tolist()
     args.out.mkdir(parents=True, exist_ok=True)
     write_insightface_recordio(args.out / "train", images * args.repeats, labels * args.repeats)
