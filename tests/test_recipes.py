@@ -311,6 +311,18 @@ def test_weights_that_choose_nothing_or_no_share_are_refused(tmp_path, stage, sa
 
 
 @pytest.mark.parametrize("stage, says", [
+    ("{op: resize, scale: [0.001, 0.5]}", "stage 1 (resize): field 'scale': [0.001, 0.5] is outside the allowed "
+                                          "[0.00892857, 1]"),
+    ("{op: jpeg, quality: [90, 30]}", "stage 1 (jpeg): field 'quality': low 90.0 is above high 30.0"),
+    ("{op: gaussian_blur, sigma: [1, .nan]}", "stage 1 (gaussian_blur): field 'sigma': expected numbers, got [1, nan]"),
+    ("{op: erase, area: [0.1]}", "stage 1 (erase): field 'area': expected a number or a [low, high] pair, got [0.1]"),
+])
+def test_a_range_out_of_its_bounds_or_reversed_is_refused_saying_the_bounds(tmp_path, stage, says):
+    """The bounds read as numbers do: resize's least scale for 112 px faces is 1/112, not 0.008928571428571428."""
+    assert says in _error(tmp_path, f"stages:\n  - {stage}\n")
+
+
+@pytest.mark.parametrize("stage, says", [
     ("{op: jpeg, name: a.b}", "stage 1 (a.b): field 'name': expected letters, digits, '_' or '-'"),
     ("{op: jpeg, name: ''}", "got ''"),
     ("{op: jpeg, name: 3}", "got 3"),

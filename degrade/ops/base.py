@@ -132,7 +132,7 @@ def as_range(field: str, value: object, low: float, high: float) -> tuple[float,
     if lo > hi:
         raise ConfigError(field, f"low {lo} is above high {hi}")
     if lo < low or hi > high:
-        raise ConfigError(field, f"[{lo}, {hi}] is outside the allowed [{low}, {high}]")
+        raise ConfigError(field, f"[{lo}, {hi}] is outside the allowed [{low:g}, {high:g}]")
     return lo, hi
 
 
