@@ -376,6 +376,16 @@ def test_crop_pad_keeps_its_box_in_place_and_zeros_the_rest(faces):
     assert torch.equal(out[0, :, top, left], faces[0, :, top, left])
 
 
+@pytest.mark.parametrize("make", [RectangleErase, CropPad, lambda **size: Resize(sides=[14], **size)])
+def test_an_op_drawing_pixels_for_one_face_size_refuses_another_and_takes_it_when_told(faces, make):
+    """Boxes drawn for 112 px faces, put on 64 px ones, fell outside a quarter of them: nothing erased."""
+    small = faces[:8, :, :64, :64]
+    with pytest.raises(ValueError, match="configured for 112x112 inputs \\(its size field\\), got 64x64"):
+        make()(small, torch.arange(8))
+    out, _ = make(size=64)(small, torch.arange(8))
+    assert out.shape == small.shape and (out != small).flatten(1).any(dim=1).all()
+
+
 def test_neutral_illumination_changes_nothing(faces):
     op = Illumination(brightness=0.0, contrast=1.0, gamma=1.0, gradient=0.0)
     out, _ = op(faces[:8], torch.arange(8))

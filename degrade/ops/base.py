@@ -100,6 +100,14 @@ def check_images(images: torch.Tensor, owner: str) -> None:
                          f"{images.dtype}{hint}")
 
 
+def check_size(images: torch.Tensor, size: int, owner: str) -> None:
+    """Refuse images that are not ``size`` x ``size``: an op whose draws are pixels of faces of one
+    size (a resize's matrices, a box's corner) would, on others, fail deep inside or erase nothing."""
+    height, width = images.shape[-2:]
+    if height != size or width != size:
+        raise ValueError(f"{owner}: configured for {size}x{size} inputs (its size field), got {height}x{width}")
+
+
 def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owner: str) -> torch.Tensor:
     """The (N,) integer keys of a batch a caller hands to an op or a recipe, checked with its images.
 

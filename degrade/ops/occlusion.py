@@ -8,7 +8,7 @@ import math
 import torch
 
 from degrade.keyed import KeyedRandom, byte_field, constant
-from degrade.ops.base import ConfigError, Op, Params, as_range, chosen_rows, per_sample
+from degrade.ops.base import ConfigError, Op, Params, as_range, check_size, chosen_rows, per_sample
 
 FILLS = ("zero", "mean", "noise")
 
@@ -79,6 +79,7 @@ class RectangleErase(_BoxOp):
         return {**box, "fill": allowed[rng.choice([1.0] * len(self.fill))], "seed": rng.seeds()}
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        check_size(images, self.size, self.name)
         chosen = chosen_rows(params, images)
         inside = box_mask(params, images, chosen)
         fill = params["fill"].to(images.device)
@@ -121,4 +122,5 @@ class CropPad(_BoxOp):
         return _draw_box(rng, self.size, self.area, self.aspect)
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        check_size(images, self.size, self.name)
         return images * (1 - chosen_rows(params, images) * (1 - box_mask(params, images)))

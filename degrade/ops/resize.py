@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from degrade.keyed import KeyedRandom, constant
-from degrade.ops.base import ConfigError, Op, Params, as_choice, as_range, is_weight
+from degrade.ops.base import ConfigError, Op, Params, as_choice, as_range, check_size, is_weight
 
 DOWN_METHODS = ("area", "bicubic", "bilinear")
 UP_METHODS = ("bicubic", "bilinear", "nearest")
@@ -199,9 +199,7 @@ class Resize(Op):
         """``prefilter``: a separable linear filter to apply first, as a function taking (N, R, S)
         matrices M to M @ A (``Op.fold_into``); it is folded into the down-sampling matrices, so
         the filter costs no pass over the images."""
-        height, width = images.shape[-2:]
-        if height != self.size or width != self.size:
-            raise ValueError(f"resize: configured for {self.size}x{self.size} inputs, got {height}x{width}")
+        check_size(images, self.size, "resize")
         index = self._side_index(params["side"].to(images.device))
         canvas = max(self.all_sides)
         sides, where = self.all_sides, (images.device, images.dtype)
