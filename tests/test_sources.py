@@ -4,6 +4,7 @@ import pickle
 import re
 import struct
 import types
+import warnings
 
 import cv2
 import datasets
@@ -361,13 +362,29 @@ def test_a_folder_source_orders_identities_and_files_by_name_and_keeps_only_imag
     with pytest.warns(UserWarning, match=r"2 files in identity folders not read, not images by their suffix \(.md 1, "
                                          r"\.txt 1;") as warned:
         source = open_source(str(tmp_path))
-    assert len(warned) == 1
+    assert len(warned) == 1 and "folders of images" not in str(warned[0].message)  # c's sessions are c's
     assert [source.sample_name(key) for key in range(len(source))] == [
         "a/z.jpg", "a/\u00e9t\u00e9.jpeg", "b/1.JPG", "b/2.png", "c/session 1/x/0001.png", "c/session 2/0001.png",
         "c/web.jfif"]
     assert source.identities.tolist() == [0, 0, 1, 1, 2, 2, 2] and source.identity_names == ["a", "b", "c"]
     assert source.read(1)[1] == str(tmp_path / "a" / "\u00e9t\u00e9.jpeg")
     assert torch.equal(source.load(torch.tensor([3])).hq[0], torch.from_numpy(face[:, :, ::-1].copy()).permute(2, 0, 1))
+
+
+def test_identity_folders_that_look_like_a_datasets_splits_are_named_in_a_warning(tmp_path, face):
+    """faces/train/<identity>/ given as faces/ trained a classifier of two identities, train and val."""
+    image = cv2.imencode(".png", face)[1].tobytes()
+    for split in ("train", "val"):
+        for identity in range(50):
+            (tmp_path / split / f"id{identity}").mkdir(parents=True)
+            (tmp_path / split / f"id{identity}" / "1.png").write_bytes(image)
+    with pytest.warns(UserWarning, match=r"its 2 identity folders \(train, val\) hold 100 folders of images: if "
+                                         r"those are the identities, give the folder that holds them as the source "
+                                         r"\(.*train\)"):
+        assert open_source(str(tmp_path)).identity_names == ["train", "val"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(open_source(str(tmp_path / "train")).identity_names) == 50
 
 
 def test_a_folder_of_pgm_and_ppm_faces_as_older_face_sets_ship_them_is_read(tmp_path, face):

@@ -16,6 +16,9 @@ from degrade.text import counted
 # torchvision ImageFolder's image files, JPEG's other names (.jfif from web downloads), and GIF:
 # older face sets come as PGM (ORL) or PPM (FERET).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif")
+# Folders of images per identity folder, on average, above which the identity folders look like a
+# dataset's splits (faces/train/<identity>/...) rather than identities with sessions (alice/session1/).
+SPLIT_SUBFOLDERS = 50
 
 
 class FolderSource(EncodedSource):
@@ -26,7 +29,8 @@ class FolderSource(EncodedSource):
 
     A root that holds an ``images/`` folder (as ``../shared/data/lfw112`` does) is read from there.
     Files that are not read, by their suffix or by lying directly in the root, are counted in one
-    warning (an error when no image is read), so that faces are not left out unnoticed.
+    warning (an error when no image is read), so that faces are not left out unnoticed; so are
+    identity folders that look like a dataset's splits, each holding the identities' folders.
     """
 
     def __init__(self, root: str | Path, size: int = 112, strict: bool = False) -> None:
@@ -40,18 +44,25 @@ class FolderSource(EncodedSource):
         counts: list[int] = []
         self.identity_names: list[str] = []
         other_suffixes: collections.Counter = collections.Counter()
+        subfolders = 0
         for folder in sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not _hidden(entry.name)):
             files = sorted(_images_within(root / folder, other_suffixes))
             if files:
                 self.identity_names.append(folder)
                 counts.append(len(files))
                 names += [f"{folder}/{file}".encode() for file in files]
-        not_read = _not_read(root, other_suffixes)
+                subfolders += len({file.split("/", 1)[0] for file in files if "/" in file})
+        notes = _not_read(root, other_suffixes)
         if not names:
             raise SourceError(f"{root}: no images found in identity sub-folders (expected {root}/<identity>/<file>.jpg)"
-                              + "".join(f"; {line}" for line in not_read))
-        if not_read:
-            warnings.warn(f"{root}: " + "; ".join(not_read), stacklevel=2)
+                              + "".join(f"; {line}" for line in notes))
+        if subfolders >= SPLIT_SUBFOLDERS * len(counts):
+            notes.append(f"its {counted(len(counts), 'identity folder')} ({', '.join(self.identity_names[:3])}"
+                            f"{', ...' if len(counts) > 3 else ''}) hold {subfolders:,} folders of images: if those are "
+                            f"the identities, give the folder that holds them as the source "
+                            f"({root / self.identity_names[0]})")
+        if notes:
+            warnings.warn(f"{root}: " + "; ".join(notes), stacklevel=2)
         self.identities = torch.from_numpy(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
         # The relative paths as one UTF-8 string and where each ends, not a list of Paths: forked
         # decoding workers copy the pages of the Python objects they touch (reference counts).
