@@ -58,9 +58,10 @@ class FolderSource(EncodedSource):
                               + "".join(f"; {line}" for line in notes))
         if subfolders >= SPLIT_SUBFOLDERS * len(counts):
             notes.append(f"its {counted(len(counts), 'identity folder')} ({', '.join(self.identity_names[:3])}"
-                            f"{', ...' if len(counts) > 3 else ''}) hold {subfolders:,} folders of images: if those are "
-                            f"the identities, give the folder that holds them as the source "
-                            f"({root / self.identity_names[0]})")
+                         f"{', ...' if len(counts) > 3 else ''}) {'holds' if len(counts) == 1 else 'hold'} "
+                         f"{subfolders:,} folders of images: if those are "
+                         f"the identities, give the folder that holds them as the source "
+                         f"({root / self.identity_names[0]})")
         if notes:
             warnings.warn(f"{root}: " + "; ".join(notes), stacklevel=2)
         self.identities = torch.from_numpy(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
@@ -109,15 +110,16 @@ def _images_within(folder: str | Path, other_suffixes: collections.Counter, pref
 
 def _not_read(root: Path, other_suffixes: collections.Counter) -> list[str]:
     """What a folder source leaves out that a user may have meant as faces, one phrase each: the
-    files in identity folders whose suffix is not an image's, the most common suffix first, and the images
-    lying directly in ``root``."""
+    files in identity folders whose suffix is not an image's (the most common suffix first), and
+    the images lying directly in ``root``."""
     phrases = []
     if other_suffixes:
         by_count = sorted(other_suffixes.items(), key=lambda item: (-item[1], item[0]))
         kinds = ", ".join(f"{suffix} {count:,}" for suffix, count in by_count)
         phrases.append(f"{counted(other_suffixes.total(), 'file')} in identity folders not read, not images by their "
                        f"suffix ({kinds}; images are {' '.join(IMAGE_SUFFIXES)})")
-    loose = sum(1 for entry in os.scandir(root) if entry.is_file() and not _hidden(entry.name) and _is_image(entry.name))
+    loose = sum(1 for entry in os.scandir(root)
+                if entry.is_file() and not _hidden(entry.name) and _is_image(entry.name))
     if loose:
         phrases.append(f"{counted(loose, 'image')} directly in it not read (faces are read from identity "
                        f"sub-folders, {root}/<identity>/)")
