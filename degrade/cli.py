@@ -180,14 +180,22 @@ def main() -> None:
     occlusion, illumination); every random draw of a sample is keyed by (seed, key, stage),
     so a sample's LQ is the same whatever the batch size, order or device.
     """
-    warnings.showwarning = _echo_warning
+    warnings.showwarning = _WarningLines()
 
 
-def _echo_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: object = None, line: str | None = None) -> None:
-    """A warning (a source's files left unread, a library's advice) as one ``warning: ...`` line on
-    stderr, as the commands' other messages are, rather than Python's file:line form."""
-    click.echo(f"warning: {message}", err=True)
+class _WarningLines:
+    """Writes a warning (a source's files left unread, a library's advice) as one ``warning: ...``
+    line on stderr, as the commands' other messages are, rather than Python's file:line form; each
+    text once per command (torch's DataLoader gives its worker-count advice from two places)."""
+
+    def __init__(self) -> None:
+        self.said: set[str] = set()
+
+    def __call__(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: object = None, line: str | None = None) -> None:
+        if str(message) not in self.said:
+            self.said.add(str(message))
+            click.echo(f"warning: {message}", err=True)
 
 
 @main.command("recipes")

@@ -288,6 +288,15 @@ def test_files_a_folder_source_does_not_read_are_counted_in_one_warning_line(tmp
     assert "wrote" in result.stdout and datasets.load_from_disk(str(tmp_path / "out")).num_rows == 2
 
 
+def test_a_warning_is_written_once_per_command_as_one_line(capsys):
+    """torch's DataLoader gives its advice on the worker count from two places: one line, not two."""
+    say = cli._WarningLines()
+    for _ in range(2):
+        say(UserWarning("This DataLoader will create 4 worker processes"), UserWarning, "dataloader.py", 1)
+    say(UserWarning("another"), UserWarning, "dataloader.py", 2)
+    assert capsys.readouterr().err == "warning: This DataLoader will create 4 worker processes\nwarning: another\n"
+
+
 def test_a_source_file_of_a_kind_degrade_does_not_read_is_named_as_such(tmp_path):
     (tmp_path / "faces.zip").write_bytes(b"PK")
     result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "faces.zip")])
