@@ -199,7 +199,7 @@ class Resize(Op):
         """``prefilter``: a separable linear filter to apply first, as a function taking (N, R, S)
         matrices M to M @ A (``Op.fold_into``); it is folded into the down-sampling matrices, so
         the filter costs no pass over the images."""
-        check_size(images, self.size, "resize")
+        check_size(images, self.size, self.name)
         index = self._side_index(params["side"].to(images.device))
         canvas = max(self.all_sides)
         sides, where = self.all_sides, (images.device, images.dtype)

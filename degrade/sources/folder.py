@@ -45,14 +45,16 @@ class FolderSource(EncodedSource):
         self.identity_names: list[str] = []
         other_suffixes: collections.Counter = collections.Counter()
         subfolders = 0
-        for folder in sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not _hidden(entry.name)):
+        entries = [entry for entry in os.scandir(root) if not _hidden(entry.name)]
+        loose_images = sum(1 for entry in entries if entry.is_file() and _suffix(entry.name) in IMAGE_SUFFIXES)
+        for folder in sorted(entry.name for entry in entries if entry.is_dir()):
             files = sorted(_images_within(root / folder, other_suffixes))
             if files:
                 self.identity_names.append(folder)
                 counts.append(len(files))
                 names += [f"{folder}/{file}".encode() for file in files]
                 subfolders += len({file.split("/", 1)[0] for file in files if "/" in file})
-        notes = _not_read(root, other_suffixes)
+        notes = _not_read(root, other_suffixes, loose_images)
         if not names:
             raise SourceError(f"{root}: no images found in identity sub-folders (expected {root}/<identity>/<file>.jpg)"
                               + "".join(f"; {line}" for line in notes))
@@ -88,8 +90,9 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+def _suffix(name: str) -> str:
+    """A file name's suffix in lower case, as IMAGE_SUFFIXES writes them ('' for none)."""
+    return os.path.splitext(name)[1].lower()
 
 
 def _images_within(folder: str | Path, other_suffixes: collections.Counter, prefix: str = "") -> list[str]:
@@ -101,26 +104,24 @@ def _images_within(folder: str | Path, other_suffixes: collections.Counter, pref
             continue
         if entry.is_dir(follow_symlinks=False):
             found += _images_within(entry.path, other_suffixes, f"{prefix}{entry.name}/")
-        elif _is_image(entry.name):
+        elif (suffix := _suffix(entry.name)) in IMAGE_SUFFIXES:
             found.append(prefix + entry.name)
         else:
-            other_suffixes[os.path.splitext(entry.name)[1].lower() or "no suffix"] += 1
+            other_suffixes[suffix or "no suffix"] += 1
     return found
 
 
-def _not_read(root: Path, other_suffixes: collections.Counter) -> list[str]:
+def _not_read(root: Path, other_suffixes: collections.Counter, loose_images: int) -> list[str]:
     """What a folder source leaves out that a user may have meant as faces, one phrase each: the
     files in identity folders whose suffix is not an image's (the most common suffix first), and
-    the images lying directly in ``root``."""
+    the ``loose_images`` lying directly in ``root``."""
     phrases = []
     if other_suffixes:
         by_count = sorted(other_suffixes.items(), key=lambda item: (-item[1], item[0]))
         kinds = ", ".join(f"{suffix} {count:,}" for suffix, count in by_count)
         phrases.append(f"{counted(other_suffixes.total(), 'file')} in identity folders not read, not images by their "
                        f"suffix ({kinds}; images are {' '.join(IMAGE_SUFFIXES)})")
-    loose = sum(1 for entry in os.scandir(root)
-                if entry.is_file() and not _hidden(entry.name) and _is_image(entry.name))
-    if loose:
-        phrases.append(f"{counted(loose, 'image')} directly in it not read (faces are read from identity "
+    if loose_images:
+        phrases.append(f"{counted(loose_images, 'image')} directly in it not read (faces are read from identity "
                        f"sub-folders, {root}/<identity>/)")
     return phrases
