@@ -34,6 +34,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import get_worker_info
 
+from degrade.distributed import join_torchrun
 from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
@@ -239,18 +240,6 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun, initialising the process group (gloo) once; (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def _barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
@@ -274,7 +263,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
         raise BuildError(f"source {source.name!r} is empty: nothing to build")
     if attributes is not None:
         attributes.check_names(source, total)
-    rank, world = _distributed()
+    rank, world = join_torchrun("gloo")
     shards = math.ceil(total / shard_size)
     manifest = _manifest(recipe, source, seed, total, shard_size, image_format, attributes)
     if rank == 0:

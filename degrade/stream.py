@@ -12,7 +12,8 @@ HQ faces are decoded as uint8 by DataLoader worker processes and degraded on the
 the consuming process (on a CPU, in the workers themselves), with no disk in between;
 ``PairStream.from_dataset`` reads the same pairs from a built dataset instead. Under
 ``torch.distributed`` each rank gets an equal number of batches (the remainder of an epoch is
-dropped), its batch b being global batch ``b * world_size + rank`` of that epoch's shuffled order;
+dropped), its batch b being global batch ``b * world_size + rank`` of that epoch's shuffled order
+(rank and world size read from the process group when the stream is made, so make it after joining);
 ``start_step`` resumes mid-epoch. Inputs that cannot be read are left out of their batch; a batch
 left with none fails with a ``SourceError`` naming one. Because params are keyed by sample, a
 sample's LQ does not depend on ranks, workers or order. Made on the fly, each epoch draws every
@@ -32,22 +33,13 @@ from pathlib import Path
 
 import torch
 
+from degrade.distributed import rank_and_world
 from degrade.engine import PairBatch
 from degrade.keyed import epoch_seed
 from degrade.loader import decoded_batches, pair_batches
 from degrade.recipe import Recipe
 from degrade.sources import Source, SourceError
 from degrade.text import counted, every
-
-
-def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class PairStream:
@@ -75,7 +67,7 @@ class PairStream:
         self.recipe, self.source, self.batch_size = recipe, source, batch_size
         self.device = torch.device(device)
         self.seed, self.shuffle, self.shuffle_seed, self.num_workers = seed, shuffle, shuffle_seed, num_workers
-        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        self.rank, self.world_size = rank_and_world() if rank is None or world_size is None else (rank, world_size)
         self.degrade_on_the_fly = degrade_on_the_fly
         self.attributes = attributes
         self.epoch, self.start_step = 0, 0

@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from degrade.cli import main
+from degrade.distributed import join_torchrun
 from degrade.ops.resize import Resize
 from degrade.recipe import load_recipe, parse_recipe
 from degrade.sources import open_source
@@ -380,6 +382,35 @@ def test_ranks_stop_after_the_same_step_when_any_one_of_them_is_asked(tmp_path):
     for process in ranks:
         process.join(timeout=30)
     assert results == {0: [False, True, True], 1: [False, True, True]}
+
+
+def _stream_of_a_torchrun_rank(rank: int, out: str, answers) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT="29519")
+    place = join_torchrun()
+    maug, demo = load_recipe("maug"), open_source("demo")
+    stream = PairStream.from_source(maug, demo, batch_size=8)
+    made_for_one_rank = PairStream.from_source(maug, demo, batch_size=8, rank=0, world_size=1)
+    with pytest.raises(ValueError) as refused:
+        train(torch.nn.Linear(1, 1), made_for_one_rank, TrainConfig(out=Path(out), steps=1, progress=False))
+    answers.put((rank, place, stream.rank_batches()[0].tolist(), str(refused.value)))
+
+
+def test_each_torchrun_rank_streams_its_own_batches_and_training_refuses_a_stream_made_for_another_job(tmp_path):
+    """`degrade train` made its stream before joining the process group, so under torchrun every
+    rank took itself for the only one and trained on the same batches as the others."""
+    context = torch.multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    ranks = [context.Process(target=_stream_of_a_torchrun_rank, args=(rank, str(tmp_path), answers)) for rank in (0, 1)]
+    for process in ranks:
+        process.start()
+    results = {rank: rest for rank, *rest in (answers.get(timeout=120) for _ in ranks)}
+    for process in ranks:
+        process.join(timeout=30)
+    assert [results[rank][0] for rank in (0, 1)] == [(0, 2), (1, 2)]
+    first, second = results[0][1], results[1][1]
+    assert len(first) == len(second) == 8 and not set(first) & set(second)
+    assert "the stream gives batches for 1 rank(s), the job has 2" in results[0][2]
+    assert [process.exitcode for process in ranks] == [0, 0]
 
 
 def test_frozen_backbone_steps_train_only_the_head(tmp_path):

@@ -256,6 +256,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     the attributes of pairs read from a build.
     """
     from degrade.arrow import BuildError
+    from degrade.distributed import backend_for, join_torchrun
     from degrade.workers import WorkerLost
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
@@ -268,6 +269,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                                  "the full learning rate", param_hint="--warmup")
     refuse_unused_options()
     device = torch.device(options["device"])
+    join_torchrun(backend_for(device))  # before the stream, which takes its share of each epoch from the job
     stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
                           shuffle_seed=options["seed"])
     with reported(RecipeError, SourceError, BuildError, ValueError):

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from degrade.distributed import backend_for, join_torchrun
 from degrade.progress import progress_bar
 from degrade.stream import PairStream
 from degrade.text import differences
@@ -82,14 +83,6 @@ def make_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> t
     if config.optimizer == "adamw":
         return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; use sgd or adamw")
-
-
-def _distributed() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class _StopVote:
@@ -294,7 +287,11 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     Returns the logged rows of this call.
     """
     device = torch.device(device)
-    rank, world = _distributed()
+    rank, world = join_torchrun(backend_for(device))
+    if stream.world_size != world:
+        raise ValueError(f"the stream gives batches for {stream.world_size} rank(s), the job has {world}: make it "
+                         "once the process group is initialised (degrade.distributed.join_torchrun), or give "
+                         "its rank and world_size")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
