@@ -22,23 +22,38 @@ from degrade.text import counted
 
 def _resolve_device(name: str) -> str:
     """``--device``, checked as it is read: `auto` -> cuda when available, else cpu; anything but
-    cpu, cuda or cuda:N, or a CUDA device this machine does not have, is a usage error."""
+    cpu, cuda or cuda:N, or a CUDA device this machine does not have, is a usage error.
+
+    Under torchrun a plain `cuda` (or `auto`) is each rank's own GPU, cuda:LOCAL_RANK; a machine
+    with fewer GPUs than ranks is a usage error. A CUDA device also becomes the process's current
+    one, on which NCCL and Triton launch their work."""
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise click.BadParameter(f"expected cpu, cuda, cuda:N or auto, got {name!r}", param_hint="--device")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cpu":
+        return name
+    if not torch.cuda.is_available():
         raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise click.BadParameter(f"{name}: this machine has {torch.cuda.device_count()} CUDA devices, from cuda:0",
-                                 param_hint="--device")
-    return name
+    count = torch.cuda.device_count()
+    if device.index is None and "LOCAL_RANK" in os.environ:
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if local_rank >= count:
+            raise click.BadParameter(f"torchrun started rank {local_rank} of this machine, which has {count} CUDA "
+                                     f"devices: start one rank per GPU (--nproc-per-node {count} or fewer)",
+                                     param_hint="--device")
+        device = torch.device("cuda", local_rank)
+    elif (device.index or 0) >= count:
+        raise click.BadParameter(f"{name}: this machine has {count} CUDA devices, from cuda:0", param_hint="--device")
+    if device.index is not None:  # a plain `cuda` is the current device already
+        torch.cuda.set_device(device)
+    return str(device)
 
 
 def _recipe(name: str):
@@ -138,7 +153,8 @@ num_workers_option = click.option(
          "core, at most 16, under torchrun shared among the ranks of a machine; 0: all in this process).")
 device_option = click.option("--device", default="auto", show_default=True,
                              callback=lambda context, parameter, name: _resolve_device(name),
-                             help="`cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).")
+                             help="`cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available). Under torchrun `cuda` is each "
+                                  "rank's own GPU, cuda:LOCAL_RANK.")
 
 
 class _Commands(click.Group):
@@ -186,14 +202,15 @@ def main() -> None:
 class _WarningLines:
     """Writes a warning (a source's files left unread, a library's advice) as one ``warning: ...``
     line on stderr, as the commands' other messages are, rather than Python's file:line form; each
-    text once per command (torch's DataLoader gives its worker-count advice from two places)."""
+    text once per command (torch's DataLoader gives its worker-count advice from two places), and
+    under torchrun from rank 0 alone (every rank reads the same source with the same options)."""
 
     def __init__(self) -> None:
         self.said: set[str] = set()
 
     def __call__(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: object = None, line: str | None = None) -> None:
-        if str(message) not in self.said:
+        if first_rank() and str(message) not in self.said:
             self.said.add(str(message))
             click.echo(f"warning: {message}", err=True)
 

@@ -20,7 +20,11 @@ On the H100, per 8,192 faces: noise 11.6 -> 1.7 ms, turbulence 52.9 -> 40.8 ms, 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import triton
@@ -29,6 +33,21 @@ import triton.language as tl
 from degrade.keyed import normal_quantiles
 
 _BLOCK = 1024  # elements per program: one sample's slice of a plane
+
+_Launcher = TypeVar("_Launcher", bound=Callable)
+
+
+def _on_the_tensors_gpu(launch: _Launcher) -> _Launcher:
+    """Run ``launch`` with the GPU of its first tensor argument (or of the first of a list) as the
+    current device. Triton launches on the current device and its current stream, whatever device
+    the tensors are on: on another GPU than cuda:0 a kernel would fail, or race the work queued
+    on that GPU's stream. On a CPU (Triton's interpreter) it runs as it is."""
+    @functools.wraps(launch)
+    def on_device(first, *args, **kwargs):
+        device = (first[0] if isinstance(first, list) else first).device
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            return launch(first, *args, **kwargs)
+    return on_device
 
 
 @triton.jit
@@ -71,6 +90,7 @@ def _add_normal_noise_kernel(images_ptr, seeds_ptr, shared_ptr, table_ptr, sigma
     tl.store(out_ptr + at, tl.minimum(tl.maximum(noisy, 0), 1), mask=inside)
 
 
+@_on_the_tensors_gpu
 def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], shared: torch.Tensor) -> torch.Tensor:
     """``keyed.normal_field``: (N,) int64 seeds and (N,) bool ``shared`` (samples whose channels,
     the first axis of ``shape``, all repeat the first) -> (N, *shape) float32 standard normal draws."""
@@ -83,6 +103,7 @@ def normal_field(seeds: torch.Tensor, shape: tuple[int, ...], shared: torch.Tens
     return out
 
 
+@_on_the_tensors_gpu
 def add_normal_noise(images: torch.Tensor, seeds: torch.Tensor, shared: torch.Tensor,
                      sigma: torch.Tensor) -> torch.Tensor:
     """``clamp(images + sigma * keyed.normal_field(seeds, shape, shared=shared), 0, 1)`` without making
@@ -121,6 +142,7 @@ def _blend_kernel(level0, level1, level2, level3, level4, position_ptr, out_ptr,
         tl.store(out_ptr + at, tl.minimum(tl.maximum(out, 0), 1), mask=inside)
 
 
+@_on_the_tensors_gpu
 def blend_levels(levels: list[torch.Tensor], position: torch.Tensor) -> torch.Tensor:
     """``turbulence.blend_levels`` for five levels: (N, C, H, W) images blurred at levels 0-4 and
     (N, 1, H, W) positions in [0, 4] -> (N, C, H, W) in [0, 1]."""
@@ -229,6 +251,7 @@ def _colour_planes_kernel(images_ptr, luma_ptr, chroma_ptr, height, width, padde
     tl.store(chroma + chroma_area, red * (0.5 / 4) + green * (-0.418688 / 4) + blue * (-0.081312 / 4), mask=inside)
 
 
+@_on_the_tensors_gpu
 def colour_planes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``jpeg._colour_planes``: (N, 3, h, w) float32 in [0, 1] -> (N, 1, H, W) luma and
     (N, 2, H / 2, W / 2) chroma (Cb, Cr centred on 0, from 2x2 sums), H and W rounded up to
@@ -244,6 +267,7 @@ def colour_planes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return luma, chroma
 
 
+@_on_the_tensors_gpu
 def decoded_rgb(luma: torch.Tensor, chroma: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``jpeg._decoded_rgb``: (N, 1, H, W) decoded luma and (N, 2, H / 2, W / 2) decoded chroma
     (Cb, Cr centred on 0), float32 -> (N, 3, height, width) RGB in [0, 1] on 8-bit levels."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import cv2
 import datasets
 import numpy as np
@@ -268,6 +269,40 @@ def test_a_device_other_than_cpu_or_cuda_is_a_usage_error_before_any_work(tmp_pa
     assert result.exit_code == 2 and says in result.output and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("asked, local_rank, device", [
+    ("cuda", "3", "cuda:3"), ("auto", "1", "cuda:1"), ("cuda:0", "3", "cuda:0"), ("cuda", None, "cuda"),
+    ("cpu", "3", "cpu"),
+])
+def test_under_torchrun_cuda_is_each_ranks_own_gpu_and_the_current_device(monkeypatch, asked, local_rank, device):
+    """Every rank of `torchrun --nproc-per-node 8 -m degrade train ...` on an 8-GPU machine used to
+    take cuda:0."""
+    current = []
+
+    def set_device(chosen: torch.device) -> None:
+        if chosen.index is None:
+            raise ValueError("Expected a torch.device with a specified index")  # as torch's own does
+        current.append(str(chosen))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert cli._resolve_device(asked) == device
+    assert current == ([] if device in ("cpu", "cuda") else [device])
+
+
+def test_more_torchrun_ranks_on_a_machine_than_its_gpus_is_a_usage_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(click.BadParameter, match=r"rank 2 of this machine, which has 2 CUDA devices: start one rank "
+                                                 r"per GPU \(--nproc-per-node 2 or fewer\)"):
+        cli._resolve_device("cuda")
+
+
 def test_an_empty_source_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "empty")])
@@ -295,6 +330,13 @@ def test_a_warning_is_written_once_per_command_as_one_line(capsys):
         say(UserWarning("This DataLoader will create 4 worker processes"), UserWarning, "dataloader.py", 1)
     say(UserWarning("another"), UserWarning, "dataloader.py", 2)
     assert capsys.readouterr().err == "warning: This DataLoader will create 4 worker processes\nwarning: another\n"
+
+
+@pytest.mark.parametrize("rank, says", [("0", "warning: every rank reads the same source\n"), ("1", "")])
+def test_under_torchrun_a_warning_is_written_by_rank_0_alone(monkeypatch, capsys, rank, says):
+    monkeypatch.setenv("RANK", rank)
+    cli._WarningLines()(UserWarning("every rank reads the same source"), UserWarning, "folder.py", 1)
+    assert capsys.readouterr().err == says
 
 
 def test_a_source_file_of_a_kind_degrade_does_not_read_is_named_as_such(tmp_path):
