@@ -34,7 +34,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import get_worker_info
 
-from degrade.distributed import join_torchrun
+from degrade.distributed import join_torchrun, wait_for_all_ranks
 from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
@@ -240,13 +240,6 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int | None = None, limit: int | None = None,
                   batch_size: int = 256, shard_size: int = 2048, device: str = "cpu", num_workers: int = 0,
                   image_format: str = "png", attributes: Attributes | None = None,
@@ -270,7 +263,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
         _prepare_folder(out, manifest)
     names = [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
     done = {i for i in range(shards) if (out / names[i]).exists()}  # by an earlier run: no rank writes yet
-    _barrier(world)
+    wait_for_all_ranks()
     mine = [i for i in range(shards) if i % world == rank]
     todo = [i for i in mine if i not in done]
     schema = pair_schema(recipe, image_format, attributes.names if attributes else [])
@@ -313,7 +306,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
             waiting.append(writer.submit(shard.close))
         for pending in waiting:
             pending.result()
-    _barrier(world)
+    wait_for_all_ranks()
     return _finish(out, names, total, recipe, seed, schema, image_format, started, done, rank)
 
 

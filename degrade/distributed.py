@@ -22,6 +22,12 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def wait_for_all_ranks() -> None:
+    """Return once every rank of the default process group has come here; at once without one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def backend_for(device: torch.device) -> str:
     """The collective backend of tensors on ``device``: NCCL for CUDA, gloo for the CPU."""
     return "nccl" if device.type == "cuda" else "gloo"
