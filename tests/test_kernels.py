@@ -12,9 +12,10 @@ import torch
 from degrade.ops.jpeg import _colour_planes, _decoded_rgb
 from degrade.ops.noise import GaussianNoise
 from degrade.ops.turbulence import blend_levels
-from tests.interpreted_kernels import FIELD_SHAPES, SEEDS, SHARED, blend_inputs, decoding_inputs, encoding_inputs, noise_inputs, torch_normal_field
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
+
+from tests.interpreted_kernels import FIELD_SHAPES, SEEDS, SHARED, blend_inputs, decoding_inputs, encoding_inputs, noise_inputs, torch_normal_field  # imports Triton
 
 
 @pytest.fixture(scope="module")
