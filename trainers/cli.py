@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from pathlib import Path
 
 import click
@@ -242,7 +243,7 @@ def train_btnet(sides: str, selection: str, branch_blocks: int, loss_weights: st
         raise click.BadParameter(f"expected three numbers >= 0, not all 0, like 1,1,1; got {loss_weights!r}",
                                  param_hint="--loss-weights")
     if not options["init"]:
-        click.echo("warning: no --init: the trunk is untrained; BTNet distils from a trunk trained on HQ faces", err=True)
+        warnings.warn("no --init: the trunk is untrained; BTNet distils from a trunk trained on HQ faces")
     run({"trainer": "btnet", "sides": parse_resolutions(sides, "--sides"), "selection": selection,
          "blocks": branch_blocks, "loss_weights": weights}, "btnet", **options)
 
@@ -310,7 +311,8 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     with (reported(CheckpointError, WorkerLost, SourceError),
           ends_on_stop_signals(functools.partial(_stopped_training, config.out), finish_first=True) as stop):
         config.out.mkdir(parents=True, exist_ok=True)
-        if not (config.out / "last.pt").exists():  # the command that started the run; a resumed one must match it
+        # the command that started the run (a resumed one must match it), written by one rank
+        if first_rank() and not (config.out / "last.pt").exists():
             (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
         rows = train(trainer, stream, config, device, stop=stop)
     if not first_rank():  # under torchrun every rank ran the same steps; one says so
