@@ -46,7 +46,8 @@ def _resolve_device(name: str) -> str:
         local_rank = int(os.environ["LOCAL_RANK"])
         if local_rank >= count:
             raise click.BadParameter(f"torchrun started rank {local_rank} of this machine, which has {count} CUDA "
-                                     f"devices: start one rank per GPU (--nproc-per-node {count} or fewer)",
+                                     f"devices: start one rank per GPU (--nproc-per-node {count} or fewer), or name the "
+                                     "GPU they share (--device cuda:0; a build can, DDP training cannot)",
                                      param_hint="--device")
         device = torch.device("cuda", local_rank)
     elif (device.index or 0) >= count:

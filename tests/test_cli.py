@@ -299,7 +299,7 @@ def test_more_torchrun_ranks_on_a_machine_than_its_gpus_is_a_usage_error(monkeyp
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(click.BadParameter, match=r"rank 2 of this machine, which has 2 CUDA devices: start one rank "
-                                                 r"per GPU \(--nproc-per-node 2 or fewer\)"):
+                                                 r"per GPU \(--nproc-per-node 2 or fewer\), or name the GPU they share"):
         cli._resolve_device("cuda")
 
 
