@@ -38,6 +38,12 @@ if wants tests && [ "$DEVICE" = cuda ]; then
   # 112 px 85.17 / 91.67); the GPU's should match to within a pair or two (float rounding).
   step eval_teacher_catface 120 degrade eval --model teacher=mobilefacenet:"$TEACHER" --recipe catface \
     --pairs "$LFW/pairs.txt" --folds 7,8 --resolutions 20,112 --device $DEVICE --out "$RESULTS/eval_teacher_catface"
+  # torchrun on a machine of one GPU: a rank's `cuda` is its own GPU, cuda:LOCAL_RANK (made the current
+  # device, on which Triton launches); two ranks build on the GPU they share when it is named
+  step torchrun_train 120 python3 -m torch.distributed.run --nproc-per-node 1 -m degrade train lrfr --steps 20 \
+    -b 64 --device cuda --out "${TMPDIR:-/tmp}/degrade_torchrun_train"
+  step torchrun_build 120 python3 -m torch.distributed.run --nproc-per-node 2 -m degrade build --recipe catface \
+    --source "$LFW" --limit 4096 --format raw --device cuda:0 --out "${TMPDIR:-/tmp}/degrade_torchrun_build"
 fi
 if wants bench; then
   for recipe in catface mixed mixed_no_turbulence; do
