@@ -22,6 +22,11 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def launched_ranks() -> int:
+    """The ranks torchrun started for this job (its ``WORLD_SIZE``); 1 for a process started alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def wait_for_all_ranks() -> None:
     """Return once every rank of the default process group has come here; at once without one."""
     if dist.is_available() and dist.is_initialized():
@@ -45,7 +50,7 @@ def join_torchrun(backend: str = "gloo") -> tuple[int, int]:
     6 DDP steps, 7 in 60 when it destroyed the group while its DDP model still held it, 0 in 60
     when the model was gone first, on the loaded 2-core machine; `degrade train` 2 runs in 63.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if launched_ranks() > 1 and not dist.is_initialized():
         dist.init_process_group(backend)
         atexit.register(_leave)
     return rank_and_world()

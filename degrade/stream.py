@@ -28,12 +28,13 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from degrade.distributed import rank_and_world
+from degrade.distributed import launched_ranks, rank_and_world
 from degrade.engine import PairBatch
 from degrade.keyed import epoch_seed
 from degrade.loader import decoded_batches, pair_batches
@@ -67,7 +68,14 @@ class PairStream:
         self.recipe, self.source, self.batch_size = recipe, source, batch_size
         self.device = torch.device(device)
         self.seed, self.shuffle, self.shuffle_seed, self.num_workers = seed, shuffle, shuffle_seed, num_workers
-        self.rank, self.world_size = rank_and_world() if rank is None or world_size is None else (rank, world_size)
+        if rank is None or world_size is None:
+            rank, world_size = rank_and_world()
+            if world_size == 1 and launched_ranks() > 1:
+                warnings.warn(f"PairStream: torchrun started {launched_ranks()} ranks, but no process group is "
+                              "initialised: this rank streams every batch of each epoch, as the others do; make the "
+                              "stream after init_process_group (or degrade.distributed.join_torchrun), or give it "
+                              "rank and world_size")
+        self.rank, self.world_size = rank, world_size
         self.degrade_on_the_fly = degrade_on_the_fly
         self.attributes = attributes
         self.epoch, self.start_step = 0, 0

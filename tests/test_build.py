@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -316,6 +317,17 @@ def test_ranks_get_equal_disjoint_batches_that_cover_the_epoch():
     assert len({len(b) for b in batches}) == 1 and len(batches[0]) == 1000 // (48 * 3)
     keys = torch.cat([k for rank in batches for k in rank])
     assert len(keys.unique()) == len(keys) == 3 * 48 * len(batches[0])
+
+
+def test_a_stream_made_under_torchrun_before_the_process_group_warns_that_it_takes_every_batch(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.warns(UserWarning, match="torchrun started 4 ranks, but no process group is initialised"):
+        alone = PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8)
+    assert (alone.rank, alone.world_size) == (0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        placed = PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8, rank=3, world_size=4)
+    assert (placed.rank, placed.world_size) == (3, 4)
 
 
 def test_epochs_reshuffle_and_start_step_resumes_the_same_sequence():
