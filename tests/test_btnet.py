@@ -148,7 +148,7 @@ def test_every_branch_gets_a_gradient_in_every_step_also_from_a_batch_none_of_wh
 def test_two_ranks_train_btnet_under_torchrun_on_batches_that_leave_a_branch_without_faces(tmp_path):
     """With branches at 7 and 14 px and two faces a batch, nearly every step of a rank has a branch
     no face goes to; DDP failed such a run at its second step."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
                "-m", "degrade", "train", "btnet", "--sides", "7,14", "--steps", "6", "-b", "2", "-j", "0",
                "--device", "cpu", "--out", str(tmp_path / "run")]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -222,7 +222,7 @@ def test_two_ranks_under_torchrun_write_the_same_bytes_as_one(tmp_path):
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *command, "--out", str(tmp_path / "one")], check=True, capture_output=True,
                    env=environment)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
                           *command, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=environment)
     assert two.returncode == 0, two.stderr[-2000:]
     assert folder_bytes(tmp_path / "two") == folder_bytes(tmp_path / "one")

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -384,8 +385,8 @@ def test_ranks_stop_after_the_same_step_when_any_one_of_them_is_asked(tmp_path):
     assert results == {0: [False, True, True], 1: [False, True, True]}
 
 
-def _stream_of_a_torchrun_rank(rank: int, out: str, answers) -> None:
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT="29519")
+def _stream_of_a_torchrun_rank(rank: int, port: int, out: str, answers) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     place = join_torchrun()
     maug, demo = load_recipe("maug"), open_source("demo")
     stream = PairStream.from_source(maug, demo, batch_size=8)
@@ -400,7 +401,11 @@ def test_each_torchrun_rank_streams_its_own_batches_and_training_refuses_a_strea
     rank took itself for the only one and trained on the same batches as the others."""
     context = torch.multiprocessing.get_context("spawn")
     answers = context.Queue()
-    ranks = [context.Process(target=_stream_of_a_torchrun_rank, args=(rank, str(tmp_path), answers)) for rank in (0, 1)]
+    with socket.socket() as probe:  # a free port for rank 0's store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [context.Process(target=_stream_of_a_torchrun_rank, args=(rank, port, str(tmp_path), answers))
+             for rank in (0, 1)]
     for process in ranks:
         process.start()
     results = {rank: rest for rank, *rest in (answers.get(timeout=120) for _ in ranks)}
