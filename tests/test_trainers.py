@@ -130,6 +130,16 @@ def test_log_exp_value_and_gradient_p2():
                                                 math.exp(1.0) * 2 * -1.0 / (4 * inside)])
 
 
+def test_log_exp_keeps_its_value_and_gradient_where_the_exponential_overflows_float32():
+    """A coordinate 12 apart: e^(12²) is 1e62, past float32; the loss is still log(e^144 + e − 1) / 6."""
+    x = torch.tensor([[12.0, 1.0, 0.0]], requires_grad=True)
+    loss = log_exp_contrast(x, torch.zeros(1, 3), p=2)
+    inside = math.exp(144) + math.exp(1) - 1
+    assert loss.item() == pytest.approx(math.log(inside) / 6)
+    loss.backward()
+    assert x.grad[0].tolist() == pytest.approx([math.exp(144) * 24 / (6 * inside), 0.0, 0.0], abs=1e-6)
+
+
 def test_log_exp_is_zero_for_equal_embeddings_and_averages_over_the_batch():
     y = torch.randn(4, 16)
     assert log_exp_contrast(y, y).item() == 0
