@@ -4,6 +4,7 @@ loads exactly and verifies LFW; a CPU smoke run learns and resumes as the same r
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -436,6 +437,38 @@ def test_frozen_backbone_steps_train_only_the_head(tmp_path):
     train(trainer, stream, TrainConfig(out=tmp_path, steps=2, lr=0.05, frozen_backbone_steps=2, progress=False))
     assert all(torch.equal(v, backbone_before[k]) for k, v in trainer.backbone.state_dict().items())
     assert not torch.equal(trainer.head.weight.detach(), head_before)
+
+
+class DivergesAtItsThirdStep(torch.nn.Module):
+    """A trainer of one weight whose third loss is NaN, as a learning rate far too high makes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Linear(1, 1)
+        self.steps_taken = 0
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        self.steps_taken += 1
+        loss = self.backbone.weight.sum() ** 2 * (math.nan if self.steps_taken == 3 else 1.0)
+        return loss, {}
+
+
+def test_a_run_whose_weights_go_nan_ends_at_its_next_check_and_keeps_its_last_sound_checkpoint(tmp_path):
+    """NaN after step 3; step 4 is the next one saved, where the run ends instead, saving nothing."""
+    config = TrainConfig(out=tmp_path, steps=8, lr=0.05, checkpoint_every=2, log_every=4, progress=False)
+    with pytest.raises(loop.TrainingDiverged, match=f"step 4: .* {re.escape(str(tmp_path))}/last.pt still holds step 2"):
+        train(DivergesAtItsThirdStep(), smoke_stream()[0], config)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["step"] == 2 and torch.isfinite(saved["trainer"]["backbone.weight"]).all()
+    assert sorted(path.name for path in tmp_path.glob("step-*.pt")) == ["step-0000002.pt"]
+
+
+def test_degrade_train_with_a_learning_rate_far_too_high_fails_with_one_line_and_saves_nothing(tmp_path):
+    result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", "--lr", "1e4", "--steps", "10", "-b", "4",
+                                       "--device", "cpu", "-j", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1].startswith("Error: step 10: the model's weights are no longer finite")
+    assert "no checkpoint was saved" in result.output and not list(tmp_path.glob("*.pt"))
 
 
 BASE_SPEC = {"backbone": "mobilefacenet", "head": "arcface", "classes": 4}

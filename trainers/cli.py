@@ -264,7 +264,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
     from degrade.stream import PairStream
-    from trainers.loop import TrainConfig, train
+    from trainers.loop import TrainConfig, TrainingDiverged, train
     from trainers.registry import build_trainer
 
     if options["warmup"] >= options["steps"]:
@@ -308,9 +308,9 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
     # An --out that cannot be written, a last.pt there that cannot be read, a worker killed, a batch
-    # with no readable face; Ctrl-C, and SIGTERM: the run ends after the step under way, with a
-    # checkpoint there (a second one ends it at once).
-    with (reported(CheckpointError, WorkerLost, SourceError),
+    # with no readable face, weights gone NaN; Ctrl-C, and SIGTERM: the run ends after the step under
+    # way, with a checkpoint there (a second one ends it at once).
+    with (reported(CheckpointError, WorkerLost, SourceError, TrainingDiverged),
           ends_on_stop_signals(functools.partial(_stopped_training, config.out), finish_first=True) as stop):
         config.out.mkdir(parents=True, exist_ok=True)
         # the command that started the run (a resumed one must match it), written by one rank

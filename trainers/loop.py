@@ -8,7 +8,9 @@ autocast, DDP under ``torchrun``, a tqdm bar, a CSV log (and TensorBoard when in
 checkpoints every N steps that resume the same run, also on a different number of ranks: the
 checkpoint counts samples seen, and the stream restarts at that sample's epoch and batch. Asked to
 stop (``train(..., stop=)``; the CLI asks on SIGTERM), a run ends after the step under way with
-a checkpoint there, on every rank after the same step.
+a checkpoint there, on every rank after the same step. A run whose weights stop being finite
+numbers (a learning rate too high for the model) ends with :class:`TrainingDiverged` at the next
+step it logs or saves, and no checkpoint of it is written.
 """
 
 from __future__ import annotations
@@ -123,6 +125,16 @@ def _run_differences(state: dict, spec: dict | None, config: TrainConfig) -> str
     return differences(there, here)
 
 
+class TrainingDiverged(RuntimeError):
+    """The model's weights or statistics are no longer finite numbers: the run cannot go on."""
+
+
+def _finite(module: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``module`` is finite (one device sync)."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def _save(path: Path, state: dict) -> None:
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
@@ -213,6 +225,7 @@ class _Checkpoints:
         self.config = config
         self.spec = getattr(trainer, "spec", None)
         self.last = out / "last.pt"
+        self.saved_step: int | None = None   # the step last.pt holds, None before the run's first checkpoint
 
     def resume(self) -> tuple[int, int]:
         """Load the run's state from its ``last.pt`` into the objects given, if it has one; returns
@@ -233,7 +246,19 @@ class _Checkpoints:
                                   "saved by another version of degrade? Give this run a new --out") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        self.saved_step = state["step"]
         return state["step"], state["samples_seen"]
+
+    def refuse_diverged(self, step: int) -> None:
+        """Raise :class:`TrainingDiverged` if the trainer's weights are no longer finite after ``step``,
+        saying which checkpoint is the run's last sound one."""
+        if _finite(self.trainer):
+            return
+        kept = (f"{self.last} still holds step {self.saved_step:,}" if self.saved_step is not None
+                else "no checkpoint was saved")
+        raise TrainingDiverged(f"step {step:,}: the model's weights are no longer finite numbers (NaN or inf), the "
+                               f"training diverged; {kept}. Start a new run (another --out) with a lower --lr, a "
+                               "--warmup, or another --precision")
 
     def save(self, step: int, samples_seen: int) -> None:
         config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
@@ -242,6 +267,7 @@ class _Checkpoints:
                           "samples_seen": samples_seen, "config": config, "spec": self.spec})
         _save(self.out / f"step-{step:07d}.pt", {"backbone": self.trainer.backbone.state_dict(),
                                                   "trainer": self.trainer.state_dict(), "step": step, "spec": self.spec})
+        self.saved_step = step
 
 
 class _BackboneWarmup:
@@ -327,6 +353,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                 if vote is not None and vote.any_asked(stop.is_set()):
                     stop.set()
                     stopping = True
+                    checkpoints.refuse_diverged(step)
                     if rank == 0 and step % config.checkpoint_every != 0:
                         checkpoints.save(step, samples_seen)
                     vote.wait_for_all()
@@ -353,7 +380,10 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                     rows.append(row)
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-                if rank == 0 and (step % config.checkpoint_every == 0 or step == end):
+                saving = step % config.checkpoint_every == 0 or step == end
+                if saving or step % config.log_every == 0:  # every rank, so that all end at the same step
+                    checkpoints.refuse_diverged(step)
+                if rank == 0 and saving:
                     checkpoints.save(step, samples_seen)
                 if step >= end:
                     break
