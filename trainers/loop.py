@@ -256,9 +256,10 @@ class _Checkpoints:
             return
         kept = (f"{self.last} still holds step {self.saved_step:,}" if self.saved_step is not None
                 else "no checkpoint was saved")
+        wider = ", or --precision bf16 (fp16's range is narrow)" if self.config.precision == "fp16" else ""
         raise TrainingDiverged(f"step {step:,}: the model's weights are no longer finite numbers (NaN or inf), the "
-                               f"training diverged; {kept}. Start a new run (another --out) with a lower --lr, a "
-                               "--warmup, or another --precision")
+                               f"training diverged; {kept}. Start a new run (another --out) with a lower --lr or a "
+                               f"--warmup{wider}")
 
     def save(self, step: int, samples_seen: int) -> None:
         config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
