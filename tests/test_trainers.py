@@ -463,6 +463,20 @@ def test_a_run_whose_weights_go_nan_ends_at_its_next_check_and_keeps_its_last_so
     assert sorted(path.name for path in tmp_path.glob("step-*.pt")) == ["step-0000002.pt"]
 
 
+def test_a_rank_that_does_not_write_checkpoints_names_the_one_its_writer_saved_when_the_run_diverges(tmp_path):
+    trainer = DivergesAtItsThirdStep()
+    optimizer = torch.optim.SGD(trainer.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpoints = loop._Checkpoints(tmp_path, trainer, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
+                                    TrainConfig(out=tmp_path, steps=8), writes=False)
+    checkpoints.save(4, 32)
+    with torch.no_grad():
+        trainer.backbone.bias.fill_(math.inf)
+    with pytest.raises(loop.TrainingDiverged, match="step 5: .*last.pt still holds step 4"):
+        checkpoints.refuse_diverged(5)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_degrade_train_with_a_learning_rate_far_too_high_fails_with_one_line_and_saves_nothing(tmp_path):
     result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", "--lr", "1e4", "--steps", "10", "-b", "4",
                                        "--device", "cpu", "-j", "0", "--out", str(tmp_path)])

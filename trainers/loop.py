@@ -216,13 +216,14 @@ class _Log:
 class _Checkpoints:
     """A run's checkpoints: ``last.pt`` (all it needs to resume: model, optimiser, schedule, scaler,
     samples seen, config and spec) and, at each step saved, ``step-NNNNNNN.pt`` (the backbone alone,
-    and the whole model with its spec)."""
+    and the whole model with its spec). Under torchrun every rank saves at the same steps, and only
+    the one that ``writes`` (rank 0) writes the files."""
 
     def __init__(self, out: Path, trainer: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                 config: TrainConfig) -> None:
+                 config: TrainConfig, writes: bool) -> None:
         self.out, self.trainer, self.optimizer, self.scheduler, self.scaler = out, trainer, optimizer, scheduler, scaler
-        self.config = config
+        self.config, self.writes = config, writes
         self.spec = getattr(trainer, "spec", None)
         self.last = out / "last.pt"
         self.saved_step: int | None = None   # the step last.pt holds, None before the run's first checkpoint
@@ -262,13 +263,15 @@ class _Checkpoints:
                                f"--warmup{wider}")
 
     def save(self, step: int, samples_seen: int) -> None:
+        self.saved_step = step
+        if not self.writes:
+            return
         config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
         _save(self.last, {"trainer": self.trainer.state_dict(), "optimizer": self.optimizer.state_dict(),
                           "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
                           "samples_seen": samples_seen, "config": config, "spec": self.spec})
         _save(self.out / f"step-{step:07d}.pt", {"backbone": self.trainer.backbone.state_dict(),
                                                   "trainer": self.trainer.state_dict(), "step": step, "spec": self.spec})
-        self.saved_step = step
 
 
 class _BackboneWarmup:
@@ -326,7 +329,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     optimizer = make_optimizer(trainer.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config)
+    checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config, writes=rank == 0)
     step, samples_seen = checkpoints.resume()
     model = trainer
     if world > 1:
@@ -355,7 +358,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                     stop.set()
                     stopping = True
                     checkpoints.refuse_diverged(step)
-                    if rank == 0 and step % config.checkpoint_every != 0:
+                    if step % config.checkpoint_every != 0:
                         checkpoints.save(step, samples_seen)
                     vote.wait_for_all()
                     break
@@ -384,7 +387,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                 saving = step % config.checkpoint_every == 0 or step == end
                 if saving or step % config.log_every == 0:  # every rank, so that all end at the same step
                     checkpoints.refuse_diverged(step)
-                if rank == 0 and saving:
+                if saving:
                     checkpoints.save(step, samples_seen)
                 if step >= end:
                     break
