@@ -1,9 +1,9 @@
 """An input to `degrade train` or `degrade eval` that cannot be used fails with one message naming
 it and saying why: a checkpoint (--init, --teacher, --stage1, eval --model, the run's last.pt),
-a folder that is not a finished build (--from-dataset), a source whose faces cannot be read, an
-attributes table without the columns CATFace needs, folds the pairs file does not have, an
-unknown backbone, a setting that would make training climb its loss or never reach its learning
-rate."""
+also one whose weights are NaN, a folder that is not a finished build (--from-dataset), a source
+whose faces cannot be read, an attributes table without the columns CATFace needs, folds the
+pairs file does not have, an unknown backbone, a setting that would make training climb its loss
+or never reach its learning rate."""
 
 import datasets
 import pytest
@@ -26,15 +26,20 @@ def bad_files(tmp_path_factory) -> dict[str, tuple[str, str]]:
     (folder / "text.pt").write_text("garbage\n")
     torch.save([1, 2, 3], folder / "list.pt")
     torch.save(build_backbone("iresnet18").state_dict(), folder / "iresnet18.pt")
+    diverged = build_backbone("mobilefacenet").state_dict()
+    diverged["conv1.bn.running_mean"][3] = float("nan")
+    torch.save({"backbone": diverged, "trainer": {f"backbone.{k}": v for k, v in diverged.items()}, "step": 7,
+                "spec": {"trainer": "lrfr"}}, folder / "step-0000007.pt")  # as a run that diverged could leave one
     return {
         "empty": (str(folder / "empty.pt"), "not a PyTorch checkpoint (EOFError"),
         "text": (str(folder / "text.pt"), "not a PyTorch checkpoint (UnpicklingError: Unsupported operand 103)"),
         "list": (str(folder / "list.pt"), "holds no backbone weights (a list"),
         "other backbone": (str(folder / "iresnet18.pt"), "not weights of this MobileFaceNet: 283 of its tensors missing"),
+        "diverged": (str(folder / "step-0000007.pt"), "NaN or inf in 1 tensor of its weights (e.g. '"),
     }
 
 
-@pytest.mark.parametrize("kind", ["empty", "text", "list", "other backbone"])
+@pytest.mark.parametrize("kind", ["empty", "text", "list", "other backbone", "diverged"])
 def test_backbone_weights_that_do_not_fit_are_refused_naming_the_file(bad_files, kind):
     path, says = bad_files[kind]
     with pytest.raises(CheckpointError) as error:
@@ -81,7 +86,7 @@ def _fails_naming(result, path: str, says: str) -> None:
     assert path in result.output and says in result.output
 
 
-@pytest.mark.parametrize("kind", ["empty", "text", "other backbone"])
+@pytest.mark.parametrize("kind", ["empty", "text", "other backbone", "diverged"])
 def test_train_init_and_teacher_name_a_bad_checkpoint(tmp_path, bad_files, kind):
     path, says = bad_files[kind]
     for option in ("--init", "--teacher"):
@@ -139,7 +144,7 @@ def test_catface_stage1_names_a_bad_checkpoint(tmp_path, bad_files):
         _fails_naming(result, path, "not a PyTorch checkpoint" if kind == "empty" else "not a degrade training checkpoint")
 
 
-@pytest.mark.parametrize("kind", ["empty", "text", "other backbone"])
+@pytest.mark.parametrize("kind", ["empty", "text", "other backbone", "diverged"])
 def test_eval_names_a_bad_checkpoint_given_as_weights_or_as_a_run_and_leaves_no_output_folder(
         tmp_path, bad_files, small_pairs, kind):
     path, says = bad_files[kind]

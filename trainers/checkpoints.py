@@ -1,15 +1,18 @@
 """Reading checkpoint files: backbone weights (``--init``, ``--teacher``, ``eval --model``) and
 training checkpoints (resume, CATFace's ``--stage1``), with one clear error for a file that
-cannot be used."""
+cannot be used (not a checkpoint, not of the model, or weights that are not finite numbers)."""
 
 from __future__ import annotations
 
 import pathlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from degrade.text import counted
 
 
 class CheckpointError(ValueError):
@@ -47,6 +50,24 @@ def read_checkpoint(path: str | Path) -> object:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({detail})") from None
 
 
+def non_finite(tensors: Mapping[str, object]) -> list[str]:
+    """The names of the floating-point tensors among ``tensors`` (a state dict) that hold NaN or
+    inf, checked with one device sync for them all."""
+    named = [(name, t) for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok]
+
+
+def _refuse_non_finite(path: str | Path, state: Mapping[str, object]) -> None:
+    broken = non_finite(state)
+    if broken:
+        raise CheckpointError(f"{path}: NaN or inf in {counted(len(broken), 'tensor')} of its weights (e.g. "
+                              f"{broken[0]!r}), as a training run that diverged leaves them; every face would embed "
+                              "as NaN")
+
+
 def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The backbone weights in a checkpoint file: a bare state dict, or one under a usual key
     (``backbone``, ``net_state_dict``, ``state_dict``, ``model``), ``module.`` prefixes dropped."""
@@ -57,6 +78,7 @@ def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
             break
     if not (isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values())):
         raise CheckpointError(f"{path}: holds no backbone weights (a {type(loaded).__name__}, not a dict of tensors)")
+    _refuse_non_finite(path, loaded)
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
@@ -82,4 +104,5 @@ def training_checkpoint(path: str | Path) -> dict:
     state = read_checkpoint(path)
     if not (isinstance(state, dict) and "trainer" in state and "spec" in state):
         raise CheckpointError(f"{path}: not a degrade training checkpoint (no trainer weights and spec)")
+    _refuse_non_finite(path, state["trainer"])
     return state

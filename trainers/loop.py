@@ -31,9 +31,9 @@ from torch import nn
 from degrade.distributed import backend_for, join_torchrun
 from degrade.progress import progress_bar
 from degrade.stream import PairStream
-from degrade.text import differences
+from degrade.text import counted, differences
 from degrade.workers import WorkerLost
-from trainers.checkpoints import CheckpointError, training_checkpoint
+from trainers.checkpoints import CheckpointError, non_finite, training_checkpoint
 
 
 @dataclasses.dataclass
@@ -127,12 +127,6 @@ def _run_differences(state: dict, spec: dict | None, config: TrainConfig) -> str
 
 class TrainingDiverged(RuntimeError):
     """The model's weights or statistics are no longer finite numbers: the run cannot go on."""
-
-
-def _finite(module: nn.Module) -> bool:
-    """Whether every floating-point parameter and buffer of ``module`` is finite (one device sync)."""
-    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def _save(path: Path, state: dict) -> None:
@@ -253,13 +247,14 @@ class _Checkpoints:
     def refuse_diverged(self, step: int) -> None:
         """Raise :class:`TrainingDiverged` if the trainer's weights are no longer finite after ``step``,
         saying which checkpoint is the run's last sound one."""
-        if _finite(self.trainer):
+        broken = non_finite(self.trainer.state_dict())
+        if not broken:
             return
         kept = (f"{self.last} still holds step {self.saved_step:,}" if self.saved_step is not None
                 else "no checkpoint was saved")
         wider = ", or --precision bf16 (fp16's range is narrow)" if self.config.precision == "fp16" else ""
-        raise TrainingDiverged(f"step {step:,}: the model's weights are no longer finite numbers (NaN or inf), the "
-                               f"training diverged; {kept}. Start a new run (another --out) with a lower --lr or a "
+        raise TrainingDiverged(f"step {step:,}: the model's weights are no longer finite numbers (NaN or inf in "
+                               f"{counted(len(broken), 'tensor')}, e.g. {broken[0]}), the training diverged; {kept}. Start a new run (another --out) with a lower --lr or a "
                                f"--warmup{wider}")
 
     def save(self, step: int, samples_seen: int) -> None:
