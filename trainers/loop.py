@@ -254,10 +254,12 @@ class _Checkpoints:
                 else "no checkpoint was saved")
         wider = ", or --precision bf16 (fp16's range is narrow)" if self.config.precision == "fp16" else ""
         raise TrainingDiverged(f"step {step:,}: the model's weights are no longer finite numbers (NaN or inf in "
-                               f"{counted(len(broken), 'tensor')}, e.g. {broken[0]}), the training diverged; {kept}. Start a new run (another --out) with a lower --lr or a "
-                               f"--warmup{wider}")
+                               f"{counted(len(broken), 'tensor')}, e.g. {broken[0]}), the training diverged; {kept}. "
+                               f"Start a new run (another --out) with a lower --lr or a --warmup{wider}")
 
     def save(self, step: int, samples_seen: int) -> None:
+        """Save the run at ``step``; weights that are no longer finite are refused (:meth:`refuse_diverged`)."""
+        self.refuse_diverged(step)
         self.saved_step = step
         if not self.writes:
             return
@@ -352,7 +354,6 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                 if vote is not None and vote.any_asked(stop.is_set()):
                     stop.set()
                     stopping = True
-                    checkpoints.refuse_diverged(step)
                     if step % config.checkpoint_every != 0:
                         checkpoints.save(step, samples_seen)
                     vote.wait_for_all()
@@ -379,11 +380,11 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                     rows.append(row)
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-                saving = step % config.checkpoint_every == 0 or step == end
-                if saving or step % config.log_every == 0:  # every rank, so that all end at the same step
-                    checkpoints.refuse_diverged(step)
-                if saving:
+                # on every rank, so that all end at the same step if the weights went NaN
+                if step % config.checkpoint_every == 0 or step == end:
                     checkpoints.save(step, samples_seen)
+                elif step % config.log_every == 0:
+                    checkpoints.refuse_diverged(step)
                 if step >= end:
                     break
     return rows
