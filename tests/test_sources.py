@@ -81,6 +81,31 @@ def test_recordio_without_insightface_header_uses_every_record(tmp_path, lfw_jpe
     assert np.array_equal(source.load(torch.tensor([3])).hq[0].permute(1, 2, 0).numpy(), decoded(images[3]))
 
 
+def test_recordio_labels_become_identities_in_order_however_sparse(tmp_path, lfw_jpegs):
+    images, _ = lfw_jpegs
+    labels = [5_000_000, 7, 5_000_000, 42]
+    write_recordio(tmp_path / "plain", [pack_record(label, image) for image, label in zip(images, labels)])
+    source = open_source(str(tmp_path / "plain.rec"))
+    assert source.identity_names == ["7", "42", "5000000"]
+    assert source.identities.tolist() == [2, 0, 2, 1]
+
+
+@pytest.mark.parametrize("identity_ranges, header, message", [
+    ([[1, 3], [3, 4]], [5, 7], r"no identity record \(records 5 \.\. 6\) holds image record 4$"),
+    ([[1, 3], [2, 5]], [5, 7], r"identity record 6 has the label \[2.0, 5.0\], not a \(start, end\) range"),
+    ([[1, 3], [3, 6]], [5, 7], r"identity record 6 has the label \[3.0, 6.0\]"),
+    ([[1, 5]], [0, 1], r"header record 0 gives identity records 0 \.\. 0, which is no range"),
+], ids=["an image in no identity", "an image in two", "a range past the images", "a header with no images"])
+def test_insightface_identity_records_that_do_not_give_each_image_one_identity_are_named(
+        tmp_path, lfw_jpegs, identity_ranges, header, message):
+    # Before, the images no range held took whatever np.empty left there as their identity.
+    image = lfw_jpegs[0][0]
+    payloads = [pack_record(header)] + [pack_record(0, image)] * 4 + [pack_record(r) for r in identity_ranges]
+    write_recordio(tmp_path / "train", payloads)
+    with pytest.raises(SourceError, match="train.rec: " + message):
+        open_source(str(tmp_path))
+
+
 def test_corrupt_recordio_is_named(tmp_path, lfw_jpegs):
     images, labels = lfw_jpegs
     write_insightface_recordio(tmp_path / "train", images, labels)

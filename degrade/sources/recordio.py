@@ -10,7 +10,8 @@ Each payload starts with the image record header ``<IfQQ`` (flag, label, id, id2
 flag > 0 the label is instead ``flag`` float32 values after the header. The encoded image
 follows. insightface's record 0 is a header whose label is (first identity record, end):
 images are records 1 .. label[0] - 1, and each identity record's label is the (start, end)
-range of its images.
+range of its images. A ``.rec`` without that header (as ``im2rec`` writes) has images only, each
+record's first label its identity; identities are numbered in the order of their labels.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from degrade.sources.base import EncodedSource, SourceError
+from degrade.text import counted
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -168,18 +170,40 @@ class RecordIOSource(EncodedSource):
         header_label, _ = unpack_record(self.records.read(first_record))
         if len(header_label) >= 2 and first_record == 0:
             first, end = int(header_label[0]), int(header_label[1])
-            self.record_of_key = np.arange(1, first)
-            identities = np.empty(first - 1, np.int64)
-            for identity, record in enumerate(range(first, end)):
-                start, stop = (int(v) for v in unpack_record(self.records.read(record))[0][:2])
-                identities[start - 1:stop - 1] = identity
+            self.record_of_key = np.arange(1, max(first, 1))
+            identities = self._identities_from_ranges(first, end)
+            self.identity_names = [str(i) for i in range(end - first)]
         else:
             self.record_of_key = self.records.indices
-            identities = np.array([int(unpack_record(self.records.read(int(r)))[0][0]) for r in self.record_of_key])
+            labels = np.array([unpack_record(self.records.read(int(r)))[0][0] for r in self.record_of_key])
+            unique_labels, identities = np.unique(labels.astype(np.int64), return_inverse=True)
+            self.identity_names = [str(label) for label in unique_labels]
         if len(self.record_of_key) == 0:
             raise SourceError(f"{rec}: holds no image records")
-        self.identities = torch.from_numpy(identities)
-        self.identity_names = [str(i) for i in range(int(identities.max()) + 1)]
+        self.identities = torch.as_tensor(identities, dtype=torch.int64)
+
+    def _identities_from_ranges(self, first: int, end: int) -> np.ndarray:
+        """(first - 1,) int64: the identity of image records 1 .. first - 1, identity i being the
+        (start, end) range in record first + i's label. Ranges that leave an image out, share one or
+        reach outside them fail, rather than give an image no or two identities."""
+        if not 1 <= first <= end:
+            raise SourceError(f"{self.name}: header record 0 gives identity records {first} .. {end - 1}, "
+                              "which is no range after the image records (expected 1 <= first <= end)")
+        identities = np.full(first - 1, -1, np.int64)
+        for identity, record in enumerate(range(first, end)):
+            label = unpack_record(self.records.read(record))[0]
+            start, stop = (int(label[0]), int(label[1])) if len(label) >= 2 else (0, 0)
+            if not 1 <= start <= stop <= first or (identities[start - 1:stop - 1] >= 0).any():
+                raise SourceError(f"{self.name}: identity record {record} has the label {label.tolist()}, not a "
+                                  f"(start, end) range of image records (1 .. {first - 1}) that no earlier "
+                                  "identity holds")
+            identities[start - 1:stop - 1] = identity
+        unlabelled = np.flatnonzero(identities < 0)
+        if len(unlabelled):
+            others = f" nor {counted(len(unlabelled) - 1, 'other')}" if len(unlabelled) > 1 else ""
+            raise SourceError(f"{self.name}: no identity record (records {first} .. {end - 1}) holds image record "
+                              f"{unlabelled[0] + 1}{others}")
+        return identities
 
     def read(self, key: int) -> tuple[bytes, str]:
         record = int(self.record_of_key[key])
