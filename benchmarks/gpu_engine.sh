@@ -4,7 +4,7 @@
 # On a lent GPU machine, with what benchmarks/gpu_carry.sh made here carried there:
 #   source benchmarks/gpu_carry.sh unpack || exit; PARTS="tests build" bash benchmarks/gpu_engine.sh
 # SCALE=64 DEVICE=cpu divides every size by 64 and runs on the CPU (to check the script itself).
-# PARTS="tests build" runs only those of: tests bench build target2 train trainers (default: all; each of
+# PARTS="tests build" runs only those of: tests bench levels build target2 train trainers (default: all; each of
 # build and target2 fits in one 10-minute call).
 # ROUNDS=1 times the engine and the OpenCV loop once each in the bench step (default: 3, best of each).
 # ARCHIVE=path.tgz: after each step, the logs so far (no checkpoints) are packed there.
@@ -16,7 +16,7 @@ DEVICE=${DEVICE:-cuda}
 SCALE=${SCALE:-1}
 LFW=$DATA/lfw112
 TEACHER=$DATA/weights/mobilefacenet/068.ckpt
-PARTS=${PARTS:-tests bench build target2 train trainers}
+PARTS=${PARTS:-tests bench levels build target2 train trainers}
 ROUNDS=${ROUNDS:-3}
 mkdir -p "$RESULTS"
 wants() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -53,6 +53,9 @@ if wants bench; then
   step profile_mixed 90 python3 benchmarks/profile_engine.py --recipe mixed --source "$LFW" --device $DEVICE \
     --batch-size $((8192 / SCALE))
 fi
+# turbulence's blur levels as direct convolutions in Triton against the engine's GEMMs (target 1's bound)
+wants levels && [ "$DEVICE" = cuda ] && step turbulence_levels 120 python3 benchmarks/turbulence_levels.py \
+  --source "$LFW" --batch-size 4096
 # LFW 16 times over as RecordIO (JPEG), for a steady state past the workers' start-up
 repeated=${TMPDIR:-/tmp}/degrade_lfw_x16
 if wants build || wants target2; then

@@ -93,3 +93,13 @@ def test_on_a_gpu_the_kernels_give_the_cpu_values():
     levels, position = blend_inputs()
     blended = triton_kernels.blend_levels([level.to(cuda) for level in levels], position.to(cuda))
     assert torch.allclose(blended.cpu(), blend_levels(levels, position), atol=1e-6, rtol=0)
+
+
+def test_the_candidate_turbulence_kernels_compute_the_engines_levels_and_blend():
+    # benchmarks/turbulence_levels.py times them against the engine's GEMMs on a GPU; its --check
+    # compares their outputs with the engine's on CPU faces, in Triton's interpreter.
+    root = Path(__file__).resolve().parents[1]
+    checked = subprocess.run([sys.executable, "benchmarks/turbulence_levels.py", "--check"], cwd=root,
+                             env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert float(checked.stdout.split()[-1]) < 1e-5

@@ -163,16 +163,23 @@ class Turbulence(Op):
         return blend_levels(self._levels(warped, top), position)
 
     def _levels(self, warped: torch.Tensor, top: torch.Tensor) -> Iterator[torch.Tensor]:
-        """``warped`` (N, C, H, W), then blurred at each level k = 1 ... BLUR_LEVELS - 1 by a Gaussian
-        of width ``top * k / (BLUR_LEVELS - 1)`` ((N,) ``top``: each sample's largest local width)."""
+        """``warped`` (N, C, H, W), then blurred at each level by :meth:`level_blurs`."""
         yield warped
+        for blur, params in self.level_blurs(top):
+            yield blur.apply(warped, params)
+
+    def level_blurs(self, top: torch.Tensor) -> list[tuple[GaussianBlur, Params]]:
+        """The Gaussian blur of each level k = 1 ... BLUR_LEVELS - 1 and its params: a width of
+        ``top * k / (BLUR_LEVELS - 1)`` for (N,) ``top``, each sample's largest local width."""
+        blurs = []
         for k in range(1, BLUR_LEVELS):
             # Each level's kernel reaches 3 times its largest possible sigma: on a CPU the four
             # convolutions take 64 taps per axis where one size for all (the last's) took 100.
             kernel_side = 2 * math.ceil(3 * self._max_sigma() * k / (BLUR_LEVELS - 1)) + 1
-            blur = GaussianBlur(sigma=[0.05, 20.0], kernel_size=[kernel_side, kernel_side])
-            yield blur.apply(warped, {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05),
-                                      "kernel_size": torch.full((len(warped),), kernel_side, device=warped.device)})
+            blurs.append((GaussianBlur(sigma=[0.05, 20.0], kernel_size=[kernel_side, kernel_side]),
+                          {"sigma": (top * k / (BLUR_LEVELS - 1)).clamp(min=0.05),
+                           "kernel_size": torch.full((len(top),), kernel_side, device=top.device)}))
+        return blurs
 
     def _max_sigma(self) -> float:
         """Upper bound on the local blur width in px, for a fixed kernel size (log-normal at +4 sd)."""
