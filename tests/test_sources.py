@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from degrade.arrow import build_dataset, open_dataset
 from degrade.loader import decoded_batches
+from degrade.recipe import load_recipe
 from degrade.sources import SourceError, open_source
 from degrade.sources.attributes import Attributes
 from degrade.sources.base import decode_image, decode_raw_pixels, jpeg_components
@@ -224,6 +226,36 @@ def test_a_tables_class_label_identities_are_named_by_their_classes(tmp_path, lf
                                features=features).save_to_disk(str(tmp_path / "t"))
     source = open_source(str(tmp_path / "t"))
     assert source.identity_names == ["Al_Gore", "Zoe_Ball"] and source.identities.tolist() == [0, 1, 0]
+
+
+def test_a_build_read_as_a_source_numbers_identities_as_it_does(tmp_path, lfw_jpegs):
+    # Names in an order that text labels would number otherwise (by length, then alphabet):
+    # before, a build made from a build gave the same person another identity number.
+    images, _ = lfw_jpegs
+    for name, image in zip(["Zed", "Al_Gore", "B", "Zed", "B"], images):
+        (tmp_path / "faces" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "faces" / name / f"{len(list((tmp_path / 'faces' / name).iterdir()))}.jpg").write_bytes(image)
+    folder = open_source(str(tmp_path / "faces"))
+    assert folder.identity_names == ["Al_Gore", "B", "Zed"]
+    build_dataset(load_recipe("maug"), folder, tmp_path / "raw", image_format="raw", progress=False)
+    stored = open_source(str(tmp_path / "raw"))
+    assert stored.identity_names == folder.identity_names and torch.equal(stored.identities, folder.identities)
+    build_dataset(load_recipe("lgaf"), stored, tmp_path / "again", image_format="raw", progress=False)
+    assert open_dataset(tmp_path / "again")["identity"] == open_dataset(tmp_path / "raw")["identity"] == [0, 1, 1, 2, 2]
+
+
+def build_like_table(tmp_path, image: bytes, numbers: list[int], names: list[str]):
+    rows = {"hq": [image] * len(numbers), "identity": numbers, "identity_name": names}
+    pq.write_table(pa.table(rows), tmp_path / "pairs.parquet")
+    return open_source(str(tmp_path / "pairs.parquet"))
+
+
+def test_a_tables_identity_numbers_keep_their_gaps_and_one_number_named_twice_is_refused(tmp_path, lfw_jpegs):
+    image = lfw_jpegs[0][0]
+    kept = build_like_table(tmp_path, image, [2, 0, 2], ["Cy", "Al", "Cy"])
+    assert kept.identities.tolist() == [2, 0, 2] and kept.identity_names == ["Al", "", "Cy"]
+    with pytest.raises(SourceError, match="pairs.parquet: identity 0 is named both 'Al' and 'Bo' in column 'identity_name'"):
+        build_like_table(tmp_path, image, [0, 0, 1], ["Al", "Bo", "Cy"])
 
 
 @pytest.mark.parametrize("label, missing", [(datasets.Value("int64"), None), (datasets.ClassLabel(names=["a"]), -1)])

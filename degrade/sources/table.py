@@ -120,6 +120,31 @@ def _identity_labels(table: datasets.Dataset, column: str, where: Path) -> list[
     return labels
 
 
+def _numbered_identities(table: datasets.Dataset, where: Path) -> tuple[torch.Tensor, list[str]] | None:
+    """A degrade build's identities as it numbered them: its ``identity`` column, each number
+    named by ``identity_name``, so a build made from a build numbers every face's identity as
+    its source did (numbering the names afresh gave the same person other numbers than in a
+    build from the original files). None for a table without two such columns, or with numbers
+    below 0 (a build of an unlabelled verification set)."""
+    columns = table.data.table
+    if "identity" not in columns.column_names or not pa.types.is_integer(columns.schema.field("identity").type):
+        return None
+    pairs = pa.table({"number": columns.column("identity"), "name": columns.column("identity_name")})
+    pairs = pairs.group_by(["number", "name"]).aggregate([]).sort_by("number")
+    numbers, names = pairs.column("number").to_numpy(), pairs.column("name").to_pylist()
+    if len(numbers) == 0 or numbers[0] < 0 or None in names:
+        return None
+    twice = np.flatnonzero(numbers[1:] == numbers[:-1])
+    if len(twice):
+        number = numbers[twice[0]]
+        raise SourceError(f"{where}: identity {number} is named both {names[twice[0]]!r} and {names[twice[0] + 1]!r} "
+                          "in column 'identity_name'; a degrade build names each identity once")
+    identity_names = [""] * (int(numbers[-1]) + 1)
+    for number, name in zip(numbers.tolist(), names):
+        identity_names[number] = name
+    return torch.from_numpy(columns.column("identity").to_numpy().astype(np.int64)), identity_names
+
+
 def holds_raw_pixels(path: Path) -> bool:
     """Whether the table at ``path`` is (a shard of) a ``degrade build --format raw``, whose image
     columns hold raw HxWx3 pixels: its manifest, in the dataset folder or beside the shard file, says so."""
@@ -132,7 +157,9 @@ def holds_raw_pixels(path: Path) -> bool:
 class TableSource(EncodedSource):
     """Rows of a table with an image column (HF ``Image`` or encoded bytes) and an identity column.
     A raw build's HQ column is read as the pixels it holds, with nothing to decode: a build made
-    once from JPEGs serves as the source of builds with other recipes.
+    once from JPEGs serves as the source of builds with other recipes, which number the
+    identities as it does. Other tables number their identity labels by length, then alphabet
+    (integer labels 0..C-1 keep their values).
 
     Args:
         path: dataset folder, .parquet or .arrow file, or folder of Parquet shards.
@@ -163,6 +190,10 @@ class TableSource(EncodedSource):
         self.table, self.image_column = table.select_columns([image_column]), image_column
         self.name, self.size, self.strict = str(path), size, strict
         self.raw_pixels = holds_raw_pixels(path)
+        numbered = _numbered_identities(table, path) if label_column == "identity_name" else None
+        if numbered is not None:
+            self.identities, self.identity_names = numbered
+            return
         labels = _identity_labels(table, label_column, path)
         self.identity_names = sorted(set(labels), key=lambda v: (len(v), v))
         lookup = {name: index for index, name in enumerate(self.identity_names)}
