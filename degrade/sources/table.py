@@ -124,20 +124,22 @@ def _numbered_identities(table: datasets.Dataset, where: Path) -> tuple[torch.Te
     """A degrade build's identities as it numbered them: its ``identity`` column, each number
     named by ``identity_name``, so a build made from a build numbers every face's identity as
     its source did (numbering the names afresh gave the same person other numbers than in a
-    build from the original files). None for a table without two such columns, or with numbers
-    below 0 (a build of an unlabelled verification set)."""
+    build from the original files). None for a table without two such columns, with numbers
+    missing or below 0 (a build of an unlabelled verification set), or with numbers far beyond
+    its rows (at once over 16 per row and over 4 M, as no build has: the list of names goes up
+    to the highest)."""
     columns = table.data.table
-    if "identity" not in columns.column_names or not pa.types.is_integer(columns.schema.field("identity").type):
+    if "identity" not in columns.column_names or not pa.types.is_integer(columns.schema.field("identity").type) \
+            or columns.column("identity").null_count:
         return None
     pairs = pa.table({"number": columns.column("identity"), "name": columns.column("identity_name")})
     pairs = pairs.group_by(["number", "name"]).aggregate([]).sort_by("number")
     numbers, names = pairs.column("number").to_numpy(), pairs.column("name").to_pylist()
-    if len(numbers) == 0 or numbers[0] < 0 or None in names:
+    if numbers[0] < 0 or numbers[-1] >= max(16 * columns.num_rows, 1 << 22) or None in names:
         return None
     twice = np.flatnonzero(numbers[1:] == numbers[:-1])
     if len(twice):
-        number = numbers[twice[0]]
-        raise SourceError(f"{where}: identity {number} is named both {names[twice[0]]!r} and {names[twice[0] + 1]!r} "
+        raise SourceError(f"{where}: identity {numbers[twice[0]]} is named both {names[twice[0]]!r} and {names[twice[0] + 1]!r} "
                           "in column 'identity_name'; a degrade build names each identity once")
     identity_names = [""] * (int(numbers[-1]) + 1)
     for number, name in zip(numbers.tolist(), names):
