@@ -10,8 +10,8 @@ the SIMT cores, the bound of target 1 since session 12. The Gaussians are banded
 default D/r0 up to 2 the levels take 7, 13, 19 and 25 taps, 9.6 MFLOP per face as convolutions.
 Here two kernels do the whole of ``blend_levels(levels)``: one blurs the rows at every level,
 the other the columns and blends the levels at each pixel, so the levels' rows are written and
-read once, and neither the levels nor any matrices at all. Not in the engine until a GPU shows it faster: the script prints
-both times, their ratio and the largest difference.
+read once, and neither the levels nor any matrices at all. Not in the engine until a GPU shows
+it faster: the script prints both times, their ratio and the largest difference.
 """
 
 import argparse
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from degrade.keyed import uniform_field
-from degrade.ops.turbulence import BLUR_LEVELS, Turbulence, blend_levels
+from degrade.ops.turbulence import Turbulence, blend_levels
 from degrade.sources import open_source
 
 @triton.jit
@@ -110,15 +110,12 @@ def blended_by_convolutions(warped: torch.Tensor, taps: torch.Tensor, sides: tor
 
 
 def inputs(faces: torch.Tensor, op: Turbulence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What ``Turbulence.apply`` blends, for (N, 3, S, S) float faces: the warped faces, each
-    sample's largest local blur width (N,) and each pixel's level (N, 1, S, S)."""
+    """What ``Turbulence.apply`` blends, for (N, 3, S, S) float faces standing in for the warped
+    ones (the warp is not what is timed): the faces, each sample's largest local blur width (N,)
+    and each pixel's level (N, 1, S, S)."""
     keys = torch.arange(len(faces))
     params = {"strength": 0.25 + 1.75 * uniform_field(keys, ()), "seed": keys, "blur_seed": keys + 10 ** 6}
-    params = {name: value.to(faces.device) for name, value in params.items()}
-    height, width = faces.shape[-2:]
-    sigma_map = op.blur_sigma_map(params, height, width).float()
-    top = sigma_map.amax(dim=(1, 2, 3)).clamp(min=1e-3)
-    position = (sigma_map / top.view(-1, 1, 1, 1) * (BLUR_LEVELS - 1)).clamp(0, BLUR_LEVELS - 1)
+    top, position = op.level_positions({name: value.to(faces.device) for name, value in params.items()}, faces)
     return faces, top, position
 
 

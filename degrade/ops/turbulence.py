@@ -157,10 +157,16 @@ class Turbulence(Op):
         warped = warp(images, self.tilt_field(params, height, width))
         if not self.blur:
             return warped.clamp(0, 1)
-        sigma_map = self.blur_sigma_map(params, height, width).to(images.dtype)
-        top = sigma_map.amax(dim=(1, 2, 3)).clamp(min=1e-3)
-        position = (sigma_map / per_sample(top, images) * (BLUR_LEVELS - 1)).clamp(0, BLUR_LEVELS - 1)
+        top, position = self.level_positions(params, images)
         return blend_levels(self._levels(warped, top), position)
+
+    def level_positions(self, params: Params, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For (N, C, H, W) ``images`` and these params (on their device): each sample's largest
+        local blur width in px (N,), and each pixel's blur level (N, 1, H, W) in
+        [0, BLUR_LEVELS - 1], in the images' dtype."""
+        sigma_map = self.blur_sigma_map(params, *images.shape[-2:]).to(images.dtype)
+        top = sigma_map.amax(dim=(1, 2, 3)).clamp(min=1e-3)
+        return top, (sigma_map / per_sample(top, images) * (BLUR_LEVELS - 1)).clamp(0, BLUR_LEVELS - 1)
 
     def _levels(self, warped: torch.Tensor, top: torch.Tensor) -> Iterator[torch.Tensor]:
         """``warped`` (N, C, H, W), then blurred at each level by :meth:`level_blurs`."""

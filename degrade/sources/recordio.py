@@ -170,8 +170,8 @@ class RecordIOSource(EncodedSource):
         header_label, _ = unpack_record(self.records.read(first_record))
         if len(header_label) >= 2 and first_record == 0:
             first, end = int(header_label[0]), int(header_label[1])
-            self.record_of_key = np.arange(1, max(first, 1))
             identities = self._identities_from_ranges(first, end)
+            self.record_of_key = np.arange(1, first)
             self.identity_names = [str(i) for i in range(end - first)]
         else:
             self.record_of_key = self.records.indices

@@ -139,8 +139,9 @@ def _numbered_identities(table: datasets.Dataset, where: Path) -> tuple[torch.Te
         return None
     twice = np.flatnonzero(numbers[1:] == numbers[:-1])
     if len(twice):
-        raise SourceError(f"{where}: identity {numbers[twice[0]]} is named both {names[twice[0]]!r} and {names[twice[0] + 1]!r} "
-                          "in column 'identity_name'; a degrade build names each identity once")
+        first = twice[0]
+        raise SourceError(f"{where}: identity {numbers[first]} is named both {names[first]!r} and "
+                          f"{names[first + 1]!r} in column 'identity_name'; a degrade build names each identity once")
     identity_names = [""] * (int(numbers[-1]) + 1)
     for number, name in zip(numbers.tolist(), names):
         identity_names[number] = name
