@@ -91,7 +91,8 @@ def main() -> None:
     faces = source.load(batches[0])
     engine = engine_rate(recipe, faces, device, repeats=max(1, n // len(faces.key)))
     rows = HostRows.of(faces, degrade_faces(recipe, faces, device), recipe)
-    table = pairs_table(rows, pair_schema(recipe, "raw", []), [""] * len(rows.key), "raw", None)
+    blank = [""] * len(rows.key)
+    table = pairs_table(rows, pair_schema(recipe, "raw", []), blank, blank, "raw", None)
     with tempfile.TemporaryDirectory(dir=args.out) as scratch:
         batches_per_shard = max(1, 2048 // len(rows.key))
         writing = writing_rate(table, Path(scratch), max(1, n // (batches_per_shard * len(rows.key))),

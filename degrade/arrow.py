@@ -100,7 +100,7 @@ def pair_schema(recipe: Recipe, image_format: str, attribute_names: list[str]) -
     """The Arrow schema of a build, with the HF feature description in its metadata."""
     sample = recipe.sample(torch.zeros(1, dtype=torch.int64))
     image_type = _IMAGE if image_format == "png" else pa.binary()
-    fields = [("key", pa.int64()), ("identity", pa.int64()), ("identity_name", pa.string()),
+    fields = [("key", pa.int64()), ("identity", pa.int64()), ("identity_name", pa.string()), ("file", pa.string()),
               ("hq", image_type), ("lq", image_type),
               ("params", _struct_type(_nest({k: _param_type(v) for k, v in sample.items()})))]
     if attribute_names:
@@ -187,13 +187,14 @@ class HostRows:
                                    lq=[encode_png(image) for image in self.lq])
 
 
-def pairs_table(rows: HostRows, schema: pa.Schema, identity_names: list[str], image_format: str,
+def pairs_table(rows: HostRows, schema: pa.Schema, identity_names: list[str], files: list[str], image_format: str,
                 attributes: torch.Tensor | None) -> pa.Table:
     """One batch as a table of ``schema``: images encoded, params nested, attributes (NaN -> null)."""
     columns = {
         "key": pa.array(rows.key.numpy(), pa.int64()),
         "identity": pa.array(rows.identity.numpy(), pa.int64()),
         "identity_name": pa.array(identity_names, pa.string()),
+        "file": pa.array(files, pa.string()),
         "hq": _images_array(rows.hq, image_format),
         "lq": _images_array(rows.lq, image_format),
         "params": _params_array(rows.params, schema.field("params").type),
@@ -330,8 +331,9 @@ def _rows_to_write(faces: Faces, batch: PairBatch, recipe: Recipe,
 def _rows_table(rows: HostRows, *, schema: pa.Schema, image_format: str, source: Source,
                 attributes: Attributes | None) -> pa.Table:
     identity_names = [source.identity_name(int(i)) for i in rows.identity]
+    files = [source.sample_name(int(k)) for k in rows.key]
     values = attributes.lookup(source, rows.key, rows.identity) if attributes else None
-    return pairs_table(rows, schema, identity_names, image_format, values)
+    return pairs_table(rows, schema, identity_names, files, image_format, values)
 
 
 class _ShardFile:

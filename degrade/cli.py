@@ -293,7 +293,8 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
                   device: str) -> None:
     """Degrade a source into an Arrow dataset (opens with datasets.load_from_disk).
 
-    Columns: key, identity, identity_name, hq, lq, params (what each stage drew) and, with
+    Columns: key, identity, identity_name, file (the face's name in the source: its path in a
+    folder, `record N` of a .rec), hq, lq, params (what each stage drew) and, with
     --attributes, attributes. Shards are written atomically: an interrupted build resumes
     when the same command runs again and ends byte-identical to an uninterrupted one. Under
     `torchrun --nproc-per-node N -m degrade build ...` the ranks split the shards.

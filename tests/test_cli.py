@@ -90,7 +90,7 @@ def test_build_writes_a_dataset_whose_lq_is_the_engines_output(tmp_path):
     out = build(tmp_path)
     dataset = datasets.load_from_disk(str(out)).with_format(None)
     assert len(dataset) == 40
-    assert {"key", "identity", "identity_name", "hq", "lq", "params"} <= set(dataset.column_names)
+    assert {"key", "identity", "identity_name", "file", "hq", "lq", "params"} <= set(dataset.column_names)
     assert sorted(p.name for p in out.glob("data-*.arrow")) == [f"data-0000{i}-of-00003.arrow" for i in range(3)]
     rows = dataset.cast_column("hq", datasets.Image(decode=False)).cast_column("lq", datasets.Image(decode=False))
     keys = torch.tensor([0, 17, 39])

@@ -244,6 +244,37 @@ def test_a_build_read_as_a_source_numbers_identities_as_it_does(tmp_path, lfw_jp
     assert open_dataset(tmp_path / "again")["identity"] == open_dataset(tmp_path / "raw")["identity"] == [0, 1, 1, 2, 2]
 
 
+def test_a_build_names_each_face_as_its_source_does_and_a_build_from_it_matches_attributes_by_those_names(
+        tmp_path, lfw_jpegs):
+    # Before, a build read as a source named its faces "BUILD row N": attributes keyed by file matched none of them.
+    images, _ = lfw_jpegs
+    for name, image in zip(["Zed/0.jpg", "Al_Gore/0.jpg", "Zed/1.jpg"], images):
+        (tmp_path / "faces" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "faces" / name).write_bytes(image)
+    (tmp_path / "attributes.tsv").write_text("file\tMale\nZed/1.jpg\t1\nAl_Gore/0.jpg\t0\n")
+    build_dataset(load_recipe("maug"), open_source(str(tmp_path / "faces")), tmp_path / "raw", image_format="raw",
+                  progress=False)
+    assert open_dataset(tmp_path / "raw")["file"] == ["Al_Gore/0.jpg", "Zed/0.jpg", "Zed/1.jpg"]
+    build_dataset(load_recipe("catface"), open_source(str(tmp_path / "raw")), tmp_path / "again", progress=False,
+                  attributes=Attributes(tmp_path / "attributes.tsv"))
+    again = open_dataset(tmp_path / "again")
+    assert again["file"] == ["Al_Gore/0.jpg", "Zed/0.jpg", "Zed/1.jpg"]
+    assert [row["Male"] for row in again["attributes"]] == [0.0, None, 1.0]
+
+
+def test_faces_without_files_are_named_by_their_place_in_the_source(tmp_path, lfw_jpegs):
+    images, labels = lfw_jpegs
+    write_recordio(tmp_path / "plain", [pack_record(label, image) for image, label in zip(images[:3], labels)])
+    assert [open_source(str(tmp_path / "plain.rec")).sample_name(key) for key in range(3)] == [
+        "record 0", "record 1", "record 2"]
+    write_insightface_recordio(tmp_path / "train", images[:2], [5, 5])  # record 0 is the header
+    assert [open_source(str(tmp_path)).sample_name(key) for key in range(2)] == ["record 1", "record 2"]
+    pq.write_table(pa.table({"image": images[:2], "label": [0, 1]}), tmp_path / "table.parquet")
+    assert [open_source(str(tmp_path / "table.parquet")).sample_name(key) for key in range(2)] == ["row 0", "row 1"]
+    write_bin(tmp_path / "set.bin", images[:2], [True])
+    assert [open_source(str(tmp_path / "set.bin")).sample_name(key) for key in range(2)] == ["image 0", "image 1"]
+
+
 def build_like_table(tmp_path, image: bytes, numbers: list[int], names: list[str]):
     rows = {"hq": [image] * len(numbers), "identity": numbers, "identity_name": names}
     pq.write_table(pa.table(rows), tmp_path / "pairs.parquet")

@@ -31,7 +31,9 @@ class Source(Protocol):
 
     def identity_name(self, identity: int) -> str: ...
 
-    def sample_name(self, key: int) -> str: ...
+    def sample_name(self, key: int) -> str:
+        """The sample's name relative to the source, e.g. ``Name/Name_0001.jpg`` (a build's ``file`` column)."""
+        ...
 
     def load(self, keys: torch.Tensor, out: torch.Tensor | None = None) -> Faces:
         """Decode (N,) int64 keys; unreadable ones are skipped (or raise when the source is strict).

@@ -118,8 +118,8 @@ class EncodedSource:
     """Base of the sources that hold encoded images (files, records, Arrow rows).
 
     Subclasses set ``name``, ``size``, ``strict``, ``identities`` ((len,) int64) and
-    ``identity_names``, and implement :meth:`read` (the encoded bytes of a key and a name
-    for messages); one whose bytes are not an image file overrides :meth:`decode`. :meth:`load`
+    ``identity_names``, and implement :meth:`sample_name` and :meth:`read` (the encoded bytes of a
+    key and where they are, for messages); one whose bytes are not an image file overrides :meth:`decode`. :meth:`load`
     decodes a batch, skipping (or, when strict, refusing) unreadable images.
     """
 
@@ -136,8 +136,10 @@ class EncodedSource:
         return self.identity_names[identity] if 0 <= identity < len(self.identity_names) else ""
 
     def sample_name(self, key: int) -> str:
-        """A name for the sample (its file, relative to the source), used to match attributes."""
-        return self.read(key)[1]
+        """The sample's name in the source, relative to it (a file's path inside a folder, ``record
+        N`` of a RecordIO, ...): a build's ``file`` column, and what attributes keyed by file match.
+        Made without reading the image."""
+        raise NotImplementedError
 
     def read(self, key: int) -> tuple[bytes, str]:
         raise NotImplementedError

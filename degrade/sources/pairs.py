@@ -141,8 +141,11 @@ class BinSource(EncodedSource):
                                        same=torch.tensor([bool(s) for s in same]),
                                        fold=torch.arange(count) * folds // max(count, 1))
 
+    def sample_name(self, key: int) -> str:
+        return f"image {key}"
+
     def read(self, key: int) -> tuple[bytes, str]:
-        return self.images[key], f"{self.name} image {key}"
+        return self.images[key], f"{self.name} {self.sample_name(key)}"
 
 
 def write_bin(path: str | Path, images: list[bytes], same: list[bool]) -> None:

@@ -205,6 +205,8 @@ class RecordIOSource(EncodedSource):
                               f"{unlabelled[0] + 1}{others}")
         return identities
 
+    def sample_name(self, key: int) -> str:
+        return f"record {self.record_of_key[key]}"
+
     def read(self, key: int) -> tuple[bytes, str]:
-        record = int(self.record_of_key[key])
-        return unpack_record(self.records.read(record))[1], f"{self.name} record {record}"
+        return unpack_record(self.records.read(int(self.record_of_key[key])))[1], f"{self.name} {self.sample_name(key)}"

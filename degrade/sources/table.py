@@ -148,6 +148,15 @@ def _numbered_identities(table: datasets.Dataset, where: Path) -> tuple[torch.Te
     return torch.from_numpy(columns.column("identity").to_numpy().astype(np.int64)), identity_names
 
 
+def _file_names(table: datasets.Dataset) -> pa.ChunkedArray | None:
+    """The table's ``file`` column of text, naming each row's image (None without one)."""
+    columns = table.data.table
+    if "file" not in columns.column_names or not (pa.types.is_string(columns.schema.field("file").type)
+                                                  or pa.types.is_large_string(columns.schema.field("file").type)):
+        return None
+    return columns.column("file")
+
+
 def holds_raw_pixels(path: Path) -> bool:
     """Whether the table at ``path`` is (a shard of) a ``degrade build --format raw``, whose image
     columns hold raw HxWx3 pixels: its manifest, in the dataset folder or beside the shard file, says so."""
@@ -161,7 +170,7 @@ class TableSource(EncodedSource):
     """Rows of a table with an image column (HF ``Image`` or encoded bytes) and an identity column.
     A raw build's HQ column is read as the pixels it holds, with nothing to decode: a build made
     once from JPEGs serves as the source of builds with other recipes, which number the
-    identities as it does. Other tables number their identity labels by length, then alphabet
+    identities as it does and name the faces by its ``file`` column. Other tables number their identity labels by length, then alphabet
     (integer labels 0..C-1 keep their values).
 
     Args:
@@ -191,6 +200,7 @@ class TableSource(EncodedSource):
         # Rows are read through the image column alone: a row of a degrade build (hq, lq, params,
         # ...) took 262 us to read whole, its image 12 us.
         self.table, self.image_column = table.select_columns([image_column]), image_column
+        self.files = _file_names(table)
         self.name, self.size, self.strict = str(path), size, strict
         self.raw_pixels = holds_raw_pixels(path)
         numbered = _numbered_identities(table, path) if label_column == "identity_name" else None
@@ -201,6 +211,12 @@ class TableSource(EncodedSource):
         self.identity_names = sorted(set(labels), key=lambda v: (len(v), v))
         lookup = {name: index for index, name in enumerate(self.identity_names)}
         self.identities = torch.tensor(np.array([lookup[label] for label in labels]), dtype=torch.int64)
+
+    def sample_name(self, key: int) -> str:
+        """The row's ``file`` (a degrade build's: the name its face had in the build's source, so
+        attributes keyed by file match a build as they match its source), else ``row KEY``."""
+        name = None if self.files is None else self.files[key].as_py()
+        return f"row {key}" if name is None else name
 
     def read(self, key: int) -> tuple[bytes, str]:
         value = self.table[key][self.image_column]
