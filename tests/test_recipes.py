@@ -15,6 +15,8 @@ from degrade.engine import to_uint8
 from degrade.recipe import RecipeError, builtin_recipes, describe, leaf_params, load_recipe, parse_recipe
 from degrade.stream import PairStream
 
+from .readme import python_example
+
 RECIPES = sorted(builtin_recipes())
 
 
@@ -390,32 +392,8 @@ def test_native_sides_come_from_the_native_stage_whatever_its_name(tmp_path):
 
 # ---- ops of your own ------------------------------------------------------------------------
 
-OWN_OPS = '''
-import dataclasses
-
-import torch
-
-from degrade.ops.base import Op, as_range, per_sample
-
-
-@dataclasses.dataclass
-class Vignette(Op):
-    """Darkens towards the corners: each pixel times 1 - strength * r^2, r = 1 at the corners."""
-
-    name = "vignette"
-    strength: list = dataclasses.field(default_factory=lambda: [0.2, 0.8])
-
-    def validate(self):
-        self.strength = list(as_range("strength", self.strength, 0.0, 1.0))
-
-    def draw(self, rng):
-        return {"strength": rng.uniform(*self.strength)}
-
-    def apply(self, images, params):
-        y, x = torch.meshgrid(torch.linspace(-1, 1, images.shape[-2]), torch.linspace(-1, 1, images.shape[-1]),
-                              indexing="ij")
-        return images * (1 - per_sample(params["strength"], images) * ((x * x + y * y) / 2).to(images))
-
+# The README's example, and ops that break its rules.
+OWN_OPS = python_example("# my_ops.py") + '''
 
 @dataclasses.dataclass
 class TakesJpegsName(Vignette):
