@@ -8,6 +8,19 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def degrade_commands() -> list[list[str]]:
+    """The words after ``degrade`` of each command in the README's ```bash blocks (lines joined at
+    trailing backslashes, comments and ``&&`` split off), ``torchrun ... -m degrade`` included."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for command in line.split("#")[0].split("&&"):
+                words = command.split()
+                if "degrade" in words[:-1]:
+                    commands.append(words[words.index("degrade") + 1:])
+    return commands
+
+
 def python_example(first_line: str) -> str:
     """The README's ```python block that starts with ``first_line``."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)

@@ -1,13 +1,15 @@
 """The README's Python examples run as written, on the CPU with the demo source standing in for
 a GPU and a folder of faces, and do what their comments say."""
 
+import click
 import torch
 
 from degrade.arrow import build_dataset
+from degrade.cli import main
 from degrade.recipe import load_recipe
 from degrade.sources import open_source
 
-from .readme import adapted, python_example
+from .readme import adapted, degrade_commands, python_example
 
 
 def test_the_readme_reads_a_build_back(tmp_path, monkeypatch):
@@ -39,3 +41,17 @@ def test_the_readme_replays_a_recipe_from_its_params(faces):
     assert example["lq"].shape == (16, 3, 112, 112) and not torch.equal(example["lq"], faces[:16])
     assert set(example["params"]["resize.side"].tolist()) <= {7, 14, 20}
 
+
+
+def test_every_option_the_readmes_commands_use_is_one_the_command_takes():
+    context = click.Context(main)
+    commands = degrade_commands()
+    assert len(commands) >= 15 and ["build", "--recipe", "maug"] in commands
+    for words in commands:
+        command, rest = main, words
+        while isinstance(command, click.Group):
+            command, rest = command.get_command(context, rest[0]), rest[1:]
+            assert command is not None, f"README: degrade {' '.join(words)}: no such command"
+        options = {option for param in command.params for option in param.opts + param.secondary_opts}
+        used = [word.strip("[]").split("=")[0] for word in rest if word.strip("[").startswith("-")]
+        assert set(used) <= options, f"README: degrade {' '.join(words)}: {sorted(set(used) - options)} not taken"
