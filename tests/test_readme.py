@@ -23,8 +23,8 @@ def test_the_readme_reads_a_build_back(tmp_path, monkeypatch):
 
 def test_the_readme_streams_pairs_that_differ_every_epoch():
     code = adapted(python_example("from degrade.recipe import load_recipe\nfrom degrade.sources"), {
-        'open_source("faces/")': 'open_source("demo")', 'device="cuda"': 'device="cpu"', "num_workers=8": "num_workers=0",
-        "for epoch in range(10):": "for epoch in range(2):",
+        'open_source("faces/")': 'open_source("demo")', 'device="cuda"': 'device="cpu"',
+        "num_workers=8": "num_workers=0", "for epoch in range(10):": "for epoch in range(2):",
         "hq, lq = batch": "lqs.setdefault(epoch, []).append(batch['lq']); hq, lq = batch"})
     example = {"lqs": {}}
     exec(code, example)

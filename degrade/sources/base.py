@@ -119,8 +119,8 @@ class EncodedSource:
 
     Subclasses set ``name``, ``size``, ``strict``, ``identities`` ((len,) int64) and
     ``identity_names``, and implement :meth:`sample_name` and :meth:`read` (the encoded bytes of a
-    key and where they are, for messages); one whose bytes are not an image file overrides :meth:`decode`. :meth:`load`
-    decodes a batch, skipping (or, when strict, refusing) unreadable images.
+    key and where they are, for messages); one whose bytes are not an image file overrides
+    :meth:`decode`. :meth:`load` decodes a batch, skipping (or, when strict, refusing) unreadable images.
     """
 
     name: str
