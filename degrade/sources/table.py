@@ -151,10 +151,10 @@ def _numbered_identities(table: datasets.Dataset, where: Path) -> tuple[torch.Te
 def _file_names(table: datasets.Dataset) -> pa.ChunkedArray | None:
     """The table's ``file`` column of text, naming each row's image (None without one)."""
     columns = table.data.table
-    if "file" not in columns.column_names or not (pa.types.is_string(columns.schema.field("file").type)
-                                                  or pa.types.is_large_string(columns.schema.field("file").type)):
+    if "file" not in columns.column_names:
         return None
-    return columns.column("file")
+    kind = columns.schema.field("file").type
+    return columns.column("file") if pa.types.is_string(kind) or pa.types.is_large_string(kind) else None
 
 
 def holds_raw_pixels(path: Path) -> bool:
@@ -170,8 +170,8 @@ class TableSource(EncodedSource):
     """Rows of a table with an image column (HF ``Image`` or encoded bytes) and an identity column.
     A raw build's HQ column is read as the pixels it holds, with nothing to decode: a build made
     once from JPEGs serves as the source of builds with other recipes, which number the
-    identities as it does and name the faces by its ``file`` column. Other tables number their identity labels by length, then alphabet
-    (integer labels 0..C-1 keep their values).
+    identities as it does and name the faces by its ``file`` column. Other tables number their
+    identity labels by length, then alphabet (integer labels 0..C-1 keep their values).
 
     Args:
         path: dataset folder, .parquet or .arrow file, or folder of Parquet shards.
