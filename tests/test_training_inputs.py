@@ -288,6 +288,8 @@ def test_a_recipe_whose_lq_size_the_trainer_cannot_take_is_refused_before_traini
     ("lrfr", ["--weight-decay", "-1"], "'--weight-decay': -1.0 is not in the range x>=0"),
     ("lrfr", ["--contrast-weight", "-2"], "'--contrast-weight': -2.0 is not in the range x>=0"),
     ("lrfr", ["--warmup", "20", "--steps", "20"], "20 warm-up steps leave none of the 20 --steps at the full learning rate"),
+    ("lgaf", ["--frozen-backbone-steps", "30", "--steps", "20"],
+     "30 frozen-backbone steps leave none of the 20 --steps training the backbone"),
     ("btnet", ["--loss-weights", "1,-1,0"], "expected three numbers >= 0, not all 0, like 1,1,1; got '1,-1,0'"),
     ("btnet", ["--loss-weights", "0,0,0"], "expected three numbers >= 0, not all 0"),
 ])
