@@ -55,6 +55,10 @@ MISPLACED = {
 }
 STRUCTURE_KEYS = {"name", *MISPLACED}
 
+# The largest face side a recipe takes: FFHQ's 1024 four times over. A batch of such faces is already
+# gigabytes; a side beyond it is a typo, refused here rather than by a failed allocation mid-build.
+MAX_SIZE = 4096
+
 # A stage's own params (beside its ops'), named like them by PART_NAME.
 STAGE_PARAMS = ("applied", "choice")
 NAME_RULE = ("letters, digits, '_' or '-' (it is part of the dotted paths of the params), and neither "
@@ -359,8 +363,8 @@ class _RecipeParser:
         seed, self.size = data.get("seed", 0), data.get("size", 112)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise self.fail("field 'seed'", f"expected an integer in [0, {MAX_SEED}], got {seed!r}")
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 8:
-            raise self.fail("field 'size'", f"expected an integer >= 8, got {self.size!r}")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or not 8 <= self.size <= MAX_SIZE:
+            raise self.fail("field 'size'", f"expected an integer in [8, {MAX_SIZE}], got {self.size!r}")
         stages_data = data.get("stages")
         if not isinstance(stages_data, list) or not stages_data:
             raise self.fail("field 'stages'", "expected a non-empty list of stages")

@@ -107,6 +107,12 @@ def test_a_seed_outside_32_bits_is_refused_as_it_would_repeat_another_seeds_draw
     assert result.exit_code == 2 and "--seed" in result.output and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("size", [7, 4097, 2 ** 63, "112", True])
+def test_a_face_size_outside_8_to_4096_pixels_is_refused_by_the_recipe(tmp_path, size):
+    assert f"field 'size': expected an integer in [8, 4096], got {size!r}" in _error(
+        tmp_path, f"size: {size!r}\nstages:\n  - {{op: jpeg}}\n")
+
+
 @pytest.mark.parametrize("images, keys, says", [
     (torch.zeros(2, 3, 112, 112, dtype=torch.uint8), torch.arange(2), "got (2, 3, 112, 112) torch.uint8; for uint8 faces"),
     (torch.rand(2, 1, 112, 112), torch.arange(2), "expects float (N, 3, H, W) images in [0, 1], got (2, 1, 112, 112)"),
