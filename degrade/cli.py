@@ -236,6 +236,8 @@ def _png_path(context: click.Context, parameter: click.Parameter, path: str | No
     if path is not None and not path.lower().endswith(".png"):
         raise click.BadParameter(f"the grid is written as PNG (lossless, so every artifact in it is the LQ's own); "
                                  f"give a path ending in .png, got {path!r}")
+    if path is not None and not os.path.isdir(os.path.dirname(path) or "."):
+        raise click.BadParameter(f"{path}: no folder {os.path.dirname(path)} to write it in")
     return path
 
 

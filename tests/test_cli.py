@@ -170,12 +170,20 @@ def test_a_grid_path_that_is_not_a_png_is_refused_before_any_work(tmp_path, comm
     assert "give a path ending in .png, got" in result.output and not (tmp_path / "grid.jpg").exists()
 
 
-@pytest.mark.parametrize("command, name", [(["build", "--recipe", "maug", "--limit", "8", "--out"], "out"),
-                                           (["preview", "--recipe", "maug", "--count", "2", "--out"], "out.png")],
-                         ids=["build", "preview"])
-def test_an_output_path_that_cannot_be_written_fails_with_one_clear_message(tmp_path, command, name):
+@pytest.mark.parametrize("command", [["preview", "--device", "cpu", "--out"], ["inspect", ".", "--grid"]],
+                         ids=lambda command: command[0])
+@pytest.mark.parametrize("folder", ["missing", "a_file"])
+def test_a_grid_path_in_no_folder_is_refused_before_any_work(tmp_path, command, folder):
     (tmp_path / "a_file").write_text("not a folder")
-    result = CliRunner().invoke(main, [*command, str(tmp_path / "a_file" / name), "--device", "cpu"])
+    result = CliRunner().invoke(main, [*command, str(tmp_path / folder / "grid.png")])
+    assert result.exit_code == 2
+    assert f"{tmp_path / folder / 'grid.png'}: no folder {tmp_path / folder} to write it in" in result.output
+
+
+def test_an_output_folder_that_cannot_be_written_fails_with_one_clear_message(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--limit", "8", "--out",
+                                       str(tmp_path / "a_file" / "out"), "--device", "cpu"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(f"Error: {tmp_path / 'a_file'}")
     assert "Traceback" not in result.output
