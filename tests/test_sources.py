@@ -313,6 +313,26 @@ def test_table_without_an_image_column_is_a_clear_error(tmp_path):
         open_source(str(tmp_path / "t"))
 
 
+def test_a_table_whose_image_column_holds_no_image_bytes_is_refused_when_opened(tmp_path):
+    datasets.Dataset.from_dict({"image": ["faces/a.jpg"], "label": [0]}).save_to_disk(str(tmp_path / "t"))
+    with pytest.raises(SourceError, match=re.escape(f"{tmp_path / 't'}: image column 'image' holds string, not image "
+                                                    "bytes (binary, or an Image feature's struct of bytes and path)")):
+        open_source(str(tmp_path / "t"))
+
+
+def test_a_table_source_pickles_as_a_reference_to_its_files_and_reads_the_same_faces_after(tmp_path, lfw_jpegs):
+    """What a spawned decoding worker gets: not the table's images (the Arrow columns pickle by value)."""
+    images, labels = lfw_jpegs
+    image_table(images, labels).save_to_disk(str(tmp_path / "saved"))
+    source = open_source(str(tmp_path / "saved"))
+    sent = pickle.dumps(source)
+    assert len(sent) < sum(len(image) for image in images) / 4
+    received = pickle.loads(sent)
+    keys = torch.tensor([0, 3, 5])
+    assert torch.equal(received.load(keys).hq, source.load(keys).hq)
+    assert received.sample_name(3) == source.sample_name(3) == "row 3"
+
+
 @pytest.mark.parametrize("name, says", [("faces.parquet", "not a readable parquet file (Parquet magic bytes"),
                                          ("faces.arrow", "not a readable arrow file")])
 def test_a_table_file_that_is_not_one_is_named(tmp_path, name, says):

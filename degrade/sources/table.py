@@ -3,6 +3,7 @@ of Parquet shards as the Hugging Face Hub serves a dataset."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels
@@ -148,13 +150,37 @@ def _numbered_identities(table: datasets.Dataset, where: Path) -> tuple[torch.Te
     return torch.from_numpy(columns.column("identity").to_numpy().astype(np.int64)), identity_names
 
 
-def _file_names(table: datasets.Dataset) -> pa.ChunkedArray | None:
-    """The table's ``file`` column of text, naming each row's image (None without one)."""
-    columns = table.data.table
-    if "file" not in columns.column_names:
-        return None
-    kind = columns.schema.field("file").type
-    return columns.column("file") if pa.types.is_string(kind) or pa.types.is_large_string(kind) else None
+@dataclasses.dataclass
+class _ArrowColumns:
+    """The columns a TableSource reads by row, straight from the Arrow table that ``open_table``
+    opened from its files (rows in file order, no indices mapping). Through ``datasets``' rows a
+    face took 60 us to read on the 2-core machine, its formatting most of it; from the Arrow
+    column 4.5 us (`benchmarks/load_rate.py` on a raw build of LFW: 23-25 against 58-88 us per face)."""
+
+    image_bytes: pa.ChunkedArray          # each row's encoded image (or raw pixels)
+    image_paths: pa.ChunkedArray | None   # an HF Image's path, for rows whose bytes it does not hold
+    files: pa.ChunkedArray | None         # a ``file`` text column, naming each row's image
+
+    @classmethod
+    def of(cls, table: datasets.Dataset, image_column: str, where: str) -> _ArrowColumns:
+        columns = table.data.table
+        image = columns.column(image_column)
+        kind = image.type
+        if _is_binary(kind):
+            image_bytes, image_paths = image, None
+        elif pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0 and _is_binary(kind.field("bytes").type):
+            image_bytes = pc.struct_field(image, "bytes")  # the child array itself, not copied
+            image_paths = pc.struct_field(image, "path") if kind.get_field_index("path") >= 0 else None
+        else:
+            raise SourceError(f"{where}: image column {image_column!r} holds {kind}, not image bytes (binary, or "
+                              "an Image feature's struct of bytes and path)")
+        files = columns.column("file") if "file" in columns.column_names else None
+        is_text = files is not None and (pa.types.is_string(files.type) or pa.types.is_large_string(files.type))
+        return cls(image_bytes, image_paths, files if is_text else None)
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
 
 
 def holds_raw_pixels(path: Path) -> bool:
@@ -180,8 +206,6 @@ class TableSource(EncodedSource):
 
     def __init__(self, path: str | Path, size: int = 112, strict: bool = False, image_column: str | None = None,
                  label_column: str | None = None) -> None:
-        import datasets
-
         path = Path(path)
         table = open_table(path)
         columns = table.column_names
@@ -195,13 +219,10 @@ class TableSource(EncodedSource):
                               "rename yours to 'label', or pass label_column= to TableSource")
         if len(table) == 0:
             raise SourceError(f"{path}: the table has no rows")
-        if isinstance(table.features[image_column], datasets.Image):
-            table = table.cast_column(image_column, datasets.Image(decode=False))
-        # Rows are read through the image column alone: a row of a degrade build (hq, lq, params,
-        # ...) took 262 us to read whole, its image 12 us.
-        self.table, self.image_column = table.select_columns([image_column]), image_column
-        self.files = _file_names(table)
         self.name, self.size, self.strict = str(path), size, strict
+        self.table = table.select_columns(list(dict.fromkeys(c for c in (image_column, "file") if c in columns)))
+        self.image_column = image_column
+        self._columns: _ArrowColumns | None = _ArrowColumns.of(self.table, image_column, self.name)
         self.raw_pixels = holds_raw_pixels(path)
         numbered = _numbered_identities(table, path) if label_column == "identity_name" else None
         if numbered is not None:
@@ -212,27 +233,38 @@ class TableSource(EncodedSource):
         lookup = {name: index for index, name in enumerate(self.identity_names)}
         self.identities = torch.tensor(np.array([lookup[label] for label in labels]), dtype=torch.int64)
 
+    def __getstate__(self) -> dict:
+        # A spawned worker gets the table by reference to its files (``datasets`` pickles a
+        # memory-mapped table as its path) and takes its columns out again; the Arrow columns
+        # themselves pickle by value: a raw build of LFW pickled as 398 MB, now 0.17 MB.
+        return {**self.__dict__, "_columns": None}
+
+    @property
+    def columns(self) -> _ArrowColumns:
+        if self._columns is None:
+            self._columns = _ArrowColumns.of(self.table, self.image_column, self.name)
+        return self._columns
+
     def sample_name(self, key: int) -> str:
         """The row's ``file`` (a degrade build's: the name its face had in the build's source, so
         attributes keyed by file match a build as they match its source), else ``row KEY``."""
-        name = None if self.files is None else self.files[key].as_py()
+        files = self.columns.files
+        name = None if files is None else files[key].as_py()
         return f"row {key}" if name is None else name
 
     def read(self, key: int) -> tuple[bytes, str]:
-        value = self.table[key][self.image_column]
         where = f"{self.name} row {key}"
-        if isinstance(value, dict):
-            if value.get("bytes"):
-                return value["bytes"], where
-            if value.get("path"):
-                try:
-                    return Path(value["path"]).read_bytes(), value["path"]
-                except OSError as error:
-                    raise SourceError(f"{where}: its image {value['path']} cannot be read ({error.strerror})") from None
-            return b"", where
-        if isinstance(value, (bytes, bytearray)):
-            return bytes(value), where
-        raise SourceError(f"{where}: image column {self.image_column!r} holds {type(value).__name__}, not image bytes")
+        columns = self.columns
+        data = columns.image_bytes[key].as_py()
+        if data:
+            return data, where
+        path = None if columns.image_paths is None else columns.image_paths[key].as_py()
+        if path:
+            try:
+                return Path(path).read_bytes(), path
+            except OSError as error:
+                raise SourceError(f"{where}: its image {path} cannot be read ({error.strerror})") from None
+        return b"", where
 
     def decode(self, data: bytes, where: str) -> tuple[np.ndarray, list[str]]:
         if self.raw_pixels:
