@@ -13,6 +13,7 @@ import yaml
 
 from degrade.arrow import BuildError, open_dataset, read_manifest
 from degrade.engine import PairBatch
+from degrade.layout import stack_channels_first
 from degrade.recipe import Recipe, RecipeError, parse_recipe
 
 
@@ -50,13 +51,11 @@ def gather_rows(table: pa.Table, batches: list[pa.RecordBatch], starts: np.ndarr
                                  schema=table.schema)
 
 
-def _decode(value, image_format: str, side: int) -> torch.Tensor:
-    """(3, side, side) uint8 RGB from a PNG Image cell or raw HxWx3 bytes."""
+def _pixels(value, image_format: str, side: int) -> np.ndarray:
+    """(side, side, 3) uint8 RGB from a PNG Image cell or raw HxWx3 bytes."""
     if image_format == "png":
-        image = cv2.imdecode(np.frombuffer(value["bytes"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-    else:
-        image = np.frombuffer(value, np.uint8).reshape(side, side, 3).copy()
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return cv2.imdecode(np.frombuffer(value["bytes"], np.uint8), cv2.IMREAD_COLOR_RGB)
+    return np.frombuffer(value, np.uint8).reshape(side, side, 3)
 
 
 class BuiltPairs:
@@ -108,12 +107,19 @@ class BuiltPairs:
         params = {k: torch.from_numpy(np.array(v)) for k, v in flat_params(table).items()}
         sides = recipe.native_sides(params)
         canvas = recipe.output_size
-        decoded = [_decode(value, image_format, recipe.size) for value in table.column("hq").to_pylist()]
-        hq = torch.stack(decoded) if decoded else torch.empty(0, 3, recipe.size, recipe.size, dtype=torch.uint8)
-        lq = torch.zeros(len(hq), 3, canvas, canvas, dtype=torch.uint8)
-        for n, value in enumerate(table.column("lq").to_pylist()):
-            side = int(sides[n]) if sides is not None else canvas
-            lq[n, :, :side, :side] = _decode(value, image_format, side)
+        if table.num_rows == 0:
+            hq = torch.empty(0, 3, recipe.size, recipe.size, dtype=torch.uint8)
+            lq = torch.empty(0, 3, canvas, canvas, dtype=torch.uint8)
+        else:
+            hq = stack_channels_first([_pixels(value, image_format, recipe.size)
+                                       for value in table.column("hq").to_pylist()])
+            lq_values = table.column("lq").to_pylist()
+            if sides is None:
+                lq = stack_channels_first([_pixels(value, image_format, canvas) for value in lq_values])
+            else:
+                lq = torch.zeros(len(hq), 3, canvas, canvas, dtype=torch.uint8)
+                for canvas_of_pair, value, side in zip(lq.numpy(), lq_values, sides.tolist()):
+                    canvas_of_pair[:, :side, :side] = _pixels(value, image_format, side).transpose(2, 0, 1)
         attributes = None
         if self.attribute_columns:
             columns = flat_table(table.select(["attributes"]))
