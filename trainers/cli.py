@@ -109,7 +109,8 @@ def common_training_options(command):
         click.option("--warmup", default=0, show_default=True, type=click.IntRange(0),
                      help="Warm-up steps, fewer than --steps."),
         click.option("--frozen-backbone-steps", default=0, show_default=True, type=click.IntRange(0),
-                     help="First steps train only the heads (warms a new head up on a pretrained backbone); fewer than --steps."),
+                     help="First steps train only the heads (warms a new head up on a pretrained backbone); "
+                          "fewer than --steps."),
         click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"])),
         click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1)),
         click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
@@ -272,7 +273,8 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                                  "the full learning rate", param_hint="--warmup")
     if options["frozen_backbone_steps"] >= options["steps"]:
         raise click.BadParameter(f"{options['frozen_backbone_steps']} frozen-backbone steps leave none of the "
-                                 f"{options['steps']} --steps training the backbone", param_hint="--frozen-backbone-steps")
+                                 f"{options['steps']} --steps training the backbone",
+                                 param_hint="--frozen-backbone-steps")
     refuse_unused_options()
     device = torch.device(options["device"])
     join_torchrun(backend_for(device))  # before the stream, which takes its share of each epoch from the job
