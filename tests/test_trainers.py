@@ -370,7 +370,7 @@ def test_a_run_stopped_by_sigterm_saves_a_checkpoint_after_its_step_and_says_whe
         process.send_signal(signal.SIGTERM)
     errors = process.communicate(timeout=60)[1]
     saved = [int(path.stem.removeprefix("step-")) for path in out.glob("step-*.pt")]
-    assert process.returncode == 143 and len(saved) == 1 and 10 <= saved[0] < 400
+    assert process.returncode == 143 and len(saved) == 1 and 10 <= saved[0] < 400, errors
     assert torch.load(out / "last.pt", weights_only=True)["step"] == saved[0]
     assert errors.replace("\r", "\n").rstrip().splitlines()[-1] == (
         f"{out}: terminated; run the same command again to resume from its last checkpoint, step {saved[0]}")
