@@ -8,8 +8,9 @@ Shard i holds the keys [i * shard_size, (i + 1) * shard_size) that decoded, so i
 depend on nothing but the build's settings. It is written under a temporary name and renamed
 into place, with its ``.json`` account (rows, skipped inputs) renamed just before it; a shard
 on disk is always whole. ``state.json`` is written last, so an unfinished build never opens
-as a dataset. Running the same build again skips finished shards (resume); under torchrun
-each rank writes the shards i with i % world_size == rank.
+as a dataset. Running the same build again skips finished shards (resume) and remakes one
+damaged since it was written (cut short, unreadable or deleted); under torchrun each rank
+writes the shards i with i % world_size == rank.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from degrade.loader import pair_batches
 from degrade.ops import Params
 from degrade.progress import progress_bar
 from degrade.recipe import Recipe
-from degrade.sources import Faces, Source
+from degrade.sources import Faces, Source, SourceError
 from degrade.sources.attributes import Attributes
+from degrade.sources.table import load_saved, stream_rows
 from degrade.text import counted, differences, every
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMW
 FORMATS = ("png", "raw")
 MANIFEST = "degrade.json"
 SUMMARY = "summary.json"
+REMAKE = "run the same `degrade build` command again to remake it"
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
@@ -258,12 +261,13 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     if attributes is not None:
         attributes.check_names(source, total)
     rank, world = join_torchrun("gloo")
-    shards = math.ceil(total / shard_size)
+    names = shard_names(total, shard_size)
+    shards = len(names)
     manifest = _manifest(recipe, source, seed, total, shard_size, image_format, attributes)
     if rank == 0:
         _prepare_folder(out, manifest)
-    names = [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
-    done = {i for i in range(shards) if (out / names[i]).exists()}  # by an earlier run: no rank writes yet
+    # Written by an earlier run (no rank writes yet); one damaged since is made again.
+    done = {i for i, name in enumerate(names) if not shard_damage(out / name)}
     wait_for_all_ranks()
     mine = [i for i in range(shards) if i % world == rank]
     todo = [i for i in mine if i not in done]
@@ -376,6 +380,12 @@ class _ShardFile:
         os.replace(self.partial, self.path)
 
 
+def shard_names(pairs: int, shard_size: int) -> list[str]:
+    """The file names of the shards of a build of ``pairs`` pairs, ``shard_size`` to a shard."""
+    shards = math.ceil(pairs / shard_size)
+    return [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
+
+
 def _shard_bounds(index: int, shard_size: int, total: int) -> tuple[int, int]:
     return index * shard_size, min((index + 1) * shard_size, total)
 
@@ -466,7 +476,7 @@ def unfinished_progress(path: Path) -> str | None:
         return None
     done = len(list(path.glob("data-*.arrow")))
     settings = json.loads(manifest.read_text())
-    return f"{done} of {math.ceil(settings['pairs'] / settings['shard_size'])} shards written"
+    return f"{done} of {len(shard_names(settings['pairs'], settings['shard_size']))} shards written"
 
 
 def _skipped_throughout(path: Path) -> int | None:
@@ -479,9 +489,8 @@ def _skipped_throughout(path: Path) -> int | None:
 
 
 def open_dataset(path: str | Path) -> datasets.Dataset:
-    """``datasets.load_from_disk`` for a degrade build, with a clear error for an unfinished one."""
-    import datasets
-
+    """``datasets.load_from_disk`` for a degrade build; a BuildError naming the folder (or the shard)
+    for one that did not finish, holds no pairs, or was damaged since it was written."""
     path = Path(path)
     progress = unfinished_progress(path)
     if progress:
@@ -492,7 +501,41 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
         raise BuildError(f"{path}: holds no pairs: {every(skipped, 'input')} was skipped ({SUMMARY} lists them)")
     if not (path / "state.json").is_file():
         raise BuildError(f"{path}: not a dataset folder (no state.json)")
-    return datasets.load_from_disk(str(path))
+    try:
+        dataset = load_saved(path)
+    except SourceError as error:  # a shard missing or unreadable, or state.json
+        raise BuildError(f"{_first_damaged_shard(path) or error}; {REMAKE}") from None
+    summary = path / SUMMARY
+    written = json.loads(summary.read_text())["pairs"] if summary.is_file() else len(dataset)
+    if len(dataset) != written:
+        said = f"{path}: holds {len(dataset)} pairs, where {SUMMARY} says {written} were written"
+        raise BuildError(f"{_first_damaged_shard(path) or said}; {REMAKE}")
+    return dataset
+
+
+def _first_damaged_shard(path: Path) -> str | None:
+    """The first shard of the build in ``path`` that :func:`shard_damage` finds damaged, and how."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    for name in shard_names(manifest["pairs"], manifest["shard_size"]):
+        damage = shard_damage(path / name)
+        if damage:
+            return f"{path / name}: {damage}"
+    return None
+
+
+def shard_damage(shard: Path) -> str | None:
+    """What is wrong with a shard a build wrote, read back: missing, not a readable Arrow stream,
+    or holding fewer rows than its account (``NAME.arrow.json``) says were written to it (a copy
+    cut short between two record batches reads without an error); None when it is whole."""
+    account = shard.with_name(shard.name + ".json")
+    if not (shard.is_file() and account.is_file()):
+        return "missing"
+    try:
+        held = stream_rows(shard)
+    except (OSError, pa.ArrowException) as error:
+        return f"not a readable Arrow stream ({error})"
+    written = json.loads(account.read_text())["rows"]
+    return None if held == written else f"holds {held} of the {written} pairs written to it"
 
 
 def read_manifest(path: str | Path) -> dict:

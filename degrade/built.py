@@ -15,6 +15,7 @@ from degrade.arrow import BuildError, open_dataset, read_manifest
 from degrade.engine import PairBatch
 from degrade.layout import stack_channels_first
 from degrade.recipe import Recipe, RecipeError, parse_recipe
+from degrade.sources import SourceError
 
 
 def recipe_of(folder: Path, manifest: dict) -> Recipe:
@@ -51,11 +52,15 @@ def gather_rows(table: pa.Table, batches: list[pa.RecordBatch], starts: np.ndarr
                                  schema=table.schema)
 
 
-def _pixels(value, image_format: str, side: int) -> np.ndarray:
-    """(side, side, 3) uint8 RGB from a PNG Image cell or raw HxWx3 bytes."""
+def _pixels(value, image_format: str, side: int) -> np.ndarray | None:
+    """(side, side, 3) uint8 RGB from a PNG Image cell or raw HxWx3 bytes; None where the cell holds
+    no such image (a damaged file)."""
     if image_format == "png":
-        return cv2.imdecode(np.frombuffer(value["bytes"], np.uint8), cv2.IMREAD_COLOR_RGB)
-    return np.frombuffer(value, np.uint8).reshape(side, side, 3)
+        data = np.frombuffer(value["bytes"] or b"", np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
+    else:
+        image = np.frombuffer(value, np.uint8).reshape(side, side, 3) if len(value) == 3 * side * side else None
+    return image if image is not None and image.shape == (side, side, 3) else None
 
 
 class BuiltPairs:
@@ -101,9 +106,20 @@ class BuiltPairs:
             self._starts = np.cumsum([0] + [len(batch) for batch in self._batches[:-1]])
         return gather_rows(self._table, self._batches, self._starts, rows.numpy())
 
+    def _faces(self, table: pa.Table, column: str, sides: list[int]) -> list[np.ndarray]:
+        """The (side, side, 3) uint8 RGB faces of ``column`` ('hq' or 'lq') of the rows of ``table``;
+        a SourceError naming the build and the key of the first cell that holds no such face."""
+        faces = [_pixels(value, self.manifest["format"], side) for value, side in zip(table.column(column).to_pylist(), sides)]
+        damaged = next((i for i, face in enumerate(faces) if face is None), None)
+        if damaged is not None:
+            side, kind = sides[damaged], "PNG" if self.manifest["format"] == "png" else "raw pixels"
+            raise SourceError(f"{self.folder}: the {column} face of key {table.column('key')[damaged].as_py()} is not "
+                              f"a readable {side}x{side} RGB image ({kind}); the build is damaged")
+        return faces
+
     def load(self, rows: torch.Tensor) -> PairBatch:
         table = self._rows(rows)
-        recipe, image_format = self.recipe, self.manifest["format"]
+        recipe = self.recipe
         params = {k: torch.from_numpy(np.array(v)) for k, v in flat_params(table).items()}
         sides = recipe.native_sides(params)
         canvas = recipe.output_size
@@ -111,15 +127,15 @@ class BuiltPairs:
             hq = torch.empty(0, 3, recipe.size, recipe.size, dtype=torch.uint8)
             lq = torch.empty(0, 3, canvas, canvas, dtype=torch.uint8)
         else:
-            hq = stack_channels_first([_pixels(value, image_format, recipe.size)
-                                       for value in table.column("hq").to_pylist()])
-            lq_values = table.column("lq").to_pylist()
+            hq = stack_channels_first(self._faces(table, "hq", [recipe.size] * table.num_rows))
+            lq_sides = [canvas] * table.num_rows if sides is None else sides.tolist()
+            lq_faces = self._faces(table, "lq", lq_sides)
             if sides is None:
-                lq = stack_channels_first([_pixels(value, image_format, canvas) for value in lq_values])
+                lq = stack_channels_first(lq_faces)
             else:
                 lq = torch.zeros(len(hq), 3, canvas, canvas, dtype=torch.uint8)
-                for canvas_of_pair, value, side in zip(lq.numpy(), lq_values, sides.tolist()):
-                    canvas_of_pair[:, :side, :side] = _pixels(value, image_format, side).transpose(2, 0, 1)
+                for canvas_of_pair, face, side in zip(lq.numpy(), lq_faces, lq_sides):
+                    canvas_of_pair[:, :side, :side] = face.transpose(2, 0, 1)
         attributes = None
         if self.attribute_columns:
             columns = flat_table(table.select(["attributes"]))

@@ -332,8 +332,9 @@ def inspect_command(folder: str, grid: str | None, count: int) -> None:
     """Describe a built dataset: schema, counts, recipe, skipped inputs, attribute means, param histograms."""
     from degrade.arrow import BuildError
     from degrade.inspect import describe_dataset, write_dataset_grid
+    from degrade.sources import SourceError
 
-    with reported(BuildError):
+    with reported(BuildError, SourceError):
         click.echo(describe_dataset(folder))
         if grid:
             write_dataset_grid(folder, grid, count)

@@ -28,6 +28,9 @@ def channels_last(images: torch.Tensor) -> torch.Tensor:
 def stack_channels_first(images: Sequence[np.ndarray], out: torch.Tensor | None = None) -> torch.Tensor:
     """A non-empty sequence of (H, W, C) uint8 arrays of one shape -> (N, C, H, W) uint8 on the CPU,
     written into the first N rows of ``out`` (contiguous, (>= N, C, H, W) uint8) when it is given."""
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:  # cv2.split would leave the rows of other shapes unwritten
+        raise ValueError(f"stack_channels_first: images of shapes {sorted(shapes)}; they must share one")
     h, w, c = images[0].shape
     stacked = np.empty((len(images), c, h, w), np.uint8) if out is None else out[:len(images)].numpy()
     for image, target in zip(images, stacked):

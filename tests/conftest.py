@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -14,6 +15,20 @@ from degrade.engine import to_float
 SHARED_DATA = Path(os.environ.get("DEGRADE_TEST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 LFW = SHARED_DATA / "lfw112"
 TEACHER = SHARED_DATA / "weights" / "mobilefacenet" / "068.ckpt"
+
+
+def damage_cell(shard: Path, column: str, row: int) -> None:
+    """Shorten the ``column`` cell of ``row`` in the Arrow stream file ``shard`` of a build: a PNG to
+    half its bytes, raw pixels by one pixel."""
+    with pa.ipc.open_stream(shard.read_bytes()) as reader:  # not mapped: the file is rewritten below
+        table = reader.read_all()
+    cells = table.column(column).to_pylist()
+    cell = cells[row]
+    cells[row] = {**cell, "bytes": cell["bytes"][:len(cell["bytes"]) // 2]} if isinstance(cell, dict) else cell[:-3]
+    table = table.set_column(table.schema.get_field_index(column), table.schema.field(column),
+                             pa.array(cells, table.schema.field(column).type))
+    with pa.ipc.new_stream(str(shard), table.schema) as writer:
+        writer.write_table(table)
 
 
 class OpensAFile:

@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -24,7 +25,7 @@ from degrade.sources.attributes import Attributes
 from degrade.sources.base import SourceError
 from degrade.stream import PairStream, prefetched
 
-from .conftest import LFW
+from .conftest import LFW, damage_cell
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -129,6 +130,54 @@ def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
     (tmp_path / "ds" / "data-00002-of-00003.arrow").unlink()
     with pytest.raises(BuildError, match="did not finish \\(2 of 3 shards written\\).*run the same"):
         open_dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("image_format", ["png", "raw"])
+@pytest.mark.parametrize("column", ["hq", "lq"])
+def test_a_damaged_face_in_a_finished_build_fails_its_batch_naming_the_build_and_the_key(
+        tmp_path, image_format, column):
+    build_dataset(load_recipe("btnet"), open_source("demo"), tmp_path / "ds", limit=12, image_format=image_format,
+                  progress=False)
+    damage_cell(tmp_path / "ds" / "data-00000-of-00001.arrow", column, row=5)
+    pairs = BuiltPairs(tmp_path / "ds")
+    assert pairs.load(torch.tensor([4, 6])).hq.shape == (2, 3, 112, 112)
+    with pytest.raises(SourceError, match=f"ds: the {column} face of key 5 is not a readable .*the build is damaged"):
+        pairs.load(torch.tensor([3, 5, 7]))
+
+
+def _cut_before_its_last_batch(shard: Path) -> None:
+    """Drop the last record batch of the Arrow stream file ``shard``, as a copy cut short there would."""
+    data = shard.read_bytes()
+    stream = pa.BufferReader(data)
+    message_ends = [stream.tell() for _ in pa.ipc.MessageReader.open_stream(stream)]
+    shard.write_bytes(data[:message_ends[-2]])
+
+
+@pytest.mark.parametrize("damage, says, as_a_source_too", [
+    (lambda shard: shard.write_bytes(shard.read_bytes()[:-5000]),
+     "not a readable Arrow stream (Expected to be able to read", True),
+    (lambda shard: shard.unlink(), "missing", True),
+    (_cut_before_its_last_batch, "holds 16 of the 24 pairs written to it", False),
+], ids=["truncated", "missing", "cut between batches"])
+def test_a_shard_damaged_after_the_build_is_named_where_it_is_read_and_the_same_build_remakes_it(
+        tmp_path, damage, says, as_a_source_too):
+    """Read back (and, where Arrow notices, as the source of another build), the error names the
+    shard; running the build again ends with the bytes it had."""
+    def build():
+        build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=40, batch_size=8, shard_size=24,
+                      image_format="raw", progress=False)
+
+    build()
+    whole = folder_bytes(tmp_path / "ds")
+    damage(tmp_path / "ds" / "data-00000-of-00002.arrow")
+    openings = [BuiltPairs, describe_dataset] + ([lambda folder: open_source(str(folder))] if as_a_source_too else [])
+    for opening in openings:
+        with pytest.raises((BuildError, SourceError), match=re.escape(f"ds/data-00000-of-00002.arrow: {says}")):
+            opening(tmp_path / "ds")
+    with pytest.raises(BuildError, match="run the same `degrade build` command again to remake it"):
+        BuiltPairs(tmp_path / "ds")
+    build()
+    assert folder_bytes(tmp_path / "ds") == whole
 
 
 def test_a_build_whose_every_input_is_skipped_fails_naming_one_and_its_folder_says_it_holds_no_pairs(

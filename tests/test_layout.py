@@ -1,6 +1,7 @@
 """Moving uint8 faces between the engine's channels-first layout and image files' channels-last."""
 
 import numpy as np
+import pytest
 import torch
 
 from degrade.layout import channels_last, stack_channels_first
@@ -19,3 +20,9 @@ def test_stacking_channels_first_keeps_every_pixel_in_its_channel():
     stacked = stack_channels_first(images)
     assert stacked.shape == (4, 3, 16, 12)
     assert torch.equal(stacked, torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+
+
+def test_stacking_images_of_different_shapes_is_refused_rather_than_leaving_rows_unwritten():
+    images = [np.zeros((16, 12, 3), np.uint8), np.zeros((12, 16, 3), np.uint8)]
+    with pytest.raises(ValueError, match=r"shapes \[\(12, 16, 3\), \(16, 12, 3\)\]"):
+        stack_channels_first(images)

@@ -1,7 +1,7 @@
 """An input to `degrade train` or `degrade eval` that cannot be used fails with one message naming
 it and saying why: a checkpoint (--init, --teacher, --stage1, eval --model, the run's last.pt),
 also one whose weights are NaN, a folder that is not a finished build (--from-dataset), a source
-whose faces cannot be read, an attributes table without the columns CATFace needs, folds the
+whose faces cannot be read, a build with a damaged face, an attributes table without the columns CATFace needs, folds the
 pairs file does not have, an unknown backbone, a setting that would make training climb its loss
 or never reach its learning rate."""
 
@@ -10,12 +10,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from degrade.arrow import build_dataset
 from degrade.cli import main
+from degrade.recipe import load_recipe
+from degrade.sources import open_source
 from trainers.backbones import build_backbone
 from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
 from trainers.cli import training_source
 
-from .conftest import LFW, OpensAFile
+from .conftest import LFW, OpensAFile, damage_cell
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +167,14 @@ def test_from_dataset_of_a_folder_that_is_not_a_degrade_build_names_it(tmp_path)
             result = CliRunner().invoke(main, ["train", trainer, "--from-dataset", str(tmp_path / folder), "--steps", "1",
                                                "--device", "cpu", "--out", str(tmp_path / "run")])
             _fails_naming(result, str(tmp_path / folder), says)
+
+
+def test_from_dataset_of_a_build_with_a_damaged_face_stops_at_its_batch_naming_the_key(tmp_path):
+    build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=16, progress=False)
+    damage_cell(tmp_path / "ds" / "data-00000-of-00001.arrow", "lq", row=3)
+    result = CliRunner().invoke(main, ["train", "lrfr", "--from-dataset", str(tmp_path / "ds"), "--steps", "2",
+                                       "--batch-size", "8", "-j", "0", "--device", "cpu", "--out", str(tmp_path / "run")])
+    _fails_naming(result, str(tmp_path / "ds"), "the lq face of key 3 is not a readable 112x112 RGB image (PNG)")
 
 
 def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_path):

@@ -73,7 +73,7 @@ def open_table(path: Path) -> datasets.Dataset:
     if (path / "state.json").is_file():
         if not _saved_data_files(path):  # datasets' load_from_disk fails on such a folder with an IndexError
             raise SourceError(f"{path}: the table has no rows")
-        loaded = datasets.load_from_disk(str(path))
+        loaded = load_saved(path)
         if isinstance(loaded, datasets.DatasetDict):
             if "train" not in loaded:
                 raise SourceError(f"{path}: a dataset dictionary without a 'train' split ({', '.join(loaded)})")
@@ -92,6 +92,33 @@ def open_table(path: Path) -> datasets.Dataset:
     except (pa.ArrowException, DatasetGenerationError) as error:  # datasets wraps what Arrow says in the latter
         kind = "Parquet shards" if shards else f"{path.suffix[1:]} file"
         raise SourceError(f"{path}: not a readable {kind} ({error.__cause__ or error})") from None
+
+
+def load_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
+    """``datasets.load_from_disk`` of a ``save_to_disk`` folder; a SourceError naming the first of its
+    Arrow files that is missing or cannot be read (Arrow's own message names none), or its
+    state.json where that cannot be read."""
+    import datasets
+
+    _saved_data_files(folder)
+    try:
+        return datasets.load_from_disk(str(folder))
+    except FileNotFoundError as error:
+        raise SourceError(f"{error.filename or folder}: missing; the dataset is incomplete") from None
+    except (OSError, pa.ArrowException) as error:
+        for entry in _saved_data_files(folder):
+            try:
+                stream_rows(folder / entry["filename"])
+            except (OSError, pa.ArrowException) as problem:
+                raise SourceError(f"{folder / entry['filename']}: not a readable Arrow stream ({problem})") from None
+        raise SourceError(f"{folder}: cannot be loaded ({error})") from None
+
+
+def stream_rows(path: Path) -> int:
+    """The rows of the Arrow stream file ``path`` (a shard of a saved dataset), read through every
+    record batch without copying them; OSError or ArrowException where it cannot be read."""
+    with pa.memory_map(str(path)) as mapped:
+        return pa.ipc.open_stream(mapped).read_all().num_rows
 
 
 def _saved_data_files(folder: Path) -> list[dict]:
