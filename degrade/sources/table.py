@@ -73,7 +73,7 @@ def open_table(path: Path) -> datasets.Dataset:
     if (path / "state.json").is_file():
         if not _saved_data_files(path):  # datasets' load_from_disk fails on such a folder with an IndexError
             raise SourceError(f"{path}: the table has no rows")
-        loaded = load_saved(path)
+        loaded = _opened_build(path) if (path / "degrade.json").is_file() else load_saved(path)
         if isinstance(loaded, datasets.DatasetDict):
             if "train" not in loaded:
                 raise SourceError(f"{path}: a dataset dictionary without a 'train' split ({', '.join(loaded)})")
@@ -92,6 +92,17 @@ def open_table(path: Path) -> datasets.Dataset:
     except (pa.ArrowException, DatasetGenerationError) as error:  # datasets wraps what Arrow says in the latter
         kind = "Parquet shards" if shards else f"{path.suffix[1:]} file"
         raise SourceError(f"{path}: not a readable {kind} ({error.__cause__ or error})") from None
+
+
+def _opened_build(folder: Path) -> datasets.Dataset:
+    """A degrade build, opened as :func:`degrade.arrow.open_dataset` opens one: it also finds a shard
+    cut short between two record batches, which reads as a table of fewer rows."""
+    from degrade.arrow import BuildError, open_dataset  # here: degrade.arrow imports this module
+
+    try:
+        return open_dataset(folder)
+    except BuildError as error:
+        raise SourceError(str(error)) from None
 
 
 def load_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
