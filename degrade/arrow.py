@@ -44,7 +44,7 @@ from degrade.progress import progress_bar
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source, SourceError
 from degrade.sources.attributes import Attributes
-from degrade.sources.table import load_saved, stream_rows
+from degrade.sources.table import load_saved, read_json, stream_rows
 from degrade.text import counted, differences, every
 
 if TYPE_CHECKING:
@@ -420,7 +420,7 @@ def _prepare_folder(out: Path, manifest: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
+        previous = read_json(manifest_path)
         if previous != manifest:
             raise BuildError(f"{out}: holds a different build ({_differences(previous, manifest)}); "
                              "use a new --out or delete it")
@@ -437,7 +437,7 @@ def _finish(out: Path, names: list[str], total: int, recipe: Recipe, seed: int, 
     ``done``: the shards an earlier run had written."""
     rows, made, skipped, fixes = 0, 0, [], collections.Counter()
     for index, name in enumerate(names):
-        account = json.loads((out / f"{name}.json").read_text())
+        account = read_json(out / f"{name}.json")
         rows += account["rows"]
         made += 0 if index in done else account["rows"]
         skipped += [tuple(entry) for entry in account["skipped"]]
@@ -475,7 +475,7 @@ def unfinished_progress(path: Path) -> str | None:
     if not manifest.is_file() or (path / "state.json").is_file() or _skipped_throughout(path) is not None:
         return None
     done = len(list(path.glob("data-*.arrow")))
-    settings = json.loads(manifest.read_text())
+    settings = read_json(manifest)
     return f"{done} of {len(shard_names(settings['pairs'], settings['shard_size']))} shards written"
 
 
@@ -484,7 +484,7 @@ def _skipped_throughout(path: Path) -> int | None:
     summary = path / SUMMARY
     if not summary.is_file():
         return None
-    account = json.loads(summary.read_text())
+    account = read_json(summary)
     return len(account["skipped"]) if account["pairs"] == 0 else None
 
 
@@ -506,7 +506,7 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
     except SourceError as error:  # a shard missing or unreadable, or state.json
         raise BuildError(f"{_first_damaged_shard(path) or error}; {REMAKE}") from None
     summary = path / SUMMARY
-    written = json.loads(summary.read_text())["pairs"] if summary.is_file() else len(dataset)
+    written = read_json(summary)["pairs"] if summary.is_file() else len(dataset)
     if len(dataset) != written:
         said = f"{path}: holds {len(dataset)} pairs, where {SUMMARY} says {written} were written"
         raise BuildError(f"{_first_damaged_shard(path) or said}; {REMAKE}")
@@ -515,7 +515,7 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
 
 def _first_damaged_shard(path: Path) -> str | None:
     """The first shard of the build in ``path`` that :func:`shard_damage` finds damaged, and how."""
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = read_json(path / MANIFEST)
     for name in shard_names(manifest["pairs"], manifest["shard_size"]):
         damage = shard_damage(path / name)
         if damage:
@@ -534,7 +534,10 @@ def shard_damage(shard: Path) -> str | None:
         held = stream_rows(shard)
     except (OSError, pa.ArrowException) as error:
         return f"not a readable Arrow stream ({error})"
-    written = json.loads(account.read_text())["rows"]
+    try:
+        written = read_json(account)["rows"]
+    except SourceError:
+        return f"its account {account.name} is not readable JSON"
     return None if held == written else f"holds {held} of the {written} pairs written to it"
 
 
@@ -543,4 +546,4 @@ def read_manifest(path: str | Path) -> dict:
     manifest = Path(path) / MANIFEST
     if not manifest.is_file():
         raise BuildError(f"{path}: not a degrade build (no {MANIFEST})")
-    return json.loads(manifest.read_text())
+    return read_json(manifest)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from degrade.arrow import SUMMARY, open_dataset, read_manifest
 from degrade.built import BuiltPairs, flat_params, recipe_of
 from degrade.recipe import Recipe
+from degrade.sources.table import read_json
 from degrade.text import counted
 
 BAR = 30
@@ -54,7 +54,7 @@ def describe_dataset(folder: str | Path) -> str:
         lines += _attribute_lines(table.column("attributes"))
     summary_path = folder / SUMMARY
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary = read_json(summary_path)
         lines.append(f"skipped inputs: {len(summary['skipped'])}")
         lines += [f"  key {key}: {reason}" for key, reason in summary["skipped"][:10]]
         if summary["fixes"]:

@@ -177,6 +177,26 @@ def test_a_shard_damaged_after_the_build_is_named_where_it_is_read_and_the_same_
     assert folder_bytes(tmp_path / "ds") == whole
 
 
+@pytest.mark.parametrize("record", ["degrade.json", "summary.json", "state.json", "dataset_info.json"])
+def test_a_builds_damaged_json_record_is_named_where_the_build_is_read(tmp_path, record):
+    build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=8, image_format="raw", progress=False)
+    (tmp_path / "ds" / record).write_text('{"pairs": 8,')
+    for opening in (BuiltPairs, describe_dataset, lambda folder: open_source(str(folder))):
+        with pytest.raises((BuildError, SourceError), match=re.escape(f"ds/{record}: not readable JSON (Expecting")):
+            opening(tmp_path / "ds")
+
+
+def test_a_shard_whose_account_was_damaged_is_made_again_by_the_same_build(tmp_path):
+    def build():
+        return build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=8, image_format="raw",
+                             progress=False)
+
+    build()
+    whole = folder_bytes(tmp_path / "ds")
+    (tmp_path / "ds" / "data-00000-of-00001.arrow.json").write_text("{")
+    assert build().made == 8 and folder_bytes(tmp_path / "ds") == whole
+
+
 def test_a_build_whose_every_input_is_skipped_fails_naming_one_and_its_folder_says_it_holds_no_pairs(
         tmp_path, unreadable_faces):
     source = open_source(str(unreadable_faces))

@@ -112,6 +112,8 @@ def load_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
     import datasets
 
     _saved_data_files(folder)
+    if (folder / "dataset_info.json").is_file():
+        read_json(folder / "dataset_info.json")
     try:
         return datasets.load_from_disk(str(folder))
     except FileNotFoundError as error:
@@ -134,10 +136,19 @@ def stream_rows(path: Path) -> int:
 
 def _saved_data_files(folder: Path) -> list[dict]:
     """The Arrow files a ``save_to_disk`` folder's state.json lists (none for a table of no rows)."""
+    state = read_json(folder / "state.json")
+    if not isinstance(state, dict):
+        raise SourceError(f"{folder / 'state.json'}: not the state of a saved dataset (a JSON {type(state).__name__})")
+    return state.get("_data_files") or []
+
+
+def read_json(path: Path) -> object:
+    """The JSON value in ``path`` (a saved dataset's or a build's record of itself); a SourceError
+    naming it where it cannot be read or parsed."""
     try:
-        return json.loads((folder / "state.json").read_text()).get("_data_files") or []
-    except (OSError, ValueError, AttributeError) as error:
-        raise SourceError(f"{folder}: its state.json cannot be read ({error})") from None
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SourceError(f"{path}: not readable JSON ({error})") from None
 
 
 def _identity_labels(table: datasets.Dataset, column: str, where: Path) -> list[str]:
