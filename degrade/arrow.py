@@ -503,8 +503,8 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
         raise BuildError(f"{path}: not a dataset folder (no state.json)")
     try:
         dataset = load_saved(path)
-    except SourceError as error:  # a shard missing or unreadable, or state.json
-        raise BuildError(f"{_first_damaged_shard(path) or error}; {REMAKE}") from None
+    except SourceError as error:  # naming a shard missing or unreadable, or state.json
+        raise BuildError(f"{error}; {REMAKE}") from None
     summary = path / SUMMARY
     written = read_json(summary)["pairs"] if summary.is_file() else len(dataset)
     if len(dataset) != written:

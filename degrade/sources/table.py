@@ -71,8 +71,6 @@ def open_table(path: Path) -> datasets.Dataset:
     from datasets.builder import DatasetGenerationError  # older versions define it there, newer import it there
 
     if (path / "state.json").is_file():
-        if not _saved_data_files(path):  # datasets' load_from_disk fails on such a folder with an IndexError
-            raise SourceError(f"{path}: the table has no rows")
         loaded = _opened_build(path) if (path / "degrade.json").is_file() else load_saved(path)
         if isinstance(loaded, datasets.DatasetDict):
             if "train" not in loaded:
@@ -107,11 +105,13 @@ def _opened_build(folder: Path) -> datasets.Dataset:
 
 def load_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
     """``datasets.load_from_disk`` of a ``save_to_disk`` folder; a SourceError naming the first of its
-    Arrow files that is missing or cannot be read (Arrow's own message names none), or its
-    state.json where that cannot be read."""
+    Arrow files that is missing or cannot be read (Arrow's own message names none), its state.json
+    or dataset_info.json where that cannot be read, or the folder where it holds no rows."""
     import datasets
 
-    _saved_data_files(folder)
+    files = _saved_data_files(folder)
+    if not files:  # datasets' load_from_disk fails on such a folder with an IndexError
+        raise SourceError(f"{folder}: the table has no rows")
     if (folder / "dataset_info.json").is_file():
         read_json(folder / "dataset_info.json")
     try:
@@ -119,7 +119,7 @@ def load_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
     except FileNotFoundError as error:
         raise SourceError(f"{error.filename or folder}: missing; the dataset is incomplete") from None
     except (OSError, pa.ArrowException) as error:
-        for entry in _saved_data_files(folder):
+        for entry in files:
             try:
                 stream_rows(folder / entry["filename"])
             except (OSError, pa.ArrowException) as problem:
