@@ -523,6 +523,19 @@ def _first_damaged_shard(path: Path) -> str | None:
     return None
 
 
+def shard_of_row(path: Path, row: int) -> Path:
+    """The shard of the finished build in ``path`` that holds its row ``row`` (0-based, as
+    ``open_dataset`` orders them: the shards' rows one shard after another, each shard's count
+    from its account)."""
+    manifest = read_json(path / MANIFEST)
+    end = 0
+    for name in shard_names(manifest["pairs"], manifest["shard_size"]):
+        end += read_json(path / f"{name}.json")["rows"]
+        if row < end:
+            return path / name
+    raise IndexError(f"{path}: row {row} asked of a build of {end} pairs")
+
+
 def shard_damage(shard: Path) -> str | None:
     """What is wrong with a shard a build wrote, read back: missing, not a readable Arrow stream,
     or holding fewer rows than its account (``NAME.arrow.json``) says were written to it (a copy

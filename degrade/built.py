@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import torch
 import yaml
 
-from degrade.arrow import BuildError, open_dataset, read_manifest
+from degrade.arrow import REMAKE, BuildError, open_dataset, read_manifest, shard_of_row
 from degrade.engine import PairBatch
 from degrade.layout import stack_channels_first
 from degrade.recipe import Recipe, RecipeError, parse_recipe
@@ -106,15 +106,17 @@ class BuiltPairs:
             self._starts = np.cumsum([0] + [len(batch) for batch in self._batches[:-1]])
         return gather_rows(self._table, self._batches, self._starts, rows.numpy())
 
-    def _faces(self, table: pa.Table, column: str, sides: list[int]) -> list[np.ndarray]:
-        """The (side, side, 3) uint8 RGB faces of ``column`` ('hq' or 'lq') of the rows of ``table``;
-        a SourceError naming the build and the key of the first cell that holds no such face."""
+    def _faces(self, table: pa.Table, rows: torch.Tensor, column: str, sides: list[int]) -> list[np.ndarray]:
+        """The (side, side, 3) uint8 RGB faces of ``column`` ('hq' or 'lq') of the build's ``rows``,
+        gathered in ``table``; a SourceError naming the shard and the key of the first cell that holds
+        no such face."""
         faces = [_pixels(value, self.manifest["format"], side) for value, side in zip(table.column(column).to_pylist(), sides)]
         damaged = next((i for i, face in enumerate(faces) if face is None), None)
         if damaged is not None:
             side, kind = sides[damaged], "PNG" if self.manifest["format"] == "png" else "raw pixels"
-            raise SourceError(f"{self.folder}: the {column} face of key {table.column('key')[damaged].as_py()} is not "
-                              f"a readable {side}x{side} RGB image ({kind}); the build is damaged")
+            raise SourceError(f"{shard_of_row(self.folder, int(rows[damaged]))}: the {column} face of key "
+                              f"{table.column('key')[damaged].as_py()} is not a readable {side}x{side} RGB image "
+                              f"({kind}); the shard is damaged: delete it and {REMAKE}")
         return faces
 
     def load(self, rows: torch.Tensor) -> PairBatch:
@@ -127,9 +129,9 @@ class BuiltPairs:
             hq = torch.empty(0, 3, recipe.size, recipe.size, dtype=torch.uint8)
             lq = torch.empty(0, 3, canvas, canvas, dtype=torch.uint8)
         else:
-            hq = stack_channels_first(self._faces(table, "hq", [recipe.size] * table.num_rows))
+            hq = stack_channels_first(self._faces(table, rows, "hq", [recipe.size] * table.num_rows))
             lq_sides = [canvas] * table.num_rows if sides is None else sides.tolist()
-            lq_faces = self._faces(table, "lq", lq_sides)
+            lq_faces = self._faces(table, rows, "lq", lq_sides)
             if sides is None:
                 lq = stack_channels_first(lq_faces)
             else:

@@ -328,17 +328,28 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, callback=_png_path,
               help="Also write a PNG grid of pairs.")
 @click.option("--count", "-n", default=16, show_default=True, type=click.IntRange(1, 256), help="Pairs in the grid.")
-def inspect_command(folder: str, grid: str | None, count: int) -> None:
-    """Describe a built dataset: schema, counts, recipe, skipped inputs, attribute means, param histograms."""
+@click.option("--verify", is_flag=True,
+              help="Also decode every face, to find one damaged inside a shard (opening a build checks only that "
+                   "each shard is whole and holds the pairs written to it); exit 1 naming the first damaged shard.")
+@click.option("--num-workers", "-j", default=None, type=click.IntRange(0),
+              callback=lambda context, parameter, workers: default_workers() if workers is None else workers,
+              help="Processes decoding the faces for --verify (default: every core, at most 16; 0: all in this "
+                   "process).")
+def inspect_command(folder: str, grid: str | None, count: int, verify: bool, num_workers: int) -> None:
+    """Describe a built dataset: schema, counts, recipe, skipped inputs, attribute means, param histograms;
+    with --verify, also check that every face decodes."""
     from degrade.arrow import BuildError
-    from degrade.inspect import describe_dataset, write_dataset_grid
+    from degrade.inspect import describe_dataset, verify_dataset, write_dataset_grid
     from degrade.sources import SourceError
+    from degrade.workers import WorkerLost
 
-    with reported(BuildError, SourceError):
+    with reported(BuildError, SourceError, WorkerLost):
         click.echo(describe_dataset(folder))
         if grid:
             write_dataset_grid(folder, grid, count)
             click.echo(f"wrote {grid}")
+        if verify:
+            click.echo(verify_dataset(folder, num_workers))
 
 
 @main.command("bench")

@@ -11,11 +11,15 @@ import torch
 
 from degrade.arrow import SUMMARY, open_dataset, read_manifest
 from degrade.built import BuiltPairs, flat_params, recipe_of
+from degrade.loader import decoded_batches
+from degrade.progress import progress_bar
 from degrade.recipe import Recipe
 from degrade.sources.table import read_json
 from degrade.text import counted
 
 BAR = 30
+# Pairs a --verify batch decodes (about 0.1-0.2 s of PNG decoding on one core).
+VERIFY_BATCH = 512
 
 
 def histogram(values: np.ndarray) -> list[str]:
@@ -110,3 +114,15 @@ def write_dataset_grid(folder: str | Path, out: str | Path, count: int) -> None:
 
     pairs = BuiltPairs(folder)
     write_preview(pairs.recipe, pairs.load(torch.arange(min(count, len(pairs)))), out)
+
+
+def verify_dataset(folder: str | Path, num_workers: int = 0) -> str:
+    """Decode every HQ and LQ face of a finished build, ``num_workers`` processes decoding; a line
+    saying all are readable, or a SourceError naming the shard and key of the first that is not.
+    Opening a build checks its shards' row counts; only this finds a face damaged inside a shard."""
+    pairs = BuiltPairs(folder)
+    with progress_bar(total=len(pairs), unit="pair", desc="verify") as bar:
+        for batch in decoded_batches(pairs, torch.arange(len(pairs)).split(VERIFY_BATCH), num_workers):
+            bar.update(len(batch.key))
+    return (f"verified {folder}: every HQ and LQ face of its {counted(len(pairs), 'pair')} is readable "
+            f"({pairs.manifest['format']})")

@@ -10,15 +10,18 @@ import time
 import warnings
 from pathlib import Path
 
+import cv2
 import pyarrow as pa
 import pytest
 import torch
+from click.testing import CliRunner
 
 from degrade import arrow
 from degrade.arrow import BuildError, build_dataset, open_dataset
 from degrade.built import BuiltPairs
+from degrade.cli import main
 from degrade.engine import make_pairs
-from degrade.inspect import describe_dataset
+from degrade.inspect import describe_dataset, verify_dataset
 from degrade.recipe import load_recipe
 from degrade.sources import open_source
 from degrade.sources.attributes import Attributes
@@ -134,15 +137,40 @@ def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
 
 @pytest.mark.parametrize("image_format", ["png", "raw"])
 @pytest.mark.parametrize("column", ["hq", "lq"])
-def test_a_damaged_face_in_a_finished_build_fails_its_batch_naming_the_build_and_the_key(
-        tmp_path, image_format, column):
-    build_dataset(load_recipe("btnet"), open_source("demo"), tmp_path / "ds", limit=12, image_format=image_format,
-                  progress=False)
-    damage_cell(tmp_path / "ds" / "data-00000-of-00001.arrow", column, row=5)
+def test_a_damaged_face_in_a_finished_build_fails_its_batch_naming_its_shard_and_key(tmp_path, image_format, column):
+    build_dataset(load_recipe("btnet"), open_source("demo"), tmp_path / "ds", limit=12, shard_size=5,
+                  image_format=image_format, progress=False)
+    damage_cell(tmp_path / "ds" / "data-00001-of-00003.arrow", column, row=2)
     pairs = BuiltPairs(tmp_path / "ds")
-    assert pairs.load(torch.tensor([4, 6])).hq.shape == (2, 3, 112, 112)
-    with pytest.raises(SourceError, match=f"ds: the {column} face of key 5 is not a readable .*the build is damaged"):
-        pairs.load(torch.tensor([3, 5, 7]))
+    assert pairs.load(torch.tensor([4, 6, 11])).hq.shape == (3, 3, 112, 112)
+    with pytest.raises(SourceError, match=re.escape(f"ds/data-00001-of-00003.arrow: the {column} face of key 7 is not a "
+                                                    "readable ") + ".*the shard is damaged: delete it and run the same"):
+        pairs.load(torch.tensor([3, 7, 9]))
+
+
+def test_verify_decodes_every_face_and_names_the_shard_of_a_damaged_one_that_deleting_and_rebuilding_remakes(tmp_path):
+    """The shards' own row counts place the damaged face: the first shard holds one pair fewer than
+    the shard size (its unreadable input skipped), so the second shard's first row is the dataset's row 3."""
+    faces = tmp_path / "faces"
+    for key, face in enumerate(open_source("demo").load(torch.arange(11)).hq):
+        (faces / f"id{key // 4}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(faces / f"id{key // 4}" / f"{key}.png"), face.permute(1, 2, 0).numpy())
+    (faces / "id0" / "1.png").write_bytes(b"not an image")
+
+    def build():
+        build_dataset(load_recipe("maug"), open_source(str(faces)), tmp_path / "ds", shard_size=4, progress=False)
+
+    build()
+    whole = folder_bytes(tmp_path / "ds")
+    assert verify_dataset(tmp_path / "ds") == f"verified {tmp_path / 'ds'}: every HQ and LQ face of its 10 pairs is readable (png)"
+    damage_cell(tmp_path / "ds" / "data-00001-of-00003.arrow", "hq", row=0)  # the dataset's row 3, key 4
+    with pytest.raises(SourceError, match=re.escape("ds/data-00001-of-00003.arrow: the hq face of key 4 ")):
+        verify_dataset(tmp_path / "ds", num_workers=2)
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "ds"), "--verify", "-j", "0"])
+    assert result.exit_code == 1 and "data-00001-of-00003.arrow: the hq face of key 4 " in result.output
+    (tmp_path / "ds" / "data-00001-of-00003.arrow").unlink()
+    build()
+    assert folder_bytes(tmp_path / "ds") == whole
 
 
 def _cut_before_its_last_batch(shard: Path) -> None:

@@ -169,12 +169,13 @@ def test_from_dataset_of_a_folder_that_is_not_a_degrade_build_names_it(tmp_path)
             _fails_naming(result, str(tmp_path / folder), says)
 
 
-def test_from_dataset_of_a_build_with_a_damaged_face_stops_at_its_batch_naming_the_key(tmp_path):
+def test_from_dataset_of_a_build_with_a_damaged_face_stops_at_its_batch_naming_its_shard_and_key(tmp_path):
     build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=16, progress=False)
     damage_cell(tmp_path / "ds" / "data-00000-of-00001.arrow", "lq", row=3)
     result = CliRunner().invoke(main, ["train", "lrfr", "--from-dataset", str(tmp_path / "ds"), "--steps", "2",
                                        "--batch-size", "8", "-j", "0", "--device", "cpu", "--out", str(tmp_path / "run")])
-    _fails_naming(result, str(tmp_path / "ds"), "the lq face of key 3 is not a readable 112x112 RGB image (PNG)")
+    _fails_naming(result, str(tmp_path / "ds" / "data-00000-of-00001.arrow"),
+                  "the lq face of key 3 is not a readable 112x112 RGB image (PNG)")
 
 
 def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_path):
