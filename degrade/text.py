@@ -8,6 +8,11 @@ def counted(number: int, noun: str, plural: str | None = None) -> str:
     return f"{number:,} {noun if number == 1 else plural or noun + 's'}"
 
 
+def first_few(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, and '...' when there are more: 'a, b, c, ...'."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def every(number: int, noun: str) -> str:
     """All of ``number`` things, as a sentence's subject: 'the only input', 'every one of the 2 inputs'."""
     return f"the only {noun}" if number == 1 else f"every one of the {counted(number, noun)}"

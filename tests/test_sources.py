@@ -467,8 +467,9 @@ def test_a_folder_source_orders_identities_and_files_by_name_and_keeps_only_imag
     (tmp_path / "a" / "notes.txt").write_text("not a face")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "readme.md").write_text("no faces here")
+    (tmp_path / "e").mkdir()
     with pytest.warns(UserWarning, match=r"2 files in identity folders not read, not images by their suffix \(.md 1, "
-                                         r"\.txt 1;") as warned:
+                                         r"\.txt 1;.*; 2 folders with no image not taken as identities \(d, e\)$") as warned:
         source = open_source(str(tmp_path))
     assert len(warned) == 1 and "folders of images" not in str(warned[0].message)  # c's sessions are c's
     assert [source.sample_name(key) for key in range(len(source))] == [

@@ -21,6 +21,7 @@ import torch
 
 from degrade.sources import Source
 from degrade.sources.base import SourceError
+from degrade.text import first_few
 
 
 PROBED_SAMPLES = 1000  # looked up by ``Attributes.check_names``
@@ -87,8 +88,7 @@ class Attributes:
         """The same table restricted to ``names`` (in that order)."""
         missing = [n for n in names if n not in self.names]
         if missing:
-            shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
-            raise SourceError(f"{self.path}: no column {missing[0]!r} (has {shown})")
+            raise SourceError(f"{self.path}: no column {missing[0]!r} (has {first_few(self.names, 8)})")
         chosen = object.__new__(Attributes)
         chosen.path, chosen.keyed_by, chosen.names, chosen.rows = self.path, self.keyed_by, list(names), self.rows
         chosen.values = self.values[:, [self.names.index(n) for n in names]]

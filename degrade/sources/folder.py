@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from degrade.sources.base import EncodedSource, SourceError
-from degrade.text import counted
+from degrade.text import counted, first_few
 
 # torchvision ImageFolder's image files, JPEG's other names (.jfif from web downloads), and GIF:
 # older face sets come as PGM (ORL) or PPM (FERET).
@@ -30,7 +30,8 @@ class FolderSource(EncodedSource):
     A root that holds an ``images/`` folder (as ``../shared/data/lfw112`` does) is read from there.
     Files that are not read, by their suffix or by lying directly in the root, are counted in one
     warning (an error when no image is read), so that faces are not left out unnoticed; so are
-    identity folders that look like a dataset's splits, each holding the identities' folders.
+    folders with no image (not identities: the others' numbers close up), and identity folders
+    that look like a dataset's splits, each holding the identities' folders.
     """
 
     def __init__(self, root: str | Path, size: int = 112, strict: bool = False) -> None:
@@ -45,6 +46,7 @@ class FolderSource(EncodedSource):
         self.identity_names: list[str] = []
         other_suffixes: collections.Counter = collections.Counter()
         subfolders = 0
+        imageless: list[str] = []
         entries = [entry for entry in os.scandir(root) if not _hidden(entry.name)]
         loose_images = sum(1 for entry in entries if entry.is_file() and _suffix(entry.name) in IMAGE_SUFFIXES)
         for folder in sorted(entry.name for entry in entries if entry.is_dir()):
@@ -54,13 +56,18 @@ class FolderSource(EncodedSource):
                 counts.append(len(files))
                 names += [f"{folder}/{file}".encode() for file in files]
                 subfolders += len({file.split("/", 1)[0] for file in files if "/" in file})
+            else:
+                imageless.append(folder)
         notes = _not_read(root, other_suffixes, loose_images)
+        if imageless and names:
+            notes.append(f"{counted(len(imageless), 'folder')} with no image not taken as identities "
+                         f"({first_few(imageless)})")
         if not names:
             raise SourceError(f"{root}: no images found in identity sub-folders (expected {root}/<identity>/<file>.jpg)"
                               + "".join(f"; {line}" for line in notes))
         if subfolders >= SPLIT_SUBFOLDERS * len(counts):
-            notes.append(f"its {counted(len(counts), 'identity folder')} ({', '.join(self.identity_names[:3])}"
-                         f"{', ...' if len(counts) > 3 else ''}) {'holds' if len(counts) == 1 else 'hold'} "
+            notes.append(f"its {counted(len(counts), 'identity folder')} ({first_few(self.identity_names)}) "
+                         f"{'holds' if len(counts) == 1 else 'hold'} "
                          f"{subfolders:,} folders of images: if those are "
                          f"the identities, give the folder that holds them as the source "
                          f"({root / self.identity_names[0]})")
