@@ -394,11 +394,14 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
                                  "can time this recipe", param_hint="--recipe")
     faces = _source(source, loaded.size)
     if train_backbone:
-        from trainers.backbones import BACKBONES
+        from trainers.backbones import BACKBONES, INPUT_SIZE
 
         if train_backbone not in BACKBONES:
             raise click.BadParameter(f"unknown backbone {train_backbone!r}; use one of {', '.join(sorted(BACKBONES))}",
                                      param_hint="--train")
+        if loaded.size != INPUT_SIZE:
+            raise click.BadParameter(f"recipe {loaded.name!r} makes faces of {loaded.size} px; the backbones take "
+                                     f"{INPUT_SIZE}x{INPUT_SIZE} faces", param_hint="--recipe")
         if loaded.makes_native_size:
             raise click.BadParameter(f"recipe {loaded.name!r} makes native-size LQ faces; --train times LRFR steps, "
                                      "which take LQ faces at the input size", param_hint="--recipe")

@@ -295,6 +295,21 @@ def test_a_recipe_whose_lq_size_the_trainer_cannot_take_is_refused_before_traini
     assert not (tmp_path / "run").exists()
 
 
+def test_faces_of_another_size_than_the_backbones_take_are_refused_made_on_the_fly_or_read_from_a_build(tmp_path):
+    (tmp_path / "small.yaml").write_text("name: small\nsize: 64\nstages:\n  - {op: resize, sides: [8, 16]}\n")
+    build_dataset(load_recipe(str(tmp_path / "small.yaml")), open_source("demo", 64), tmp_path / "ds", limit=16,
+                  progress=False)
+    for source, subject in ((["--recipe", str(tmp_path / "small.yaml")], "recipe"),
+                            (["--from-dataset", str(tmp_path / "ds")], f"{tmp_path / 'ds'}: its recipe")):
+        result = CliRunner().invoke(main, ["train", "lgaf", *source, "--steps", "1", "-b", "8", "--device", "cpu",
+                                           "--out", str(tmp_path / "run")])
+        _fails_naming(result, subject, "'small' makes faces of 64 px; the backbones lgaf trains take 112x112 faces")
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(main, ["bench", "--train", "iresnet18", "--recipe", str(tmp_path / "small.yaml"),
+                                       "--device", "cpu"])
+    assert result.exit_code == 2 and "'small' makes faces of 64 px; the backbones take 112x112 faces" in result.output
+
+
 @pytest.mark.parametrize("trainer, arguments, says", [
     ("lrfr", ["--lr", "-0.1"], "'--lr': -0.1 is not in the range x>0"),
     ("lrfr", ["--weight-decay", "-1"], "'--weight-decay': -1.0 is not in the range x>=0"),

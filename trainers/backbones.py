@@ -21,6 +21,7 @@ from torch import nn
 from trainers.checkpoints import load_backbone_weights
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {}
+INPUT_SIZE = 112  # the side of the faces every backbone takes (insightface's alignment)
 
 
 def register(name: str) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
@@ -222,7 +223,7 @@ def pyramid(backbone: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def stage_shapes(backbone: nn.Module, size: int = 112) -> list[tuple[int, int, int]]:
+def stage_shapes(backbone: nn.Module, size: int = INPUT_SIZE) -> list[tuple[int, int, int]]:
     """(C, H, W) after each of ``backbone.stages()`` for (size, size) input."""
     was_training = backbone.training
     maps = pyramid(backbone.eval(), torch.zeros(1, 3, size, size))
@@ -241,7 +242,7 @@ def freeze_embedding(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-def feature_shape(backbone: nn.Module, size: int = 112) -> tuple[int, int, int]:
+def feature_shape(backbone: nn.Module, size: int = INPUT_SIZE) -> tuple[int, int, int]:
     """(C, H, W) of ``backbone.features`` for (size, size) input."""
     return stage_shapes(backbone, size)[-1]
 

@@ -13,7 +13,7 @@ import torch
 from degrade.cli import (device_option, ends_on_stop_signals, first_rank, num_workers_option, reported, seed_option,
                          source_option)
 from degrade.ops.base import is_weight
-from trainers.backbones import BACKBONES, build_backbone
+from trainers.backbones import BACKBONES, INPUT_SIZE, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
 
@@ -297,10 +297,15 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
         raise click.ClickException(f"{stream.source.name}: faces of one identity; a recognition head learns to tell "
                                    "identities apart, so training needs two or more")
     takes_native = spec["trainer"] == "btnet"
+    made_by = f"{options['from_dataset']}: its recipe" if options["from_dataset"] else "recipe"
     if stream.recipe.makes_native_size != takes_native:
         kind = {True: "native-size LQ faces (no up-sampling)", False: "LQ faces at the input size"}
-        raise click.ClickException(f"recipe {stream.recipe.name!r} makes {kind[stream.recipe.makes_native_size]}; "
+        raise click.ClickException(f"{made_by} {stream.recipe.name!r} makes {kind[stream.recipe.makes_native_size]}; "
                                    f"{spec['trainer']} trains on {kind[takes_native]} (e.g. the {default_recipe} recipe)")
+    if stream.recipe.size != INPUT_SIZE:
+        raise click.ClickException(f"{made_by} {stream.recipe.name!r} makes faces of {stream.recipe.size} px; the "
+                                   f"backbones {spec['trainer']} trains take {INPUT_SIZE}x{INPUT_SIZE} faces (a recipe "
+                                   f"of size {INPUT_SIZE})")
     spec = {**spec, "backbone": options["backbone"], "head": options["head"], "classes": classes}
     with reported(ValueError):
         torch.manual_seed(options["seed"])  # the weights not loaded from a file (heads, branches, fusion) start alike
