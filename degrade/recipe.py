@@ -443,8 +443,10 @@ class _RecipeParser:
         fields = {f.name for f in dataclasses.fields(cls)}
         self.refuse_fields(entry, where, structure, f"op {op_name!r}", fields)
         config = {k: v for k, v in entry.items() if k not in STRUCTURE_KEYS}
-        if "size" in fields and "size" not in config:
-            config["size"] = self.size
+        if "size" in fields:  # only a native-size resize changes the size, and it comes last
+            if config.setdefault("size", self.size) != self.size:
+                raise self.fail(where, f"field 'size': {config['size']!r} is not the recipe's size, {self.size} (every "
+                                       "op takes the recipe's faces; leave the field out)")
         try:
             op = cls(**config)
         except ConfigError as error:

@@ -113,6 +113,12 @@ def test_a_face_size_outside_8_to_4096_pixels_is_refused_by_the_recipe(tmp_path,
         tmp_path, f"size: {size!r}\nstages:\n  - {{op: jpeg}}\n")
 
 
+def test_an_ops_size_other_than_the_recipes_is_refused_as_every_op_takes_the_recipes_faces(tmp_path):
+    assert ("stage 1 (resize): field 'size': 96 is not the recipe's size, 112 (every op takes the recipe's faces; "
+            "leave the field out)") in _error(tmp_path, "stages:\n  - {op: resize, sides: [20], size: 96}\n")
+    assert parse_recipe({"size": 64, "stages": [{"op": "resize", "sides": [8], "size": 64}]}).size == 64
+
+
 @pytest.mark.parametrize("images, keys, says", [
     (torch.zeros(2, 3, 112, 112, dtype=torch.uint8), torch.arange(2), "got (2, 3, 112, 112) torch.uint8; for uint8 faces"),
     (torch.rand(2, 1, 112, 112), torch.arange(2), "expects float (N, 3, H, W) images in [0, 1], got (2, 1, 112, 112)"),

@@ -132,7 +132,7 @@ class Resize(Op):
         up: up-sampling filter, ``bicubic`` | ``bilinear`` | ``nearest``.
         output: ``input`` (back to the input size) or ``native`` (stay at the small side,
             top-left in a zero canvas of the largest side; the ``side`` param gives the extent).
-        size: input height/width the sides refer to (square faces; default 112).
+        size: input height/width the sides refer to (square faces); in a recipe, the recipe's size.
 
     Params: ``side`` (N,) int64, the height in pixels the sample was reduced to.
     """
