@@ -224,6 +224,7 @@ def test_an_untrained_backbone_scores_the_same_on_every_run(tmp_path, small_pair
         result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
                                            "--resolutions", "112", "--device", "cpu", "--out", str(tmp_path / run)])
         assert result.exit_code == 0, result.output
+        assert "x: an untrained mobilefacenet (no weights given; x=mobilefacenet:WEIGHTS loads them)" in result.output
         return json.loads((tmp_path / run / "results.json").read_text())["x"]["same"]
 
     assert scores("a") == scores("b")

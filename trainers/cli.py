@@ -356,6 +356,9 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
         if colon and not weights:  # e.g. an unset shell variable: the untrained backbone is not what was asked
             raise click.BadParameter(f"no weights file after {model_spec!r} in {text!r}; leave out the ':' for an "
                                      "untrained backbone", param_hint="--model")
+        if not weights:
+            click.echo(f"{name}: an untrained {backbone_name} (no weights given; {name}={backbone_name}:WEIGHTS loads "
+                       "them)", err=True)
         try:
             return name, build_backbone(backbone_name, weights or None)
         except CheckpointError as error:
