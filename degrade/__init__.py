@@ -4,4 +4,4 @@ Paired HQ/LQ faces from recipes of batched, per-sample-keyed degradations, writt
 datasets or streamed into training.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

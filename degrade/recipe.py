@@ -21,7 +21,10 @@ A recipe file::
 
 Every random draw of a sample comes from (seed, key, stage path), where the stage path is the
 dotted name of the op inside the recipe (``blur.gaussian_blur``), so adding a stage does not
-change the draws of the others. Names are letters, digits, ``_`` and ``-``; two stages (or two
+change the draws of the others. A stage's own draws (whether it runs, which option) come from
+``<stage>:stage``, a name no op's path can take: a one-op stage's op has the stage's name as its
+path, and sharing that stream made the op's first draw the one that decided whether it ran (up to
+version 0.3, ``{op: jpeg, p: 0.5, quality: [30, 90]}`` compressed only at qualities 30-60). Names are letters, digits, ``_`` and ``-``; two stages (or two
 ops of one chain) of the same name are told apart as ``jpeg``, ``jpeg_2``, ... The params of a
 batch are one flat dict of (N,) tensors named ``<stage path>.<field>``, plus ``<stage>.applied``
 and, for one-of groups, ``<stage>.choice``.
@@ -80,6 +83,7 @@ class RecipeError(ValueError):
 
 def _stream_id(path: str) -> int:
     return zlib.crc32(path.encode())
+
 
 
 @dataclasses.dataclass
@@ -177,8 +181,9 @@ class Recipe:
             raise ValueError(f"recipe {self.name!r}: seed {seed} is outside [0, {MAX_SEED}]")
         keys = keys.to(torch.int64)
         params: Params = {}
+        # a stage's own draws (applied, choice) from a stream no op's path can name (see the module docstring)
         streams = [name for stage in self.stages
-                   for name in [stage.name, *(leaf.path for option in stage.options for leaf in option.leaves)]]
+                   for name in [f"{stage.name}:stage", *(leaf.path for option in stage.options for leaf in option.leaves)]]
         rngs = iter(KeyedRandom.for_stages(seed, keys, [_stream_id(name) for name in streams]))
         for stage in self.stages:
             rng = next(rngs)

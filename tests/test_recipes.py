@@ -113,6 +113,28 @@ def test_a_face_size_outside_8_to_4096_pixels_is_refused_by_the_recipe(tmp_path,
         tmp_path, f"size: {size!r}\nstages:\n  - {{op: jpeg}}\n")
 
 
+def test_whether_a_stage_runs_is_drawn_apart_from_every_draw_of_its_ops():
+    """Up to version 0.3 a one-op stage's `applied` was its op's first draw: `{op: jpeg, p: 0.5,
+    quality: [30, 90]}` compressed only at qualities 30-60, `lgaf` resized only to scales below 0.575.
+    Each param of an op in a stage run on a fraction p has one mean where the stage ran and where it did not."""
+    own = parse_recipe({"stages": [{"op": "jpeg", "p": 0.5, "quality": [30, 90]}]})
+    recipes = [own] + [load_recipe(name) for name in sorted(builtin_recipes())]
+    compared = 0
+    for recipe in recipes:
+        params = recipe.sample(torch.arange(8000))
+        for stage in (stage for stage in recipe.stages if stage.p < 1):
+            ran = params[f"{stage.name}.applied"]
+            paths = [leaf.path for option in stage.options for leaf in option.leaves]
+            own_draws = (f"{stage.name}.applied", f"{stage.name}.choice")
+            for name in (name for name in params if name.rsplit(".", 1)[0] in paths and name not in own_draws):
+                values = params[name].double()
+                there, apart = values[ran], values[~ran]
+                error = (there.var() / len(there) + apart.var() / len(apart)).sqrt()
+                assert abs(there.mean() - apart.mean()) <= 5 * error, f"{recipe.name}: {name}"
+                compared += 1
+    assert compared >= 20  # own's quality; mixed's turbulence and erase, lgaf's three stages, realworld's blur_2
+
+
 def test_an_ops_size_other_than_the_recipes_is_refused_as_every_op_takes_the_recipes_faces(tmp_path):
     assert ("stage 1 (resize): field 'size': 96 is not the recipe's size, 112 (every op takes the recipe's faces; "
             "leave the field out)") in _error(tmp_path, "stages:\n  - {op: resize, sides: [20], size: 96}\n")
