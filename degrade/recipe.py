@@ -24,10 +24,11 @@ dotted name of the op inside the recipe (``blur.gaussian_blur``), so adding a st
 change the draws of the others. A stage's own draws (whether it runs, which option) come from
 ``<stage>:stage``, a name no op's path can take: a one-op stage's op has the stage's name as its
 path, and sharing that stream made the op's first draw the one that decided whether it ran (up to
-version 0.3, ``{op: jpeg, p: 0.5, quality: [30, 90]}`` compressed only at qualities 30-60). Names are letters, digits, ``_`` and ``-``; two stages (or two
-ops of one chain) of the same name are told apart as ``jpeg``, ``jpeg_2``, ... The params of a
-batch are one flat dict of (N,) tensors named ``<stage path>.<field>``, plus ``<stage>.applied``
-and, for one-of groups, ``<stage>.choice``.
+version 0.3, ``{op: jpeg, p: 0.5, quality: [30, 90]}`` compressed only at qualities 30-60).
+Names are letters, digits, ``_`` and ``-``; two stages (or two ops of one chain) of the same
+name are told apart as ``jpeg``, ``jpeg_2``, ... The params of a batch are one flat dict of (N,)
+tensors named ``<stage path>.<field>``, plus ``<stage>.applied`` and, for one-of groups,
+``<stage>.choice``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,6 @@ class RecipeError(ValueError):
 
 def _stream_id(path: str) -> int:
     return zlib.crc32(path.encode())
-
 
 
 @dataclasses.dataclass
