@@ -9,12 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import yaml
 
 from degrade.arrow import REMAKE, BuildError, open_dataset, read_manifest, shard_of_row
 from degrade.engine import PairBatch
 from degrade.layout import stack_channels_first
-from degrade.recipe import Recipe, RecipeError, parse_recipe
+from degrade.recipe import Recipe, RecipeError, parse_recipe, recipe_data
 from degrade.sources import SourceError
 
 
@@ -23,7 +22,7 @@ def recipe_of(folder: Path, manifest: dict) -> Recipe:
     keeps; a BuildError naming the folder where it cannot be loaded (an op of its own that this
     Python cannot import)."""
     try:
-        return parse_recipe(yaml.safe_load(manifest["recipe_text"]), source=manifest["recipe"])
+        return parse_recipe(recipe_data(manifest["recipe_text"]), source=manifest["recipe"])
     except RecipeError as error:
         raise BuildError(f"{folder}: its recipe cannot be loaded here ({error})") from None
 

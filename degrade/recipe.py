@@ -37,6 +37,7 @@ import dataclasses
 import importlib.resources
 import re
 import zlib
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -312,12 +313,37 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
     return known[str(name_or_path)]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    without a word, so ``{op: jpeg, quality: [30, 40], quality: [80, 90]}`` compressed at 80-90
+    (YAML itself requires a mapping's keys to be unique)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be given again
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # refused as such by the construction below
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"line {key_node.start_mark.line + 1}: the key {key!r} is given twice in one mapping")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def recipe_data(text: str) -> Any:
+    """The data of a recipe's YAML ``text``; a yaml.YAMLError where it is not YAML, or gives a key twice."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Load and validate a recipe by built-in name or file path; raises :class:`RecipeError`."""
     path = resolve_recipe(name_or_path)
     text = path.read_text()
     try:
-        data = yaml.safe_load(text)
+        data = recipe_data(text)
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML: {error}") from None
     return parse_recipe(data, source=str(path), text=text)

@@ -406,6 +406,15 @@ def test_bad_probability_and_bad_yaml_and_unknown_recipe(tmp_path):
         load_recipe("nope")
 
 
+def test_a_key_given_twice_in_one_mapping_is_refused_naming_its_line_where_yaml_would_keep_the_last(tmp_path):
+    assert ("bad.yaml: not valid YAML: line 4: the key 'quality' is given twice in one mapping"
+            in _error(tmp_path, "stages:\n  - op: jpeg\n    quality: [30, 40]\n    quality: [80, 90]\n"))
+    assert "line 2: the key 'stages' is given twice" in _error(tmp_path, "stages: [{op: jpeg}]\nstages: [{op: erase}]\n")
+    merged = tmp_path / "merged.yaml"  # a key after a YAML merge (<<) overrides the merged one, as YAML says
+    merged.write_text("stages:\n  - &jpeg {op: jpeg, quality: [30, 40]}\n  - {<<: *jpeg, quality: [80, 90]}\n")
+    assert load_recipe(merged).stages[1].options[0].leaves[0].op.quality == [80, 90]
+
+
 def test_native_size_must_be_the_last_stage(tmp_path):
     message = _error(tmp_path, """
         stages:
