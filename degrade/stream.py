@@ -75,6 +75,8 @@ class PairStream:
                               "initialised: this rank streams every batch of each epoch, as the others do; make the "
                               "stream after init_process_group (or degrade.distributed.join_torchrun), or give it "
                               "rank and world_size")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"PairStream: rank {rank} of world_size {world_size}; a rank is 0 ... world_size - 1")
         self.rank, self.world_size = rank, world_size
         self.degrade_on_the_fly = degrade_on_the_fly
         self.attributes = attributes

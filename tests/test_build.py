@@ -495,3 +495,10 @@ def test_a_streamed_batch_whose_every_face_is_unreadable_fails_naming_one(unread
 def test_a_stream_without_a_positive_batch_size_or_with_negative_workers_is_refused(options):
     with pytest.raises(ValueError, match="batch_size must be >= 1 and num_workers >= 0"):
         PairStream.from_source(load_recipe("maug"), open_source("demo"), **options)
+
+
+@pytest.mark.parametrize("rank, world_size", [(2, 2), (-1, 2), (0, 0)])
+def test_a_stream_of_a_rank_outside_its_world_is_refused(rank, world_size):
+    """Rank 2 of 2 streamed rank 0's next batches; rank -1 empty ones; world size 0 divided by zero."""
+    with pytest.raises(ValueError, match=f"rank {rank} of world_size {world_size}; a rank is 0 ... world_size - 1"):
+        PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8, rank=rank, world_size=world_size)
