@@ -251,8 +251,8 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     """Degrade the first ``limit`` samples of ``source`` with ``recipe`` into an Arrow dataset at ``out``."""
     if image_format not in FORMATS:
         raise BuildError(f"unknown format {image_format!r}; use one of {', '.join(FORMATS)}")
-    if batch_size < 1 or shard_size < 1:
-        raise BuildError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+    if batch_size < 1 or shard_size < 1 or (limit is not None and limit < 1):
+        raise BuildError(f"batch_size, shard_size and limit must be >= 1, got {batch_size}, {shard_size} and {limit}")
     out = Path(out)
     seed = recipe.seed if seed is None else seed
     total = len(source) if limit is None else min(limit, len(source))

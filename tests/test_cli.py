@@ -353,10 +353,11 @@ def test_a_source_file_of_a_kind_degrade_does_not_read_is_named_as_such(tmp_path
     assert result.exit_code == 1 and f"{tmp_path / 'faces.zip'}: not a kind of source degrade reads" in result.output
 
 
-@pytest.mark.parametrize("sizes", [dict(batch_size=0), dict(shard_size=0)])
-def test_build_dataset_refuses_empty_batches_or_shards(tmp_path, sizes):
+@pytest.mark.parametrize("sizes", [dict(batch_size=0), dict(shard_size=0), dict(limit=0)])
+def test_build_dataset_refuses_empty_batches_shards_or_limits(tmp_path, sizes):
+    """A limit of 0 said the source was empty."""
     from degrade.arrow import BuildError, build_dataset
 
-    with pytest.raises(BuildError, match="batch_size and shard_size must be >= 1"):
-        build_dataset(load_recipe("maug"), DemoSource(), tmp_path / "out", limit=10, progress=False, **sizes)
+    with pytest.raises(BuildError, match="batch_size, shard_size and limit must be >= 1"):
+        build_dataset(load_recipe("maug"), DemoSource(), tmp_path / "out", **{"limit": 10, **sizes}, progress=False)
     assert not (tmp_path / "out").exists()
