@@ -492,6 +492,8 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
     """``datasets.load_from_disk`` for a degrade build; a BuildError naming the folder (or the shard)
     for one that did not finish, holds no pairs, or was damaged since it was written."""
     path = Path(path)
+    if not path.is_dir():
+        raise BuildError(f"{path}: no such folder")
     progress = unfinished_progress(path)
     if progress:
         raise BuildError(f"{path}: this build did not finish ({progress}); "

@@ -127,6 +127,11 @@ def test_an_attributes_table_that_names_no_sample_of_the_source_is_refused_befor
         PairStream.from_source(load_recipe("catface"), lfw_source, batch_size=8, attributes=table)
 
 
+def test_a_build_folder_that_is_not_there_is_named_as_such(tmp_path):
+    with pytest.raises(BuildError, match=re.escape(f"{tmp_path / 'nowhere'}: no such folder")):
+        open_dataset(tmp_path / "nowhere")
+
+
 def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
     build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=40, shard_size=16, progress=False)
     (tmp_path / "ds" / "state.json").unlink()
