@@ -493,7 +493,7 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
     for one that did not finish, holds no pairs, or was damaged since it was written."""
     path = Path(path)
     if not path.is_dir():
-        raise BuildError(f"{path}: no such folder")
+        raise BuildError(f"{path}: {'not a folder' if path.exists() else 'no such folder'}")
     progress = unfinished_progress(path)
     if progress:
         raise BuildError(f"{path}: this build did not finish ({progress}); "

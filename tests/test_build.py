@@ -127,9 +127,12 @@ def test_an_attributes_table_that_names_no_sample_of_the_source_is_refused_befor
         PairStream.from_source(load_recipe("catface"), lfw_source, batch_size=8, attributes=table)
 
 
-def test_a_build_folder_that_is_not_there_is_named_as_such(tmp_path):
+def test_a_build_folder_that_is_not_there_or_not_a_folder_is_named_as_such(tmp_path):
     with pytest.raises(BuildError, match=re.escape(f"{tmp_path / 'nowhere'}: no such folder")):
         open_dataset(tmp_path / "nowhere")
+    (tmp_path / "pairs.arrow").write_bytes(b"")
+    with pytest.raises(BuildError, match=re.escape(f"{tmp_path / 'pairs.arrow'}: not a folder")):
+        open_dataset(tmp_path / "pairs.arrow")
 
 
 def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
