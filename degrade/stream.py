@@ -36,7 +36,7 @@ import torch
 
 from degrade.distributed import launched_ranks, rank_and_world
 from degrade.engine import PairBatch
-from degrade.keyed import epoch_seed
+from degrade.keyed import MAX_SEED, epoch_seed
 from degrade.loader import decoded_batches, pair_batches
 from degrade.recipe import Recipe
 from degrade.sources import Source, SourceError
@@ -65,6 +65,8 @@ class PairStream:
                  attributes=None) -> None:
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"PairStream: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        if not 0 <= shuffle_seed <= MAX_SEED:
+            raise ValueError(f"PairStream: shuffle_seed {shuffle_seed} is outside [0, {MAX_SEED}]")
         self.recipe, self.source, self.batch_size = recipe, source, batch_size
         self.device = torch.device(device)
         self.seed, self.shuffle, self.shuffle_seed, self.num_workers = seed, shuffle, shuffle_seed, num_workers

@@ -505,6 +505,13 @@ def test_a_stream_without_a_positive_batch_size_or_with_negative_workers_is_refu
         PairStream.from_source(load_recipe("maug"), open_source("demo"), **options)
 
 
+@pytest.mark.parametrize("shuffle_seed", [-1, 2 ** 32])
+def test_a_stream_whose_shuffle_seed_is_outside_32_bits_is_refused(shuffle_seed):
+    """2 ** 63 - 1 overflowed the epoch order's generator seed."""
+    with pytest.raises(ValueError, match=f"shuffle_seed {shuffle_seed} is outside \\[0, 4294967295\\]"):
+        PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8, shuffle_seed=shuffle_seed)
+
+
 @pytest.mark.parametrize("rank, world_size", [(2, 2), (-1, 2), (0, 0)])
 def test_a_stream_of_a_rank_outside_its_world_is_refused(rank, world_size):
     """Rank 2 of 2 streamed rank 0's next batches; rank -1 empty ones; world size 0 divided by zero."""

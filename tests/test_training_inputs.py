@@ -319,6 +319,7 @@ def test_faces_of_another_size_than_the_backbones_take_are_refused_made_on_the_f
      "30 frozen-backbone steps leave none of the 20 --steps training the backbone"),
     ("btnet", ["--loss-weights", "1,-1,0"], "expected three numbers >= 0, not all 0, like 1,1,1; got '1,-1,0'"),
     ("btnet", ["--loss-weights", "0,0,0"], "expected three numbers >= 0, not all 0"),
+    ("lrfr", ["--seed", "9223372036854775807"], "'--seed': 9223372036854775807 is not in the range 0<=x<=4294967295"),
 ])
 def test_training_settings_that_would_ascend_the_loss_or_never_reach_the_learning_rate_are_refused(tmp_path, trainer,
                                                                                                    arguments, says):

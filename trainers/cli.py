@@ -12,6 +12,7 @@ import torch
 
 from degrade.cli import (device_option, ends_on_stop_signals, first_rank, num_workers_option, reported, seed_option,
                          source_option)
+from degrade.keyed import MAX_SEED
 from degrade.ops.base import is_weight
 from trainers.backbones import BACKBONES, INPUT_SIZE, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
@@ -117,9 +118,9 @@ def common_training_options(command):
                      help="Run folder: log.csv, last.pt (resumed when present), step-*.pt backbones."),
         device_option,
         num_workers_option,
-        click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
-                     help="Seed of the weights' initialisation and the epochs' order (the LQ draws follow the "
-                          "recipe's seed)."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
+                     help="Seed of the weights' initialisation and the epochs' order, 0 to 4294967295 (the LQ "
+                          "draws follow the recipe's seed)."),
     ]
     for option in reversed(options):
         command = option(command)
