@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import importlib.metadata
 import json
@@ -348,11 +349,23 @@ class _ShardFile:
     comes rather than the shard at its end overlaps the writing with making the next batches.
 
     ``pairs``: the shard's key count. Its batches' rows and skipped inputs must add up to it
-    before it is made whole; a batch whose writing failed leaves it ``.partial``."""
+    before it is made whole; a batch whose writing failed leaves it ``.partial``.
+
+    The ``.partial`` file is locked (``flock``) from before it is emptied until it is renamed: a
+    second build of the same folder at the same time (a job started twice) fails at a shard the
+    first is writing, rather than emptying the file under it (its writes then leave zeros where
+    the other's were, in a shard that reads as whole when the other is killed)."""
 
     def __init__(self, path: Path, schema: pa.Schema, table_of: Callable[[HostRows], pa.Table], pairs: int) -> None:
         self.path, self.partial = path, path.with_name(path.name + ".partial")
         self.table_of, self.pairs = table_of, pairs
+        self.lock = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o644)  # not emptied before it is held
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.lock)
+            raise BuildError(f"{self.partial}: another `degrade build` is writing this shard now; one build of a "
+                             "folder at a time (the same command resumes it after that one ends)") from None
         self.sink = pa.OSFile(str(self.partial), "wb")
         self.stream = pa.ipc.new_stream(self.sink, schema)
         self.rows, self.skipped, self.fixes = 0, [], collections.Counter()
@@ -368,16 +381,20 @@ class _ShardFile:
     def release(self) -> None:
         """Close the file unfinished: the shard stays ``.partial`` (a build that failed before its end)."""
         self.sink.close()
+        os.close(self.lock)
 
     def close(self) -> None:
-        self.stream.close()
-        self.sink.close()
-        if self.rows + len(self.skipped) != self.pairs:
-            raise BuildError(f"{self.partial}: {self.rows} rows and {len(self.skipped)} skipped inputs written "
-                             f"of {self.pairs}; the shard stays unfinished")
-        _write_atomic(self.path.with_name(self.path.name + ".json"), json.dumps(
-            {"rows": self.rows, "skipped": self.skipped, "fixes": dict(sorted(self.fixes.items()))}, sort_keys=True))
-        os.replace(self.partial, self.path)
+        try:
+            self.stream.close()
+            self.sink.close()
+            if self.rows + len(self.skipped) != self.pairs:
+                raise BuildError(f"{self.partial}: {self.rows} rows and {len(self.skipped)} skipped inputs written "
+                                 f"of {self.pairs}; the shard stays unfinished")
+            _write_atomic(self.path.with_name(self.path.name + ".json"), json.dumps(
+                {"rows": self.rows, "skipped": self.skipped, "fixes": dict(sorted(self.fixes.items()))}, sort_keys=True))
+            os.replace(self.partial, self.path)
+        finally:
+            os.close(self.lock)
 
 
 def shard_names(pairs: int, shard_size: int) -> list[str]:

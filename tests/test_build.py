@@ -1,5 +1,6 @@
 """Building Arrow datasets from real faces, resuming, splitting over ranks, and streaming pairs."""
 
+import fcntl
 import itertools
 import os
 import re
@@ -133,6 +134,26 @@ def test_a_build_folder_that_is_not_there_or_not_a_folder_is_named_as_such(tmp_p
     (tmp_path / "pairs.arrow").write_bytes(b"")
     with pytest.raises(BuildError, match=re.escape(f"{tmp_path / 'pairs.arrow'}: not a folder")):
         open_dataset(tmp_path / "pairs.arrow")
+
+
+def test_a_second_build_of_a_folder_at_once_stops_at_the_shard_the_first_is_writing_and_leaves_it_be(tmp_path):
+    """A job started twice: the second emptied the first's shard file under it."""
+    def build(out: Path):
+        build_dataset(load_recipe("maug"), open_source("demo"), out, limit=40, shard_size=16, image_format="raw",
+                      progress=False)
+
+    build(tmp_path / "alone")
+    (tmp_path / "ds").mkdir()  # as the first build left it while it writes its second shard
+    (tmp_path / "ds" / "degrade.json").write_bytes((tmp_path / "alone" / "degrade.json").read_bytes())
+    being_written = tmp_path / "ds" / "data-00001-of-00003.arrow.partial"
+    being_written.write_bytes(b"the first build's batches")
+    with open(being_written, "rb") as first_build:
+        fcntl.flock(first_build, fcntl.LOCK_EX)
+        with pytest.raises(BuildError, match=re.escape(f"{being_written}: another `degrade build` is writing this shard")):
+            build(tmp_path / "ds")
+        assert being_written.read_bytes() == b"the first build's batches"
+    build(tmp_path / "ds")
+    assert folder_bytes(tmp_path / "ds") == folder_bytes(tmp_path / "alone")
 
 
 def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
