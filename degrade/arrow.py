@@ -366,6 +366,8 @@ class _ShardFile:
             os.close(self.lock)
             raise BuildError(f"{self.partial}: another `degrade build` is writing this shard now; one build of a "
                              "folder at a time (the same command resumes it after that one ends)") from None
+        except OSError:  # a file system without locks (Lustre mounted without flock, NFS without lockd): unguarded
+            pass
         self.sink = pa.OSFile(str(self.partial), "wb")
         self.stream = pa.ipc.new_stream(self.sink, schema)
         self.rows, self.skipped, self.fixes = 0, [], collections.Counter()

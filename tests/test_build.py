@@ -1,5 +1,6 @@
 """Building Arrow datasets from real faces, resuming, splitting over ranks, and streaming pairs."""
 
+import errno
 import fcntl
 import itertools
 import os
@@ -154,6 +155,16 @@ def test_a_second_build_of_a_folder_at_once_stops_at_the_shard_the_first_is_writ
         assert being_written.read_bytes() == b"the first build's batches"
     build(tmp_path / "ds")
     assert folder_bytes(tmp_path / "ds") == folder_bytes(tmp_path / "alone")
+
+
+def test_a_build_on_a_file_system_without_locks_goes_on_unguarded(tmp_path, monkeypatch):
+    """Lustre mounted without flock, or NFS without its lock daemon, refuse flock with ENOLCK."""
+    def refused(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=20, shard_size=16, progress=False)
+    assert len(open_dataset(tmp_path / "ds")) == 20
 
 
 def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
