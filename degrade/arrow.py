@@ -392,7 +392,7 @@ class _ShardFile:
             if self.rows + len(self.skipped) != self.pairs:
                 raise BuildError(f"{self.partial}: {self.rows} rows and {len(self.skipped)} skipped inputs written "
                                  f"of {self.pairs}; the shard stays unfinished")
-            _write_atomic(self.path.with_name(self.path.name + ".json"), json.dumps(
+            _write_atomic(_account_of(self.path), json.dumps(
                 {"rows": self.rows, "skipped": self.skipped, "fixes": dict(sorted(self.fixes.items()))}, sort_keys=True))
             os.replace(self.partial, self.path)
         finally:
@@ -403,6 +403,17 @@ def shard_names(pairs: int, shard_size: int) -> list[str]:
     """The file names of the shards of a build of ``pairs`` pairs, ``shard_size`` to a shard."""
     shards = math.ceil(pairs / shard_size)
     return [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
+
+
+def _shards_of(path: Path) -> list[Path]:
+    """The shard files of the build in ``path``, as its manifest's settings name them."""
+    settings = read_json(path / MANIFEST)
+    return [path / name for name in shard_names(settings["pairs"], settings["shard_size"])]
+
+
+def _account_of(shard: Path) -> Path:
+    """A shard's account, ``NAME.arrow.json``: the rows written to it, its skipped inputs, its conversions."""
+    return shard.with_name(shard.name + ".json")
 
 
 def _shard_bounds(index: int, shard_size: int, total: int) -> tuple[int, int]:
@@ -456,7 +467,7 @@ def _finish(out: Path, names: list[str], total: int, recipe: Recipe, seed: int, 
     ``done``: the shards an earlier run had written."""
     rows, made, skipped, fixes = 0, 0, [], collections.Counter()
     for index, name in enumerate(names):
-        account = read_json(out / f"{name}.json")
+        account = read_json(_account_of(out / name))
         rows += account["rows"]
         made += 0 if index in done else account["rows"]
         skipped += [tuple(entry) for entry in account["skipped"]]
@@ -494,8 +505,7 @@ def unfinished_progress(path: Path) -> str | None:
     if not manifest.is_file() or (path / "state.json").is_file() or _skipped_throughout(path) is not None:
         return None
     done = len(list(path.glob("data-*.arrow")))
-    settings = read_json(manifest)
-    return f"{done} of {len(shard_names(settings['pairs'], settings['shard_size']))} shards written"
+    return f"{done} of {len(_shards_of(path))} shards written"
 
 
 def _skipped_throughout(path: Path) -> int | None:
@@ -536,11 +546,10 @@ def open_dataset(path: str | Path) -> datasets.Dataset:
 
 def _first_damaged_shard(path: Path) -> str | None:
     """The first shard of the build in ``path`` that :func:`shard_damage` finds damaged, and how."""
-    manifest = read_json(path / MANIFEST)
-    for name in shard_names(manifest["pairs"], manifest["shard_size"]):
-        damage = shard_damage(path / name)
+    for shard in _shards_of(path):
+        damage = shard_damage(shard)
         if damage:
-            return f"{path / name}: {damage}"
+            return f"{shard}: {damage}"
     return None
 
 
@@ -548,12 +557,11 @@ def shard_of_row(path: Path, row: int) -> Path:
     """The shard of the finished build in ``path`` that holds its row ``row`` (0-based, as
     ``open_dataset`` orders them: the shards' rows one shard after another, each shard's count
     from its account)."""
-    manifest = read_json(path / MANIFEST)
     end = 0
-    for name in shard_names(manifest["pairs"], manifest["shard_size"]):
-        end += read_json(path / f"{name}.json")["rows"]
+    for shard in _shards_of(path):
+        end += read_json(_account_of(shard))["rows"]
         if row < end:
-            return path / name
+            return shard
     raise IndexError(f"{path}: row {row} asked of a build of {end} pairs")
 
 
@@ -561,7 +569,7 @@ def shard_damage(shard: Path) -> str | None:
     """What is wrong with a shard a build wrote, read back: missing, not a readable Arrow stream,
     or holding fewer rows than its account (``NAME.arrow.json``) says were written to it (a copy
     cut short between two record batches reads without an error); None when it is whole."""
-    account = shard.with_name(shard.name + ".json")
+    account = _account_of(shard)
     if not (shard.is_file() and account.is_file()):
         return "missing"
     try:
