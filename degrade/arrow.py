@@ -436,14 +436,11 @@ def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size:
 
 
 def _differences(previous: dict, manifest: dict) -> str:
-    """What a folder's build has that this one has not, e.g. "seed 0 there, 3 here; the recipe's text"."""
-    def compared(settings: dict) -> dict:  # each version by its package's name; the recipe's text said apart
-        return {**{k: v for k, v in settings.items() if k not in ("recipe_text", "versions")},
-                **(settings.get("versions") or {})}
+    """What a folder's build has that this one has not, e.g. "the recipe's text; seed 0 there, 3 here"."""
+    def compared(settings: dict) -> dict:  # each version by its package's name
+        return {**{k: v for k, v in settings.items() if k != "versions"}, **(settings.get("versions") or {})}
 
-    said = differences(compared(previous), compared(manifest))
-    text = "the recipe's text" if previous.get("recipe_text") != manifest["recipe_text"] else ""
-    return "; ".join(part for part in (said, text) if part)
+    return differences(compared(previous), compared(manifest))
 
 
 def _prepare_folder(out: Path, manifest: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -19,12 +20,14 @@ from degrade.sources import SourceError
 
 def recipe_of(folder: Path, manifest: dict) -> Recipe:
     """The recipe the build in ``folder`` was made with, from the text its manifest (``degrade.json``)
-    keeps; a BuildError naming the folder where it cannot be loaded (an op of its own that this
-    Python cannot import)."""
+    keeps, and with the seed it drew with (the recipe's own or ``--seed``); a BuildError naming the
+    folder where it cannot be loaded (an op of its own that this Python cannot import)."""
+    text = manifest["recipe_text"]
     try:
-        return parse_recipe(recipe_data(manifest["recipe_text"]), source=manifest["recipe"])
+        recipe = parse_recipe(recipe_data(text), source=manifest["recipe"], text=text)
     except RecipeError as error:
         raise BuildError(f"{folder}: its recipe cannot be loaded here ({error})") from None
+    return dataclasses.replace(recipe, seed=manifest["seed"])
 
 
 def flat_table(table: pa.Table) -> pa.Table:

@@ -104,6 +104,17 @@ class PairStream:
         pairs = BuiltPairs(folder, attribute_columns)
         return cls(pairs.recipe, pairs, degrade_on_the_fly=False, **options)
 
+    def made_of(self) -> dict:
+        """What the pairs are made of, for a training run resumed from a checkpoint to compare with
+        the run it resumes: made on the fly or read from a build, the recipe (name, YAML, seed) and
+        the number of samples. Not the source's path (a run may resume with its data moved), nor
+        the batch size or ranks (a run may resume on another number of ranks)."""
+        recipe = self.recipe
+        return {"pairs": "made on the fly" if self.degrade_on_the_fly else "read from a build",
+                "recipe": recipe and recipe.name, "recipe_text": recipe and recipe.text,
+                "recipe_seed": self.seed if self.seed is not None or recipe is None else recipe.seed,
+                "samples": len(self.source)}
+
     def __len__(self) -> int:
         """Batches per rank per epoch."""
         return len(self.source) // (self.batch_size * self.world_size)

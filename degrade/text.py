@@ -18,8 +18,13 @@ def every(number: int, noun: str) -> str:
     return f"the only {noun}" if number == 1 else f"every one of the {counted(number, noun)}"
 
 
+# Fields whose values are too long for a message, named by a phrase where two settings differ in them.
+_NAMED_APART = {"recipe_text": "the recipe's text"}
+
+
 def differences(there: dict, here: dict) -> str:
     """The fields whose values differ between two settings, in sorted order, as
-    "seed 0 there, 3 here; shard_size 16 there, 2048 here"; empty when none does."""
-    return "; ".join(f"{field} {there.get(field)} there, {here.get(field)} here"
+    "seed 0 there, 3 here; shard_size 16 there, 2048 here" ("the recipe's text" for a recipe's
+    YAML); empty when none does."""
+    return "; ".join(_NAMED_APART.get(field, f"{field} {there.get(field)} there, {here.get(field)} here")
                      for field in sorted(there.keys() | here.keys(), key=str) if there.get(field) != here.get(field))

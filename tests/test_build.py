@@ -22,7 +22,7 @@ from degrade import arrow
 from degrade.arrow import BuildError, build_dataset, open_dataset
 from degrade.built import BuiltPairs
 from degrade.cli import main
-from degrade.engine import make_pairs
+from degrade.engine import degrade_uint8, make_pairs
 from degrade.inspect import describe_dataset, verify_dataset
 from degrade.recipe import load_recipe
 from degrade.sources import open_source
@@ -50,6 +50,15 @@ def test_lfw_round_trip_gives_the_engines_pairs(tmp_path, lfw_source, image_form
     assert torch.equal(stored.lq, expected.lq)
     for name, values in expected.params.items():
         assert torch.allclose(stored.params[name].to(values.dtype), values), name
+
+
+def test_a_build_read_back_gives_the_recipe_it_was_made_with_and_its_seed(tmp_path):
+    recipe = load_recipe("maug")
+    build_dataset(recipe, open_source("demo"), tmp_path / "ds", seed=7, limit=16, progress=False)
+    pairs = BuiltPairs(tmp_path / "ds")
+    assert pairs.recipe.text == recipe.text and pairs.recipe.seed == 7 != recipe.seed
+    stored = pairs.load(torch.arange(16))
+    assert torch.equal(degrade_uint8(pairs.recipe, stored.hq, stored.key)[0], stored.lq)
 
 
 def test_a_builds_rows_load_in_any_order_across_its_batches_and_shards(tmp_path):

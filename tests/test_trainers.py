@@ -469,7 +469,7 @@ def test_a_rank_that_does_not_write_checkpoints_names_the_one_its_writer_saved_w
     optimizer = torch.optim.SGD(trainer.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     checkpoints = loop._Checkpoints(tmp_path, trainer, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
-                                    TrainConfig(out=tmp_path, steps=8), writes=False)
+                                    TrainConfig(out=tmp_path, steps=8), data={}, writes=False)
     checkpoints.save(4, 32)
     with torch.no_grad():
         trainer.backbone.bias.fill_(math.inf)

@@ -126,6 +126,28 @@ def test_a_run_folder_is_resumed_only_by_the_command_that_started_it(tmp_path):
     assert (run / "command.json").read_text() == started_by
 
 
+def test_a_run_is_resumed_only_on_pairs_made_as_its_own_were(tmp_path):
+    """Another recipe, an edited recipe, another source or a build's pairs instead of pairs made on
+    the fly would change the data under a run without a word; each is refused, naming the change."""
+    run = tmp_path / "run"
+    command = ["train", "lrfr", "--steps", "3", "--max-steps", "1", "--batch-size", "8", "--device", "cpu",
+               "-j", "0", "--out", str(run)]
+    assert CliRunner().invoke(main, [*command, "--source", "demo:20"]).exit_code == 0
+    saved = (run / "last.pt").read_bytes()
+    edited = tmp_path / "maug.yaml"
+    edited.write_text(load_recipe("maug").text.replace("seed: 0", "seed: 5"))
+    build_dataset(load_recipe("maug"), open_source("demo:20", 112), tmp_path / "built", image_format="raw")
+    for change, says in [(["--source", "demo:20", "--recipe", "catface"], "recipe maug there, catface here; the recipe's text"),
+                         (["--source", "demo:20", "--recipe", str(edited)], "recipe_seed 0 there, 5 here; the recipe's text"),
+                         (["--source", "demo:30"], "classes 20 there, 30 here; samples 200 there, 300 here"),
+                         (["--from-dataset", str(tmp_path / "built")], "pairs made on the fly there, read from a build here")]:
+        _fails_naming(CliRunner().invoke(main, [*command, *change]), str(run / "last.pt"),
+                      f"saved by a run of another command ({says})")
+    assert (run / "last.pt").read_bytes() == saved
+    resumed = CliRunner().invoke(main, [*command, "--source", "demo:20", "--max-steps", "2", "--batch-size", "4"])
+    assert resumed.exit_code == 0 and "step 2: loss" in resumed.output, resumed.output  # the batch size may change
+
+
 def test_a_last_checkpoint_whose_optimizer_trained_other_parameters_is_not_resumed(tmp_path):
     """As a run of an earlier version, which trained the backbone's own embedding under CATFace, would be."""
     run = tmp_path / "run"

@@ -114,15 +114,17 @@ class _StopVote:
 RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "log_every", "progress")
 
 
-def _run_differences(state: dict, spec: dict | None, config: TrainConfig) -> str:
-    """How the run saved in ``state`` (a ``last.pt``) differs from a run of ``spec`` and ``config``,
-    e.g. "backbone mobilefacenet there, iresnet18 here; lr 0.01 there, 0.1 here"; empty when it does not."""
-    def comparable(spec: dict | None, config: dict) -> dict:
+def _run_differences(state: dict, spec: dict | None, data: dict, config: TrainConfig) -> str:
+    """How the run saved in ``state`` (a ``last.pt``) differs from a run of ``spec``, on pairs made
+    of ``data`` (:meth:`PairStream.made_of`), with ``config``, e.g. "backbone mobilefacenet there,
+    iresnet18 here; lr 0.01 there, 0.1 here"; empty when it does not. A checkpoint saved before
+    runs recorded their pairs (degrade 0.4.0 and earlier) holds no ``data``; its are taken to be these."""
+    def comparable(spec: dict | None, data: dict, config: dict) -> dict:
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in RESUMABLE_CHANGES}
-        return {**(spec or {}), **settings}
+        return {**(spec or {}), **data, **settings}
 
-    there, here = comparable(state.get("spec"), state.get("config", {})), comparable(spec, dataclasses.asdict(config))
-    return differences(there, here)
+    there = comparable(state.get("spec"), state.get("data", data), state.get("config", {}))
+    return differences(there, comparable(spec, data, dataclasses.asdict(config)))
 
 
 class TrainingDiverged(RuntimeError):
@@ -209,15 +211,15 @@ class _Log:
 
 class _Checkpoints:
     """A run's checkpoints: ``last.pt`` (all it needs to resume: model, optimiser, schedule, scaler,
-    samples seen, config and spec) and, at each step saved, ``step-NNNNNNN.pt`` (the backbone alone,
+    samples seen, config, spec and what its pairs are made of) and, at each step saved, ``step-NNNNNNN.pt`` (the backbone alone,
     and the whole model with its spec). Under torchrun every rank saves at the same steps, and only
     the one that ``writes`` (rank 0) writes the files."""
 
     def __init__(self, out: Path, trainer: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                 config: TrainConfig, writes: bool) -> None:
+                 config: TrainConfig, data: dict, writes: bool) -> None:
         self.out, self.trainer, self.optimizer, self.scheduler, self.scaler = out, trainer, optimizer, scheduler, scaler
-        self.config, self.writes = config, writes
+        self.config, self.data, self.writes = config, data, writes
         self.spec = getattr(trainer, "spec", None)
         self.last = out / "last.pt"
         self.saved_step: int | None = None   # the step last.pt holds, None before the run's first checkpoint
@@ -229,7 +231,7 @@ class _Checkpoints:
         if not self.last.exists():
             return 0, 0
         state = training_checkpoint(self.last)
-        changed = _run_differences(state, self.spec, self.config)
+        changed = _run_differences(state, self.spec, self.data, self.config)
         if changed:
             raise CheckpointError(f"{self.last}: saved by a run of another command ({changed}); run that command "
                                   "to resume it, or give this one a new --out")
@@ -266,7 +268,8 @@ class _Checkpoints:
         config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
         _save(self.last, {"trainer": self.trainer.state_dict(), "optimizer": self.optimizer.state_dict(),
                           "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
-                          "samples_seen": samples_seen, "config": config, "spec": self.spec})
+                          "samples_seen": samples_seen, "config": config, "spec": self.spec,
+                          "data": self.data})
         _save(self.out / f"step-{step:07d}.pt", {"backbone": self.trainer.backbone.state_dict(),
                                                   "trainer": self.trainer.state_dict(), "step": step, "spec": self.spec})
 
@@ -326,7 +329,7 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     optimizer = make_optimizer(trainer.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config, writes=rank == 0)
+    checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config, stream.made_of(), writes=rank == 0)
     step, samples_seen = checkpoints.resume()
     model = trainer
     if world > 1:
