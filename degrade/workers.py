@@ -84,6 +84,10 @@ class _WorkerDeathsHeldForFetches:
             self.fetching = False
 
 
+_WHY_LOST = ("killed, by the out-of-memory killer if the machine ran short (fewer workers, -j, or smaller batches use "
+             "less), or crashed")
+
+
 def named_worker_losses(loader: Iterable) -> Iterator:
     """The batches of ``loader`` (a DataLoader), with its error for a worker that died raised as a
     :class:`WorkerLost` that says what to try, rather than a RuntimeError traceback (PyTorch's messages
@@ -98,9 +102,13 @@ def named_worker_losses(loader: Iterable) -> Iterator:
             except RuntimeError as error:
                 if not _is_worker_death(error):
                     raise
-                raise WorkerLost(f"a decoding worker ended while it had work ({error}): killed, by the out-of-memory "
-                                 "killer if the machine ran short (fewer workers, -j, or smaller batches use less), "
-                                 "or crashed") from None
+                raise WorkerLost(f"a decoding worker ended while it had work ({error}): {_WHY_LOST}") from None
+            except (ConnectionError, EOFError) as error:
+                # A batch's large tensors are fetched from the worker that made them; one that ends
+                # meanwhile (a SIGTERM to every process of the job reaches it too) resets the
+                # connection, and the DataLoader passes that error on when it has not yet seen the
+                # worker gone.
+                raise WorkerLost(f"a decoding worker ended while it handed a batch over ({error}): {_WHY_LOST}") from None
             yield batch
 
 

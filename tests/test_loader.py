@@ -12,7 +12,7 @@ from degrade import loader
 from degrade.loader import SlotRing, decoded_batches
 from degrade.sources import Faces, open_source
 from degrade.sources.demo import DemoSource
-from degrade.workers import WorkerLost, prepare_worker
+from degrade.workers import WorkerLost, named_worker_losses, prepare_worker
 
 
 def test_faces_through_the_slot_ring_equal_decoding_in_process(lfw_source):
@@ -99,6 +99,22 @@ def test_a_worker_killed_mid_way_is_named_with_what_to_try():
     with pytest.raises(WorkerLost, match=r"^a decoding worker ended while it had work \(DataLoader worker "
                                          r".*\): killed, by the out-of-memory killer .*\(fewer workers"):
         list(decoded_batches(_DiesOnKey(identities=2), batches, num_workers=1))
+
+
+def test_a_worker_that_ends_while_it_hands_a_batch_over_is_named_as_lost():
+    """A batch's large tensors are fetched from the worker that made them. One that ends meanwhile
+    (a SIGTERM to every process of a job reaches it too) resets that connection, an error the
+    DataLoader passes on as it is until it sees the worker gone; it is a lost worker all the same
+    (and a training run that was asked to stop takes it for the stop)."""
+    def batches():
+        yield "first"
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    fetched = []
+    with pytest.raises(WorkerLost, match=r"^a decoding worker ended while it handed a batch over \(\[Errno 104\] "
+                                         r"Connection reset by peer\): killed, by the out-of-memory killer"):
+        fetched.extend(named_worker_losses(batches()))
+    assert fetched == ["first"]
 
 
 class _DiesAfterTwoFetches(_DiesOnKey):
