@@ -16,6 +16,7 @@ from degrade.engine import PairBatch
 from degrade.layout import stack_channels_first
 from degrade.recipe import Recipe, RecipeError, parse_recipe, recipe_data
 from degrade.sources import SourceError
+from degrade.sources.table import BinaryCells
 
 
 def recipe_of(folder: Path, manifest: dict) -> Recipe:
@@ -43,26 +44,15 @@ def flat_params(table: pa.Table) -> dict[str, np.ndarray]:
     return {name[len("params."):]: params.column(name).to_numpy(zero_copy_only=False) for name in params.column_names}
 
 
-def gather_rows(batches: list[pa.RecordBatch], batch_of: np.ndarray, within: np.ndarray) -> pa.Table:
-    """Rows of a table, each given by its record batch (of ``table.to_batches()``) and its row
-    within it, in any order, as a table of one-row slices of those batches: nothing is copied, and
+def gather_rows(table: pa.Table, batches: list[pa.RecordBatch], starts: np.ndarray, rows: np.ndarray) -> pa.Table:
+    """The ``rows`` (indices into ``table``, any order) as a table of one-row slices of its record
+    ``batches`` (``table.to_batches()``, whose first rows are ``starts``): nothing is copied, and
     only the pages of those rows are read. (``pa.Table.take`` combines all the chunks of a column
     first: on a 50 k-pair raw build, 3.7 GB, the first batch of 256 rows took 5.6 s and 5.8 GB of
     memory, and each one after it 0.31 s; this, 32 and 36-42 ms.)"""
-    return pa.Table.from_batches([batches[b].slice(row, 1) for b, row in zip(batch_of, within)],
-                                 schema=batches[0].schema)
-
-
-def _binary_cells(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A binary column's (or an Image struct column's ``bytes``) cells as NumPy views of its
-    buffers, nothing copied: (cells + 1,) int offsets and the uint8 bytes, cell i being
-    ``data[offsets[i]:offsets[i + 1]]`` (empty where it is null)."""
-    if pa.types.is_struct(column.type):
-        column = pc.struct_field(column, "bytes")
-    offset_type = np.int64 if pa.types.is_large_binary(column.type) else np.int32
-    _, offsets, data = column.buffers()
-    ends = np.frombuffer(offsets, offset_type)[column.offset:column.offset + len(column) + 1]
-    return ends, np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    batch_of = np.searchsorted(starts, rows, side="right") - 1
+    return pa.Table.from_batches([batches[b].slice(row - starts[b], 1) for b, row in zip(batch_of, rows)],
+                                 schema=table.schema)
 
 
 def _pixels(data: np.ndarray, image_format: str, side: int) -> np.ndarray | None:
@@ -92,9 +82,10 @@ class BuiltPairs:
         self._length = len(dataset)
         highest = pc.max(dataset.data.table.column("identity")).as_py()
         self.num_identities = 0 if highest is None else highest + 1  # identities are numbered from 0
-        self._batches: list[pa.RecordBatch] = []             # the build's record batches, once opened
-        self._starts = np.zeros(0, dtype=np.int64)            # each one's first row
-        self._cells: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # 'hq', 'lq': each batch's cells
+        self._table: pa.Table | None = None
+        self._batches: list[pa.RecordBatch] = []
+        self._starts = np.zeros(0, dtype=np.int64)
+        self._cells: dict[str, BinaryCells] = {}  # the bytes of each 'hq' and 'lq' cell
         stored = dataset.features.get("attributes")
         self.attribute_names: list[str] = list(stored) if stored else []
         missing = [name for name in attribute_columns or () if name not in self.attribute_names]
@@ -107,54 +98,47 @@ class BuiltPairs:
         return self._length
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_batches": [], "_cells": {}}
+        return {**self.__dict__, "_table": None, "_batches": [], "_cells": {}}
 
-    def _located(self, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """The record batch of each of ``rows`` and its row within it, the build opened on first use."""
+    def _rows(self, rows: torch.Tensor) -> pa.Table:
         if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < len(self)):
             raise IndexError(f"{self.folder}: rows {int(rows.min())}..{int(rows.max())} asked of a build of {len(self)}")
-        if not self._batches:
-            self._batches = open_dataset(self.folder).data.table.to_batches()
+        if self._table is None:
+            self._table = open_dataset(self.folder).data.table
+            self._batches = self._table.to_batches()
             self._starts = np.cumsum([0] + [len(batch) for batch in self._batches[:-1]])
-            self._cells = {column: [_binary_cells(batch.column(column)) for batch in self._batches]
+            self._cells = {column: BinaryCells(pc.struct_field(self._table.column(column), "bytes")
+                                               if self.manifest["format"] == "png" else self._table.column(column))
                            for column in ("hq", "lq")}
-        batch_of = np.searchsorted(self._starts, rows.numpy(), side="right") - 1
-        return batch_of, rows.numpy() - self._starts[batch_of]
+        return gather_rows(self._table, self._batches, self._starts, rows.numpy())
 
-    def _faces(self, column: str, batch_of: np.ndarray, within: np.ndarray, keys: torch.Tensor, rows: torch.Tensor,
-               sides: list[int]) -> list[np.ndarray]:
-        """The (side, side, 3) uint8 RGB faces of ``column`` ('hq' or 'lq') at the build's places
-        (``batch_of``, ``within``), read from views of its buffers (per face 1 against 16 us for
-        ``to_pylist``'s bytes, on a raw build); a SourceError naming the shard and the key of the
-        first cell that holds no such face."""
+    def _faces(self, table: pa.Table, rows: torch.Tensor, column: str, sides: list[int]) -> list[np.ndarray]:
+        """The (side, side, 3) uint8 RGB faces of ``column`` ('hq' or 'lq') of the build's ``rows``,
+        gathered in ``table``; a SourceError naming the shard and the key of the first cell that holds
+        no such face."""
         cells, image_format = self._cells[column], self.manifest["format"]
-        faces = []
-        for batch, row, side in zip(batch_of, within, sides):
-            ends, data = cells[batch]
-            faces.append(_pixels(data[ends[row]:ends[row + 1]], image_format, side))
+        faces = [_pixels(cells[row], image_format, side) for row, side in zip(rows.tolist(), sides)]
         damaged = next((i for i, face in enumerate(faces) if face is None), None)
         if damaged is not None:
             side, kind = sides[damaged], "PNG" if image_format == "png" else "raw pixels"
             raise SourceError(f"{shard_of_row(self.folder, int(rows[damaged]))}: the {column} face of key "
-                              f"{int(keys[damaged])} is not a readable {side}x{side} RGB image ({kind}); the shard "
-                              f"is damaged: delete it and {REMAKE}")
+                              f"{table.column('key')[damaged].as_py()} is not a readable {side}x{side} RGB image "
+                              f"({kind}); the shard is damaged: delete it and {REMAKE}")
         return faces
 
     def load(self, rows: torch.Tensor) -> PairBatch:
-        batch_of, within = self._located(rows)
-        table = gather_rows(self._batches, batch_of, within)
+        table = self._rows(rows)
         recipe = self.recipe
         params = {k: torch.from_numpy(np.array(v)) for k, v in flat_params(table).items()}
-        keys = torch.tensor(table.column("key").to_numpy())
         sides = recipe.native_sides(params)
         canvas = recipe.output_size
         if table.num_rows == 0:
             hq = torch.empty(0, 3, recipe.size, recipe.size, dtype=torch.uint8)
             lq = torch.empty(0, 3, canvas, canvas, dtype=torch.uint8)
         else:
-            hq = stack_channels_first(self._faces("hq", batch_of, within, keys, rows, [recipe.size] * table.num_rows))
+            hq = stack_channels_first(self._faces(table, rows, "hq", [recipe.size] * table.num_rows))
             lq_sides = [canvas] * table.num_rows if sides is None else sides.tolist()
-            lq_faces = self._faces("lq", batch_of, within, keys, rows, lq_sides)
+            lq_faces = self._faces(table, rows, "lq", lq_sides)
             if sides is None:
                 lq = stack_channels_first(lq_faces)
             else:
@@ -166,5 +150,6 @@ class BuiltPairs:
             columns = flat_table(table.select(["attributes"]))
             attributes = torch.stack([torch.tensor(columns.column(f"attributes.{name}").to_numpy(zero_copy_only=False)
                                                    .astype("float32")) for name in self.attribute_columns], dim=1)
-        return PairBatch(key=keys, identity=torch.tensor(table.column("identity").to_numpy()), hq=hq, lq=lq,
-                         params=params, attributes=attributes)
+        return PairBatch(key=torch.tensor(table.column("key").to_numpy()),
+                         identity=torch.tensor(table.column("identity").to_numpy()), hq=hq, lq=lq, params=params,
+                         attributes=attributes)

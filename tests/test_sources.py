@@ -22,6 +22,7 @@ from degrade.sources.attributes import Attributes
 from degrade.sources.base import decode_image, decode_raw_pixels, jpeg_components
 from degrade.sources.pairs import write_bin
 from degrade.sources.recordio import MAGIC, RecordFile, pack_record, write_insightface_recordio, write_recordio
+from degrade.sources.table import BinaryCells
 
 from .conftest import LFW, OpensAFile
 
@@ -200,6 +201,15 @@ def test_raw_pixels_are_read_as_they_are_resized_like_decoded_images_and_a_wrong
         decode_raw_pixels(face.tobytes(), "row 3", 112, strict=True)
     with pytest.raises(SourceError, match="row 3: 100 bytes are not the raw pixels of a square RGB image"):
         decode_raw_pixels(bytes(100), "row 3", 112)
+
+
+@pytest.mark.parametrize("kind", [pa.binary(), pa.large_binary()])
+def test_binary_cells_read_each_cell_of_a_chunked_sliced_column_with_nulls_as_its_bytes(kind):
+    cells = [b"abc", None, b"", b"\x00\xff" * 5, b"z"]
+    column = pa.chunked_array([pa.array(cells[:2], kind), pa.array([b"before"] + cells[2:], kind).slice(1)])
+    read = BinaryCells(column)
+    assert [read[row].tobytes() for row in range(len(cells))] == [cell or b"" for cell in cells]
+    assert read[3].dtype == np.uint8 and not read[3].flags.owndata  # a view of the column's buffer
 
 
 def test_a_table_row_whose_image_file_is_missing_is_skipped_naming_the_row_and_the_file(tmp_path, lfw_jpegs):

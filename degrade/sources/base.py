@@ -69,9 +69,9 @@ def decode_image(data: bytes, name: str, size: int, strict: bool = False) -> tup
     return _resized(image, name, size, strict, fixes)
 
 
-def decode_raw_pixels(data: bytes, name: str, size: int, strict: bool = False) -> tuple[np.ndarray, list[str]]:
+def decode_raw_pixels(data: bytes | np.ndarray, name: str, size: int, strict: bool = False) -> tuple[np.ndarray, list[str]]:
     """(size, size, 3) RGB uint8 from the raw HxWx3 bytes of a square image (a ``degrade build
-    --format raw`` column), and the conversions made. Raises :class:`SourceError` naming ``name``
+    --format raw`` column; bytes, or a uint8 array viewing them), and the conversions made. Raises :class:`SourceError` naming ``name``
     when the byte count is not that of a square RGB image."""
     side = math.isqrt(len(data) // 3)
     if side == 0 or 3 * side * side != len(data):
