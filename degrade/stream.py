@@ -110,10 +110,10 @@ class PairStream:
         the number of samples. Not the source's path (a run may resume with its data moved), nor
         the batch size or ranks (a run may resume on another number of ranks)."""
         recipe = self.recipe
+        seed = self.seed if self.seed is not None or recipe is None else recipe.seed
         return {"pairs": "made on the fly" if self.degrade_on_the_fly else "read from a build",
-                "recipe": recipe and recipe.name, "recipe_text": recipe and recipe.text,
-                "recipe_seed": self.seed if self.seed is not None or recipe is None else recipe.seed,
-                "samples": len(self.source)}
+                "recipe": None if recipe is None else recipe.name, "recipe_text": None if recipe is None else recipe.text,
+                "recipe_seed": seed, "samples": len(self.source)}
 
     def __len__(self) -> int:
         """Batches per rank per epoch."""

@@ -118,7 +118,7 @@ def _run_differences(state: dict, spec: dict | None, data: dict, config: TrainCo
     """How the run saved in ``state`` (a ``last.pt``) differs from a run of ``spec``, on pairs made
     of ``data`` (:meth:`PairStream.made_of`), with ``config``, e.g. "backbone mobilefacenet there,
     iresnet18 here; lr 0.01 there, 0.1 here"; empty when it does not. A checkpoint saved before
-    runs recorded their pairs (degrade 0.4.0 and earlier) holds no ``data``; its are taken to be these."""
+    runs recorded their pairs (degrade 0.4.0 and earlier) holds no ``data``; its pairs are taken to be these."""
     def comparable(spec: dict | None, data: dict, config: dict) -> dict:
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in RESUMABLE_CHANGES}
         return {**(spec or {}), **data, **settings}
@@ -211,8 +211,8 @@ class _Log:
 
 class _Checkpoints:
     """A run's checkpoints: ``last.pt`` (all it needs to resume: model, optimiser, schedule, scaler,
-    samples seen, config, spec and what its pairs are made of) and, at each step saved, ``step-NNNNNNN.pt`` (the backbone alone,
-    and the whole model with its spec). Under torchrun every rank saves at the same steps, and only
+    samples seen, config, spec and what its pairs are made of) and, at each step saved,
+    ``step-NNNNNNN.pt`` (the backbone alone, and the whole model with its spec). Under torchrun every rank saves at the same steps, and only
     the one that ``writes`` (rank 0) writes the files."""
 
     def __init__(self, out: Path, trainer: nn.Module, optimizer: torch.optim.Optimizer,
@@ -268,8 +268,7 @@ class _Checkpoints:
         config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
         _save(self.last, {"trainer": self.trainer.state_dict(), "optimizer": self.optimizer.state_dict(),
                           "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
-                          "samples_seen": samples_seen, "config": config, "spec": self.spec,
-                          "data": self.data})
+                          "samples_seen": samples_seen, "config": config, "spec": self.spec, "data": self.data})
         _save(self.out / f"step-{step:07d}.pt", {"backbone": self.trainer.backbone.state_dict(),
                                                   "trainer": self.trainer.state_dict(), "step": step, "spec": self.spec})
 

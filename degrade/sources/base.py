@@ -71,8 +71,8 @@ def decode_image(data: bytes, name: str, size: int, strict: bool = False) -> tup
 
 def decode_raw_pixels(data: bytes | np.ndarray, name: str, size: int, strict: bool = False) -> tuple[np.ndarray, list[str]]:
     """(size, size, 3) RGB uint8 from the raw HxWx3 bytes of a square image (a ``degrade build
-    --format raw`` column; bytes, or a uint8 array viewing them), and the conversions made. Raises :class:`SourceError` naming ``name``
-    when the byte count is not that of a square RGB image."""
+    --format raw`` column; bytes, or a uint8 array viewing them), and the conversions made. Raises
+    :class:`SourceError` naming ``name`` when the byte count is not that of a square RGB image."""
     side = math.isqrt(len(data) // 3)
     if side == 0 or 3 * side * side != len(data):
         raise SourceError(f"{name}: {len(data)} bytes are not the raw pixels of a square RGB image")
