@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import importlib.metadata
 import json
@@ -40,6 +39,7 @@ from degrade.distributed import join_torchrun, wait_for_all_ranks
 from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
+from degrade.locks import lock_exclusively
 from degrade.ops import Params
 from degrade.progress import progress_bar
 from degrade.recipe import Recipe
@@ -360,14 +360,10 @@ class _ShardFile:
         self.path, self.partial = path, path.with_name(path.name + ".partial")
         self.table_of, self.pairs = table_of, pairs
         self.lock = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o644)  # not emptied before it is held
-        try:
-            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_exclusively(self.lock):
             os.close(self.lock)
             raise BuildError(f"{self.partial}: another `degrade build` is writing this shard now; one build of a "
-                             "folder at a time (the same command resumes it after that one ends)") from None
-        except OSError:  # a file system without locks (Lustre mounted without flock, NFS without lockd): unguarded
-            pass
+                             "folder at a time (the same command resumes it after that one ends)")
         self.sink = pa.OSFile(str(self.partial), "wb")
         self.stream = pa.ipc.new_stream(self.sink, schema)
         self.rows, self.skipped, self.fixes = 0, [], collections.Counter()

@@ -5,6 +5,9 @@ whose faces cannot be read, a build with a damaged face, an attributes table wit
 pairs file does not have, an unknown backbone, a setting that would make training climb its loss
 or never reach its learning rate."""
 
+import fcntl
+import os
+
 import datasets
 import pytest
 import torch
@@ -152,6 +155,25 @@ def test_a_run_is_resumed_only_on_pairs_made_as_its_own_were(tmp_path):
     torch.save(state, run / "last.pt")
     resumed = CliRunner().invoke(main, [*command, "--source", "demo:20", "--max-steps", "3", "--batch-size", "4"])
     assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output
+
+
+def test_a_run_folder_another_run_trains_in_is_left_alone(tmp_path):
+    """A job started twice: both runs saved to last.pt.partial, each emptying it under the other,
+    and renamed the mixture to last.pt. The second now stops before it writes anything."""
+    run = tmp_path / "run"
+    command = ["train", "lrfr", "--source", "demo:20", "--steps", "2", "--max-steps", "1", "--batch-size", "8",
+               "--device", "cpu", "-j", "0", "--out", str(run)]
+    run.mkdir()
+    first_run = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(first_run, fcntl.LOCK_EX)  # as the writing rank of a run training there holds it
+        second = CliRunner().invoke(main, command)
+        _fails_naming(second, str(run), "another `degrade train` is running in this folder now")
+        assert list(run.iterdir()) == []
+    finally:
+        os.close(first_run)
+    assert CliRunner().invoke(main, command).exit_code == 0
+    assert {path.name for path in run.iterdir()} >= {"command.json", "last.pt", "log.csv", "step-0000001.pt"}
 
 
 def test_a_last_checkpoint_whose_optimizer_trained_other_parameters_is_not_resumed(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from pathlib import Path
 
@@ -266,7 +265,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
     from degrade.stream import PairStream
-    from trainers.loop import TrainConfig, TrainingDiverged, train
+    from trainers.loop import RunFolderBusy, TrainConfig, TrainingDiverged, train
     from trainers.registry import build_trainer
 
     if options["warmup"] >= options["steps"]:
@@ -318,16 +317,12 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          schedule=options["schedule"], warmup_steps=options["warmup"],
                          frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
-    # An --out that cannot be written, a last.pt there that cannot be read, a worker killed, a batch
-    # with no readable face, weights gone NaN; Ctrl-C, and SIGTERM: the run ends after the step under
+    # An --out that cannot be written, a last.pt there that cannot be read, another run training there,
+    # a worker killed, a batch with no readable face, weights gone NaN; Ctrl-C, and SIGTERM: the run ends after the step under
     # way, with a checkpoint there (a second one ends it at once).
-    with (reported(CheckpointError, WorkerLost, SourceError, TrainingDiverged),
+    with (reported(CheckpointError, WorkerLost, SourceError, TrainingDiverged, RunFolderBusy),
           ends_on_stop_signals(functools.partial(_stopped_training, config.out), finish_first=True) as stop):
-        config.out.mkdir(parents=True, exist_ok=True)
-        # the command that started the run (a resumed one must match it), written by one rank
-        if first_rank() and not (config.out / "last.pt").exists():
-            (config.out / "command.json").write_text(json.dumps({"spec": spec, **options}, indent=2, default=str))
-        rows = train(trainer, stream, config, device, stop=stop)
+        rows = train(trainer, stream, config, device, stop=stop, command={"spec": spec, **options})
     if not first_rank():  # under torchrun every rank ran the same steps; one says so
         return
     if rows:

@@ -15,8 +15,10 @@ step it logs or saves, and no checkpoint of it is written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import json
 import math
 import os
 import threading
@@ -29,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from degrade.distributed import backend_for, join_torchrun
+from degrade.locks import lock_exclusively
 from degrade.progress import progress_bar
 from degrade.stream import PairStream
 from degrade.text import counted, differences
@@ -293,6 +296,28 @@ class _BackboneWarmup:
                 self.trainer.backbone.eval()
 
 
+class RunFolderBusy(RuntimeError):
+    """Another process trains in the run folder now."""
+
+
+@contextlib.contextmanager
+def _only_run_in(out: Path, writes: bool) -> Iterator[None]:
+    """While this run writes to ``out``, no other may: the writing rank holds a lock on the folder
+    itself. Two runs of one folder at once (a job started twice) both saved to ``last.pt.partial``,
+    each emptying it under the other, and renamed the mixture to ``last.pt``."""
+    if not writes:
+        yield
+        return
+    folder = os.open(out, os.O_RDONLY)
+    try:
+        if not lock_exclusively(folder):
+            raise RunFolderBusy(f"{out}: another `degrade train` is running in this folder now; one run of a folder "
+                                "at a time (the same command resumes it after that one ends)")
+        yield
+    finally:
+        os.close(folder)
+
+
 def _next_batch(batches: Iterator[dict], stop: threading.Event | None) -> dict | None:
     """The epoch's next batch; None at its end, or when a decoding worker ended after ``stop`` was
     set (a SIGTERM to the whole job reaches the workers too)."""
@@ -305,13 +330,17 @@ def _next_batch(batches: Iterator[dict], stop: threading.Event | None) -> dict |
 
 
 def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: str | torch.device = "cpu",
-          stop: threading.Event | None = None) -> list[dict]:
+          stop: threading.Event | None = None, command: dict | None = None) -> list[dict]:
     """Train ``trainer`` for ``config.steps`` steps (resuming from ``config.out/last.pt`` if present).
+    One run of a run folder at a time: a second one started while it trains (a job started twice)
+    stops with :class:`RunFolderBusy` before it writes anything there.
 
     ``stop``: once set, the run ends before its next step, with a checkpoint at the last one. The
     ranks vote on it after each batch is fetched, so all end after the same step, and each sets its
     own ``stop``. A decoding worker that ended once ``stop`` is set (a SIGTERM to the whole job)
     counts as the stop, not as an error.
+
+    ``command``: what started the run, written to ``command.json`` when the run starts afresh.
 
     Returns the logged rows of this call.
     """
@@ -323,70 +352,73 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
                          "its rank and world_size")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    trainer.to(device)
-    optimizer = make_optimizer(trainer.parameters(), config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config, stream.made_of(), writes=rank == 0)
-    step, samples_seen = checkpoints.resume()
-    model = trainer
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast_type = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-    per_batch = stream.batch_size * stream.world_size
-    per_epoch = len(stream) * per_batch
-    log = _Log(out, rank == 0)
-    rows: list[dict] = []
-    end = config.end_step
-    bar = progress_bar(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
-    started, started_samples = time.perf_counter(), samples_seen
-    trainer.train()
-    warmup = _BackboneWarmup(trainer, config.frozen_backbone_steps)
-    vote = _StopVote(world) if stop is not None else None
-    stopping = False
-    clock = DataClock(device)
-    with bar:  # closed when the loop ends, also on an exception: its line ends before any message
-        while step < end and not stopping:
-            stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
-            batches = iter(stream)
-            while True:
-                clock.fetching()
-                batch = _next_batch(batches, stop)
-                if vote is not None and vote.any_asked(stop.is_set()):
-                    stop.set()
-                    stopping = True
-                    if step % config.checkpoint_every != 0:
+    with _only_run_in(out, writes=rank == 0):
+        if command is not None and rank == 0 and not (out / "last.pt").exists():
+            (out / "command.json").write_text(json.dumps(command, indent=2, default=str))
+        torch.manual_seed(config.seed)
+        trainer.to(device)
+        optimizer = make_optimizer(trainer.parameters(), config)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+        scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config, stream.made_of(), writes=rank == 0)
+        step, samples_seen = checkpoints.resume()
+        model = trainer
+        if world > 1:
+            model = nn.parallel.DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
+        autocast_type = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        per_batch = stream.batch_size * stream.world_size
+        per_epoch = len(stream) * per_batch
+        log = _Log(out, rank == 0)
+        rows: list[dict] = []
+        end = config.end_step
+        bar = progress_bar(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
+        started, started_samples = time.perf_counter(), samples_seen
+        trainer.train()
+        warmup = _BackboneWarmup(trainer, config.frozen_backbone_steps)
+        vote = _StopVote(world) if stop is not None else None
+        stopping = False
+        clock = DataClock(device)
+        with bar:  # closed when the loop ends, also on an exception: its line ends before any message
+            while step < end and not stopping:
+                stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
+                batches = iter(stream)
+                while True:
+                    clock.fetching()
+                    batch = _next_batch(batches, stop)
+                    if vote is not None and vote.any_asked(stop.is_set()):
+                        stop.set()
+                        stopping = True
+                        if step % config.checkpoint_every != 0:
+                            checkpoints.save(step, samples_seen)
+                        vote.wait_for_all()
+                        break
+                    if batch is None:
+                        break
+                    clock.fetched()
+                    warmup.before(step)
+                    with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
+                        loss, metrics = model(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    step += 1
+                    samples_seen += per_batch
+                    bar.update(1)
+                    if step % config.log_every == 0 or step == end:
+                        rate = (samples_seen - started_samples) / (time.perf_counter() - started)
+                        row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
+                               "data_fraction": clock.data_fraction(),
+                               **{k: float(v) for k, v in metrics.items()}}
+                        rows.append(row)
+                        log.write(row)
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
+                    # on every rank, so that all end at the same step if the weights went NaN
+                    if step % config.checkpoint_every == 0 or step == end:
                         checkpoints.save(step, samples_seen)
-                    vote.wait_for_all()
-                    break
-                if batch is None:
-                    break
-                clock.fetched()
-                warmup.before(step)
-                with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
-                    loss, metrics = model(batch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                samples_seen += per_batch
-                bar.update(1)
-                if step % config.log_every == 0 or step == end:
-                    rate = (samples_seen - started_samples) / (time.perf_counter() - started)
-                    row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
-                           "data_fraction": clock.data_fraction(),
-                           **{k: float(v) for k, v in metrics.items()}}
-                    rows.append(row)
-                    log.write(row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-                # on every rank, so that all end at the same step if the weights went NaN
-                if step % config.checkpoint_every == 0 or step == end:
-                    checkpoints.save(step, samples_seen)
-                elif step % config.log_every == 0:
-                    checkpoints.refuse_diverged(step)
-                if step >= end:
-                    break
-    return rows
+                    elif step % config.log_every == 0:
+                        checkpoints.refuse_diverged(step)
+                    if step >= end:
+                        break
+        return rows
