@@ -5,6 +5,7 @@ import fcntl
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,6 +175,27 @@ def test_a_build_on_a_file_system_without_locks_goes_on_unguarded(tmp_path, monk
     monkeypatch.setattr(fcntl, "flock", refused)
     build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=20, shard_size=16, progress=False)
     assert len(open_dataset(tmp_path / "ds")) == 20
+
+
+def test_a_raw_build_that_cannot_fit_in_the_free_space_is_refused_before_it_writes_a_shard(tmp_path, monkeypatch):
+    per_pair = 2 * 3 * 112 * 112
+    free = {"bytes": 20 * per_pair}
+    monkeypatch.setattr(arrow.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 0, free["bytes"]))
+
+    def build(out: Path, limit: int, image_format: str = "raw"):
+        build_dataset(load_recipe("maug"), open_source("demo"), out, limit=limit, shard_size=16,
+                      image_format=image_format, progress=False)
+
+    with pytest.raises(BuildError, match=re.escape(f"{tmp_path / 'ds'}: the 40 pairs left to build take at least ")):
+        build(tmp_path / "ds", 40)
+    assert [path.name for path in (tmp_path / "ds").iterdir()] == ["degrade.json"]
+    build(tmp_path / "png", 40, "png")  # PNG sizes are not known before; nothing is refused
+    free["bytes"] = 1 << 40
+    build(tmp_path / "ds", 40)
+    (tmp_path / "ds" / "data-00001-of-00003.arrow").unlink()  # 16 pairs left to build: they fit
+    free["bytes"] = 20 * per_pair
+    build(tmp_path / "ds", 40)
+    assert len(open_dataset(tmp_path / "ds")) == 40
 
 
 def test_an_unfinished_build_is_refused_with_a_message_that_says_so(tmp_path):
