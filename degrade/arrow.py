@@ -271,8 +271,8 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     # Written by an earlier run (no rank writes yet); one damaged since is made again.
     done = {i for i, name in enumerate(names) if not shard_damage(out / name)}
     if rank == 0 and image_format == "raw":
-        _refuse_without_room(out, recipe, sum(stop - first for i in range(shards) if i not in done
-                                              for first, stop in [_shard_bounds(i, shard_size, total)]))
+        left = (_shard_bounds(i, shard_size, total) for i in range(shards) if i not in done)
+        _refuse_without_room(out, recipe, sum(stop - first for first, stop in left))
     wait_for_all_ranks()
     mine = [i for i in range(shards) if i % world == rank]
     todo = [i for i in mine if i not in done]

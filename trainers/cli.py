@@ -317,9 +317,9 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          schedule=options["schedule"], warmup_steps=options["warmup"],
                          frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
-    # An --out that cannot be written, a last.pt there that cannot be read, another run training there,
-    # a worker killed, a batch with no readable face, weights gone NaN; Ctrl-C, and SIGTERM: the run ends after the step under
-    # way, with a checkpoint there (a second one ends it at once).
+    # An --out that cannot be written, a last.pt there that cannot be read, another run training
+    # there, a worker killed, a batch with no readable face, weights gone NaN; Ctrl-C, and SIGTERM:
+    # the run ends after the step under way, with a checkpoint there (a second one ends it at once).
     with (reported(CheckpointError, WorkerLost, SourceError, TrainingDiverged, RunFolderBusy),
           ends_on_stop_signals(functools.partial(_stopped_training, config.out), finish_first=True) as stop):
         rows = train(trainer, stream, config, device, stop=stop, command={"spec": spec, **options})
