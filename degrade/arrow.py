@@ -324,10 +324,12 @@ def _refuse_without_room(out: Path, recipe: Recipe, pairs: int) -> None:
     """Stop a raw build whose ``pairs`` still to write cannot fit in the free space of ``out``'s file
     system, before it starts: raw pixels take a known number of bytes (an MS1M-sized source, 5.8 M
     faces, takes 437 GB), and a full disk would stop it hours in. The bound counts the HQ faces,
-    and the LQ ones where their size is fixed (native-size LQ faces take less than their canvas)."""
+    and the LQ ones where their size is fixed (native-size LQ faces take less than their canvas). A
+    file system that reports no free space at all (as a mount that does not know its own may) is not
+    judged: a full one fails the first write with its own message anyway."""
     per_pair = 3 * recipe.size ** 2 + (0 if recipe.makes_native_size else 3 * recipe.output_size ** 2)
     needed, free = pairs * per_pair, shutil.disk_usage(out).free
-    if needed > free:
+    if 0 < free < needed:
         raise BuildError(f"{out}: the {counted(pairs, 'pair')} left to build take at least {needed / 1e9:,.1f} GB as raw "
                          f"pixels, and {free / 1e9:,.1f} GB are free there; free some space, use another --out, or "
                          "build --format png (a fraction of the size)")

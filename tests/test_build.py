@@ -190,6 +190,8 @@ def test_a_raw_build_that_cannot_fit_in_the_free_space_is_refused_before_it_writ
         build(tmp_path / "ds", 40)
     assert [path.name for path in (tmp_path / "ds").iterdir()] == ["degrade.json"]
     build(tmp_path / "png", 40, "png")  # PNG sizes are not known before; nothing is refused
+    free["bytes"] = 0  # as a mount that does not know its free space may report: not judged
+    build(tmp_path / "unknown", 40)
     free["bytes"] = 1 << 40
     build(tmp_path / "ds", 40)
     (tmp_path / "ds" / "data-00001-of-00003.arrow").unlink()  # 16 pairs left to build: they fit
