@@ -151,7 +151,7 @@ def test_a_run_is_resumed_only_on_pairs_made_as_its_own_were(tmp_path):
     assert resumed.exit_code == 0 and "step 2: loss" in resumed.output, resumed.output  # the batch size may change
 
     state = torch.load(run / "last.pt", weights_only=True)
-    del state["data"]  # as degrade 0.4.0 and earlier saved it: its pairs are taken to be this command's
+    del state["data"]  # as runs saved it before they recorded their pairs: taken to be this command's
     torch.save(state, run / "last.pt")
     resumed = CliRunner().invoke(main, [*command, "--source", "demo:20", "--max-steps", "3", "--batch-size", "4"])
     assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output

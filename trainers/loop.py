@@ -121,7 +121,7 @@ def _run_differences(state: dict, spec: dict | None, data: dict, config: TrainCo
     """How the run saved in ``state`` (a ``last.pt``) differs from a run of ``spec``, on pairs made
     of ``data`` (:meth:`PairStream.made_of`), with ``config``, e.g. "backbone mobilefacenet there,
     iresnet18 here; lr 0.01 there, 0.1 here"; empty when it does not. A checkpoint saved before
-    runs recorded their pairs (degrade 0.4.0 and earlier) holds no ``data``; its pairs are taken to be these."""
+    runs recorded their pairs holds no ``data``; its pairs are taken to be these."""
     def comparable(spec: dict | None, data: dict, config: dict) -> dict:
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in RESUMABLE_CHANGES}
         return {**(spec or {}), **data, **settings}
@@ -215,8 +215,8 @@ class _Log:
 class _Checkpoints:
     """A run's checkpoints: ``last.pt`` (all it needs to resume: model, optimiser, schedule, scaler,
     samples seen, config, spec and what its pairs are made of) and, at each step saved,
-    ``step-NNNNNNN.pt`` (the backbone alone, and the whole model with its spec). Under torchrun every rank saves at the same steps, and only
-    the one that ``writes`` (rank 0) writes the files."""
+    ``step-NNNNNNN.pt`` (the backbone alone, and the whole model with its spec). Under torchrun
+    every rank saves at the same steps, and only the one that ``writes`` (rank 0) writes the files."""
 
     def __init__(self, out: Path, trainer: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
@@ -355,70 +355,77 @@ def train(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: s
     with _only_run_in(out, writes=rank == 0):
         if command is not None and rank == 0 and not (out / "last.pt").exists():
             (out / "command.json").write_text(json.dumps(command, indent=2, default=str))
-        torch.manual_seed(config.seed)
-        trainer.to(device)
-        optimizer = make_optimizer(trainer.parameters(), config)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
-        scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-        checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config, stream.made_of(), writes=rank == 0)
-        step, samples_seen = checkpoints.resume()
-        model = trainer
-        if world > 1:
-            model = nn.parallel.DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
-        autocast_type = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-        per_batch = stream.batch_size * stream.world_size
-        per_epoch = len(stream) * per_batch
-        log = _Log(out, rank == 0)
-        rows: list[dict] = []
-        end = config.end_step
-        bar = progress_bar(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
-        started, started_samples = time.perf_counter(), samples_seen
-        trainer.train()
-        warmup = _BackboneWarmup(trainer, config.frozen_backbone_steps)
-        vote = _StopVote(world) if stop is not None else None
-        stopping = False
-        clock = DataClock(device)
-        with bar:  # closed when the loop ends, also on an exception: its line ends before any message
-            while step < end and not stopping:
-                stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
-                batches = iter(stream)
-                while True:
-                    clock.fetching()
-                    batch = _next_batch(batches, stop)
-                    if vote is not None and vote.any_asked(stop.is_set()):
-                        stop.set()
-                        stopping = True
-                        if step % config.checkpoint_every != 0:
-                            checkpoints.save(step, samples_seen)
-                        vote.wait_for_all()
-                        break
-                    if batch is None:
-                        break
-                    clock.fetched()
-                    warmup.before(step)
-                    with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
-                        loss, metrics = model(batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                    samples_seen += per_batch
-                    bar.update(1)
-                    if step % config.log_every == 0 or step == end:
-                        rate = (samples_seen - started_samples) / (time.perf_counter() - started)
-                        row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
-                               "data_fraction": clock.data_fraction(),
-                               **{k: float(v) for k, v in metrics.items()}}
-                        rows.append(row)
-                        log.write(row)
-                        bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-                    # on every rank, so that all end at the same step if the weights went NaN
-                    if step % config.checkpoint_every == 0 or step == end:
+        return _steps(trainer, stream, config, device, stop, rank, world)
+
+
+def _steps(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: torch.device,
+           stop: threading.Event | None, rank: int, world: int) -> list[dict]:
+    """:func:`train`'s steps, once the run folder is this run's."""
+    out = Path(config.out)
+    torch.manual_seed(config.seed)
+    trainer.to(device)
+    optimizer = make_optimizer(trainer.parameters(), config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    checkpoints = _Checkpoints(out, trainer, optimizer, scheduler, scaler, config, stream.made_of(), writes=rank == 0)
+    step, samples_seen = checkpoints.resume()
+    model = trainer
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast_type = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    per_batch = stream.batch_size * stream.world_size
+    per_epoch = len(stream) * per_batch
+    log = _Log(out, rank == 0)
+    rows: list[dict] = []
+    end = config.end_step
+    bar = progress_bar(total=end, initial=step, unit="step", desc="train", disable=not config.progress or rank > 0)
+    started, started_samples = time.perf_counter(), samples_seen
+    trainer.train()
+    warmup = _BackboneWarmup(trainer, config.frozen_backbone_steps)
+    vote = _StopVote(world) if stop is not None else None
+    stopping = False
+    clock = DataClock(device)
+    with bar:  # closed when the loop ends, also on an exception: its line ends before any message
+        while step < end and not stopping:
+            stream.set_epoch(samples_seen // per_epoch, start_step=(samples_seen % per_epoch) // per_batch)
+            batches = iter(stream)
+            while True:
+                clock.fetching()
+                batch = _next_batch(batches, stop)
+                if vote is not None and vote.any_asked(stop.is_set()):
+                    stop.set()
+                    stopping = True
+                    if step % config.checkpoint_every != 0:
                         checkpoints.save(step, samples_seen)
-                    elif step % config.log_every == 0:
-                        checkpoints.refuse_diverged(step)
-                    if step >= end:
-                        break
-        return rows
+                    vote.wait_for_all()
+                    break
+                if batch is None:
+                    break
+                clock.fetched()
+                warmup.before(step)
+                with torch.autocast(device.type, dtype=autocast_type or torch.float32, enabled=autocast_type is not None):
+                    loss, metrics = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                samples_seen += per_batch
+                bar.update(1)
+                if step % config.log_every == 0 or step == end:
+                    rate = (samples_seen - started_samples) / (time.perf_counter() - started)
+                    row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
+                           "data_fraction": clock.data_fraction(),
+                           **{k: float(v) for k, v in metrics.items()}}
+                    rows.append(row)
+                    log.write(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
+                # on every rank, so that all end at the same step if the weights went NaN
+                if step % config.checkpoint_every == 0 or step == end:
+                    checkpoints.save(step, samples_seen)
+                elif step % config.log_every == 0:
+                    checkpoints.refuse_diverged(step)
+                if step >= end:
+                    break
+    return rows
