@@ -88,3 +88,22 @@ def unreadable_faces(tmp_path) -> Path:
         (tmp_path / "faces" / name).parent.mkdir(parents=True)
         (tmp_path / "faces" / name).write_bytes(b"not an image")
     return tmp_path / "faces"
+
+
+@pytest.fixture(scope="session")
+def catface_stage1(tmp_path_factory) -> Path:
+    """The last.pt of a one-step `degrade train catface --stage 1` run on IResNet-18 (not the default
+    backbone) over the demo source's 100 identities."""
+    from click.testing import CliRunner
+
+    from degrade.cli import main
+
+    folder = tmp_path_factory.mktemp("catface")
+    table = folder / "attributes.csv"
+    table.write_text("identity,Male,Bald,Big Nose,Chubby,Narrow Eyes\n"
+                     + "".join(f"demo_{i:05d},{i % 2},0,1,0,{i % 3 == 0:d}\n" for i in range(100)))
+    result = CliRunner().invoke(main, ["train", "catface", "--attributes", str(table), "--backbone", "iresnet18",
+                                       "--source", "demo", "--steps", "1", "-b", "8", "-j", "0", "--device", "cpu",
+                                       "--out", str(folder / "stage1")])
+    assert result.exit_code == 0, result.output
+    return folder / "stage1" / "last.pt"

@@ -104,7 +104,7 @@ def test_training_changes_only_the_branches_and_lowers_the_distillation_loss(tmp
     torch.manual_seed(0)
     faces = SubsetSource(lfw_source, torch.arange(0, 64 * 97, 97))
     trunk = build_backbone("mobilefacenet", TEACHER)
-    spec = {"trainer": "btnet", "backbone": "mobilefacenet", "head": "arcface", "classes": faces.num_identities,
+    spec = {"trainer": "btnet", "backbone": "mobilefacenet", "classes": faces.num_identities,
             "sides": [7, 14, 28, 56], "selection": "nearest", "blocks": 1, "loss_weights": [1, 0, 0]}
     trainer = build_trainer(spec, trunk)
     trunk_before = {k: v.clone() for k, v in trainer.backbone.trunk.state_dict().items()}
@@ -132,7 +132,7 @@ def test_every_branch_gets_a_gradient_in_every_step_also_from_a_batch_none_of_wh
     """DDP needs each rank's step to reach every trainable parameter; a small batch may route no face
     to some branch (here 14 px), or none to any branch at all (28 and 56 px go to the trunk)."""
     torch.manual_seed(0)
-    spec = {"trainer": "btnet", "backbone": "mobilefacenet", "head": "arcface", "classes": 4, "sides": [7, 14],
+    spec = {"trainer": "btnet", "backbone": "mobilefacenet", "classes": 4, "sides": [7, 14],
             "selection": "ceil", "blocks": 1, "loss_weights": [1, 1, 1]}
     trainer = build_trainer(spec, build_backbone("mobilefacenet")).train()
     batch = {"hq": torch.full((2, 3, 112, 112), 128, dtype=torch.uint8), "lq_side": torch.tensor(lq_sides),

@@ -150,14 +150,15 @@ def test_lgaf_trains_on_streamed_pairs(tmp_path):
 
 
 @pytest.mark.parametrize("spec", [
-    {"trainer": "lgaf", "mode": "lgf", "heads": 2},
-    {"trainer": "catface", "stage": 2, "columns": ["Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"], "fusion": "catf"},
+    {"trainer": "lgaf", "mode": "lgf", "heads": 2, "head": "arcface"},
+    {"trainer": "catface", "stage": 2, "columns": ["Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"], "fusion": "catf",
+     "stage1_classes": 7},  # a stage 1 trained on other faces
 ])
 def test_a_training_checkpoint_evaluates_as_the_model_it_trained(tmp_path, spec):
     from trainers.registry import build_trainer, load_trained
 
     stream, faces = demo_stream()
-    spec = {**spec, "backbone": "mobilefacenet", "head": "arcface", "classes": faces.num_identities}
+    spec = {**spec, "backbone": "mobilefacenet", "classes": faces.num_identities}
     trainer = build_trainer(spec)
     train(trainer, stream, TrainConfig(out=tmp_path, steps=2, log_every=1, progress=False))
     rebuilt = load_trained(tmp_path / "step-0000002.pt")
@@ -165,3 +166,43 @@ def test_a_training_checkpoint_evaluates_as_the_model_it_trained(tmp_path, spec)
     with torch.no_grad():
         assert torch.allclose(rebuilt(images), trainer.eval().embedding(images), atol=1e-5)
     assert rebuilt(images).shape == (3, 512 if spec["trainer"] == "catface" else 128)
+
+
+def _stage2(stage1, out, *options) -> list[str]:
+    return ["train", "catface", "--stage", "2", "--stage1", str(stage1), "-b", "8", "-j", "0", "--device", "cpu",
+            "--out", str(out), *options]
+
+
+def test_catface_stage2_trains_on_its_stage1_model_whatever_its_backbone_and_faces(tmp_path, catface_stage1):
+    """Stage 1 learnt 100 identities on IResNet-18; stage 2, with no --backbone, fuses its branches on 7 others."""
+    from click.testing import CliRunner
+
+    from degrade.cli import main
+    from trainers.registry import load_trained
+
+    result = CliRunner().invoke(main, _stage2(catface_stage1, tmp_path / "run", "--source", "demo:7", "--steps", "1"))
+    assert result.exit_code == 0, result.output
+    spec = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["spec"]
+    assert (spec["backbone"], spec["stage1_classes"], spec["classes"]) == ("iresnet18", 100, 7)
+    stage1 = torch.load(catface_stage1, weights_only=True)["trainer"]
+    rebuilt = load_trained(tmp_path / "run" / "last.pt").trainer
+    assert rebuilt.head.weight.shape[0] == 7
+    assert all(torch.equal(value, stage1[name]) for name, value in rebuilt.stage1.state_dict().items())
+
+
+def test_a_catface_run_saved_with_the_head_it_did_not_use_resumes_and_evaluates(tmp_path, catface_stage1):
+    """Runs saved before stage 2 kept its stage 1's classes recorded the --head option (unused) and no
+    stage1_classes: the same command resumes such a run, and it evaluates."""
+    from click.testing import CliRunner
+
+    from degrade.cli import main
+    from trainers.registry import load_trained
+
+    command = _stage2(catface_stage1, tmp_path / "run", "--source", "demo", "--steps", "2")
+    assert CliRunner().invoke(main, [*command, "--max-steps", "1"]).exit_code == 0
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    spec = {name: value for name, value in saved["spec"].items() if name != "stage1_classes"}
+    torch.save({**saved, "spec": {**spec, "head": "arcface"}}, tmp_path / "run" / "last.pt")
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 0 and "step 2: loss" in result.output, result.output
+    assert load_trained(tmp_path / "run" / "last.pt").trainer.stage1.head.weight.shape[0] == 100

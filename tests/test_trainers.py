@@ -486,15 +486,15 @@ def test_degrade_train_with_a_learning_rate_far_too_high_fails_with_one_line_and
     assert "no checkpoint was saved" in result.output and not list(tmp_path.glob("*.pt"))
 
 
-BASE_SPEC = {"backbone": "mobilefacenet", "head": "arcface", "classes": 4}
+BASE_SPEC = {"backbone": "mobilefacenet", "classes": 4}
 
 
 @pytest.mark.parametrize("spec", [
-    {"trainer": "lrfr", "use_lq": True, "contrast_weight": 0.5, "p": 2.0, "teacher": True},
-    *({"trainer": "lgaf", "mode": mode, "heads": 4} for mode in ("local", "global", "concat", "lgf")),
+    {"trainer": "lrfr", "use_lq": True, "contrast_weight": 0.5, "p": 2.0, "teacher": True, "head": "arcface"},
+    *({"trainer": "lgaf", "mode": mode, "heads": 4, "head": "arcface"} for mode in ("local", "global", "concat", "lgf")),
     {"trainer": "catface", "stage": 1, "columns": ["Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"]},
     *({"trainer": "catface", "stage": 2, "columns": ["Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"],
-       "fusion": fusion} for fusion in ("none", "concat", "add", "catf")),
+       "fusion": fusion, "stage1_classes": 6} for fusion in ("none", "concat", "add", "catf")),
     {"trainer": "btnet", "sides": [7, 14, 28, 56], "selection": "ceil", "blocks": 1, "loss_weights": [1, 1, 1]},
 ], ids=lambda spec: "-".join(str(spec[k]) for k in ("trainer", "mode", "stage", "fusion") if k in spec))
 def test_one_step_of_every_trainer_reaches_each_of_its_trainable_parameters(spec):

@@ -409,15 +409,35 @@ def test_training_leaves_out_the_identities_of_the_excluded_folds_by_default_all
     (["--hq-only", "--p", "1"], "--contrast-weight, --p and --teacher would have no effect: --hq-only trains on HQ"),
     (["--contrast-weight", "0", "--p", "1"], "--p would have no effect: --contrast-weight 0 turns L_LogExp off"),
     (["catface", "--attributes", "ATTRIBUTES", "--fusion", "add"], "--stage1 and --fusion are for stage 2"),
+    (["catface", "--attributes", "ATTRIBUTES", "--head", "cosface"], "No such option '--head'"),  # AdaFace, the paper's
+    (["btnet", "--head", "cosface"], "No such option '--head'"),  # its classifier holds the trunk's class centres
+    (["btnet", "--frozen-backbone-steps", "1"], "No such option '--frozen-backbone-steps'"),  # it trains only that
 ])
 def test_training_options_that_would_have_no_effect_are_refused(tmp_path, small_pairs, arguments, says):
     """The trainer is lrfr unless the arguments start with another one's name."""
     named = {"PAIRS": str(small_pairs), "BUILD": str(tmp_path), "ATTRIBUTES": str(LFW / "attributes.tsv")}
     arguments = [named.get(a, a) for a in arguments]
-    trainer = arguments.pop(0) if arguments[0] in ("lgaf", "catface") else "lrfr"
+    trainer = arguments.pop(0) if arguments[0] in ("lgaf", "catface", "btnet") else "lrfr"
     result = CliRunner().invoke(main, ["train", trainer, *arguments, "--steps", "2", "-b", "8", "--device", "cpu",
                                        "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and says.replace("PAIRS", str(small_pairs)) in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["--backbone", "mobilefacenet"], "mobilefacenet: the stage-1 model of STAGE1 is built on iresnet18, and stage 2"),
+    (["--init", "STAGE1"], "--init would have no effect in stage 2: the stage-1 model's weights replace it"),
+    (["--frozen-backbone-steps", "1"], "--frozen-backbone-steps would have no effect in stage 2"),
+    (["--stage1", "STAGE2"], "STAGE2 is not a CATFace stage-1 checkpoint (its run trained catface stage 2)"),
+])
+def test_catface_stage2_options_its_stage1_model_decides_are_refused(tmp_path, catface_stage1, arguments, says):
+    stage2 = torch.load(catface_stage1, weights_only=True)
+    torch.save({**stage2, "spec": {**stage2["spec"], "stage": 2}}, tmp_path / "stage2.pt")
+    named = {"STAGE1": str(catface_stage1), "STAGE2": str(tmp_path / "stage2.pt")}
+    result = CliRunner().invoke(main, ["train", "catface", "--stage", "2", "--stage1", str(catface_stage1),
+                                       *[named.get(a, a) for a in arguments], "--steps", "2", "-b", "8",
+                                       "--device", "cpu", "--out", str(tmp_path / "run")])
+    _fails_naming(result, "", says.replace("STAGE1", named["STAGE1"]).replace("STAGE2", named["STAGE2"]))
     assert not (tmp_path / "run").exists()
 
 

@@ -105,4 +105,17 @@ def training_checkpoint(path: str | Path) -> dict:
     if not (isinstance(state, dict) and "trainer" in state and "spec" in state):
         raise CheckpointError(f"{path}: not a degrade training checkpoint (no trainer weights and spec)")
     _refuse_non_finite(path, state["trainer"])
-    return state
+    return {**state, "spec": _current_spec(state["spec"])}
+
+
+def _current_spec(spec: dict | None) -> dict | None:
+    """A checkpoint's trainer spec as runs write it now, for one an earlier run saved: a CATFace or
+    BTNet spec held a ``head`` neither trainer used (their heads are their papers'; neither takes
+    --head now), and a CATFace stage-2 spec no ``stage1_classes`` (its stage 1 had learnt its
+    ``classes``: no other could load)."""
+    if not spec or spec.get("trainer") not in ("catface", "btnet"):
+        return spec
+    spec = {name: value for name, value in spec.items() if name != "head"}
+    if spec["trainer"] == "catface" and spec["stage"] == 2:
+        spec.setdefault("stage1_classes", spec["classes"])
+    return spec

@@ -97,7 +97,6 @@ def common_training_options(command):
         click.option("--backbone", default="mobilefacenet", show_default=True, type=click.Choice(sorted(BACKBONES))),
         click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="Start the backbone from this checkpoint."),
-        click.option("--head", default="arcface", show_default=True, type=click.Choice(["arcface", "cosface", "adaface"])),
         click.option("--steps", default=1000, show_default=True, type=click.IntRange(1)),
         click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (smoke runs)."),
         click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(1),
@@ -108,9 +107,6 @@ def common_training_options(command):
         click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"])),
         click.option("--warmup", default=0, show_default=True, type=click.IntRange(0),
                      help="Warm-up steps, fewer than --steps."),
-        click.option("--frozen-backbone-steps", default=0, show_default=True, type=click.IntRange(0),
-                     help="First steps train only the heads (warms a new head up on a pretrained backbone); "
-                          "fewer than --steps."),
         click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"])),
         click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1)),
         click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
@@ -126,6 +122,15 @@ def common_training_options(command):
     return command
 
 
+# Not common to every trainer: CATFace's recognition heads are AdaFace (the paper's) and BTNet's
+# classifier holds the trunk's class centres, fixed; BTNet's backbone is all it trains.
+head_option = click.option("--head", default="arcface", show_default=True,
+                           type=click.Choice(["arcface", "cosface", "adaface"]))
+frozen_backbone_option = click.option(
+    "--frozen-backbone-steps", default=0, show_default=True, type=click.IntRange(0),
+    help="First steps train only the heads (warms a new head up on a pretrained backbone); fewer than --steps.")
+
+
 @click.group("train")
 def train_group() -> None:
     """Train a model on HQ/LQ pairs streamed from the engine (or read from a build).
@@ -139,6 +144,8 @@ def train_group() -> None:
 
 @train_group.command("lrfr")
 @common_training_options
+@head_option
+@frozen_backbone_option
 @click.option("--p", "power", default="2", show_default=True, type=click.Choice(["1", "2"]),
               callback=lambda _c, _p, v: float(v), help="Exponent of L_LogExp.")
 @click.option("--contrast-weight", default=1.0, show_default=True, type=click.FloatRange(0),
@@ -167,6 +174,8 @@ def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str
 
 @train_group.command("lgaf")
 @common_training_options
+@head_option
+@frozen_backbone_option
 @click.option("--mode", default="lgf", show_default=True, type=click.Choice(["local", "global", "concat", "lgf"]),
               help="Embedding: MHMS local only, global only, plain concatenation, or LGF fusion.")
 @click.option("--heads", "mhms_heads", default=4, show_default=True, type=click.IntRange(1), help="MHMS heads b.")
@@ -179,6 +188,7 @@ def train_lgaf(mode: str, mhms_heads: int, **options) -> None:
 
 @train_group.command("catface")
 @common_training_options
+@frozen_backbone_option
 @click.option("--stage", type=click.Choice(["1", "2"]), default="1", show_default=True)
 @click.option("--attributes", "attribute_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Stage 1: CSV/TSV of soft-biometric labels keyed by file or identity (pairs read with "
@@ -212,20 +222,41 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
             columns = CATFACE_ATTRIBUTES + (("Female",) if "Female" in names else ())
             attributes = table.select(columns) if table else None
     else:
-        try:
-            stage1 = training_checkpoint(stage1_checkpoint)
-        except CheckpointError as error:
-            raise click.BadParameter(str(error), param_hint="--stage1") from None
-        if (stage1["spec"] or {}).get("trainer") != "catface":
-            raise click.BadParameter(f"{stage1_checkpoint} is not a CATFace stage-1 checkpoint", param_hint="--stage1")
+        stage1 = _read_stage1(stage1_checkpoint, options["backbone"])
         columns = tuple(stage1["spec"]["columns"])
+        options["backbone"] = stage1["spec"]["backbone"]
+    spec = {"trainer": "catface", "stage": int(stage), "columns": list(columns), "fusion": fusion}
+    if stage1 is not None:  # stage 2 may train on other faces than stage 1 (its head is not used)
+        spec["stage1_classes"] = stage1["spec"]["classes"]
 
     def load_stage1(trainer) -> None:
         if stage1 is not None:
             trainer.stage1.load_state_dict(stage1["trainer"])
 
-    run({"trainer": "catface", "stage": int(stage), "columns": list(columns), "fusion": fusion}, "catface", load_stage1,
-        attributes=attributes, attribute_columns=list(columns) if stage == "1" else None, **options)
+    run(spec, "catface", load_stage1, attributes=attributes,
+        attribute_columns=list(columns) if stage == "1" else None, **options)
+
+
+def _read_stage1(path: str, backbone: str) -> dict:
+    """The CATFace stage-1 checkpoint at ``path`` that stage 2 fuses the branches of; ``backbone``:
+    the --backbone option, which stage 2 takes from stage 1 unless it names another (refused)."""
+    for option, why in (("init", "the stage-1 model's weights replace it"),
+                        ("frozen_backbone_steps", "the stage-1 model, backbone included, stays frozen throughout")):
+        if given(option):
+            raise click.UsageError(f"--{option.replace('_', '-')} would have no effect in stage 2: {why}")
+    try:
+        stage1 = training_checkpoint(path)
+    except CheckpointError as error:
+        raise click.BadParameter(str(error), param_hint="--stage1") from None
+    spec = stage1["spec"] or {}
+    if spec.get("trainer") != "catface" or spec.get("stage") != 1:
+        trained = spec.get("trainer", "no named trainer") + (f" stage {spec['stage']}" if "stage" in spec else "")
+        raise click.BadParameter(f"{path} is not a CATFace stage-1 checkpoint (its run trained {trained}); give the "
+                                 "last.pt of a `degrade train catface --stage 1` run", param_hint="--stage1")
+    if given("backbone") and backbone != spec["backbone"]:
+        raise click.BadParameter(f"{backbone}: the stage-1 model of {path} is built on {spec['backbone']}, and stage 2 "
+                                 "trains on that model (leave --backbone out)", param_hint="--backbone")
+    return stage1
 
 
 @train_group.command("btnet")
@@ -257,7 +288,8 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
 
     ``load_weights(trainer)`` fills weights that come from other files (a teacher, a stage 1).
     ``attributes`` (an Attributes table) joins pairs made on the fly; ``attribute_columns`` picks
-    the attributes of pairs read from a build.
+    the attributes of pairs read from a build. ``options``: the command's; ``head`` and
+    ``frozen_backbone_steps`` only where the trainer has them.
     """
     from degrade.arrow import BuildError
     from degrade.distributed import backend_for, join_torchrun
@@ -268,11 +300,12 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     from trainers.loop import RunFolderBusy, TrainConfig, TrainingDiverged, train
     from trainers.registry import build_trainer
 
+    frozen_backbone_steps = options.get("frozen_backbone_steps", 0)
     if options["warmup"] >= options["steps"]:
         raise click.BadParameter(f"{options['warmup']} warm-up steps leave none of the {options['steps']} --steps at "
                                  "the full learning rate", param_hint="--warmup")
-    if options["frozen_backbone_steps"] >= options["steps"]:
-        raise click.BadParameter(f"{options['frozen_backbone_steps']} frozen-backbone steps leave none of the "
+    if frozen_backbone_steps >= options["steps"]:
+        raise click.BadParameter(f"{frozen_backbone_steps} frozen-backbone steps leave none of the "
                                  f"{options['steps']} --steps training the backbone",
                                  param_hint="--frozen-backbone-steps")
     refuse_unused_options()
@@ -306,7 +339,9 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
         raise click.ClickException(f"{made_by} {stream.recipe.name!r} makes faces of {stream.recipe.size} px; the "
                                    f"backbones {spec['trainer']} trains take {INPUT_SIZE}x{INPUT_SIZE} faces (a recipe "
                                    f"of size {INPUT_SIZE})")
-    spec = {**spec, "backbone": options["backbone"], "head": options["head"], "classes": classes}
+    spec = {**spec, "backbone": options["backbone"], "classes": classes}
+    if "head" in options:
+        spec["head"] = options["head"]
     with reported(ValueError):
         torch.manual_seed(options["seed"])  # the weights not loaded from a file (heads, branches, fusion) start alike
         trainer = build_trainer(spec, build_backbone(options["backbone"], options["init"]))
@@ -315,7 +350,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     config = TrainConfig(out=Path(options["out"]), steps=options["steps"], max_steps=options["max_steps"],
                          optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
                          schedule=options["schedule"], warmup_steps=options["warmup"],
-                         frozen_backbone_steps=options["frozen_backbone_steps"], precision=options["precision"],
+                         frozen_backbone_steps=frozen_backbone_steps, precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
     # An --out that cannot be written, a last.pt there that cannot be read, another run training
     # there, a worker killed, a batch with no readable face, weights gone NaN; Ctrl-C, and SIGTERM:

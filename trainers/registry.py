@@ -2,10 +2,13 @@
 checkpoint is rebuilt for evaluation without its command line.
 
 A spec holds ``trainer`` (a name of :data:`TRAINERS`), ``backbone``, ``classes``, ``head``
-and the trainer's own options, e.g.::
+(LRFR and LGAF: the others' heads are their papers') and the trainer's own options, e.g.::
 
     {"trainer": "lgaf", "backbone": "mobilefacenet", "classes": 3900, "head": "arcface",
      "mode": "lgf", "heads": 4}
+
+A CATFace stage-2 spec also holds ``stage1_classes``, the identities its stage-1 model learnt
+(stage 2 may train on other faces).
 
 Every trainer has ``embedding(images) -> (N, D)``: the embedding it is evaluated by.
 """
@@ -41,8 +44,10 @@ def _catface(spec: dict, backbone: nn.Module) -> nn.Module:
     from trainers.catface import CATFaceStage1, CATFaceStage2
 
     shape = feature_shape(backbone)
-    stage1 = CATFaceStage1(backbone, spec["classes"], shape, tuple(spec["columns"]))
-    return stage1 if spec["stage"] == 1 else CATFaceStage2(stage1, spec["classes"], shape, spec["fusion"])
+    if spec["stage"] == 1:
+        return CATFaceStage1(backbone, spec["classes"], shape, tuple(spec["columns"]))
+    stage1 = CATFaceStage1(backbone, spec["stage1_classes"], shape, tuple(spec["columns"]))
+    return CATFaceStage2(stage1, spec["classes"], shape, spec["fusion"])
 
 
 def _btnet(spec: dict, backbone: nn.Module) -> nn.Module:
