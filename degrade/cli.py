@@ -77,6 +77,12 @@ def reported(*errors: type[Exception]) -> Iterator[None]:
         raise click.ClickException(f"{error.filename}: {error.strerror}" if error.filename else str(error)) from None
 
 
+def given(name: str) -> bool:
+    """Whether the command line gave the current command's option ``name`` (not its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
 def first_rank() -> bool:
     """Whether this process is rank 0 of a torchrun job, or runs alone: under torchrun every rank
     knows the whole outcome, and one says it."""
@@ -343,6 +349,11 @@ def inspect_command(folder: str, grid: str | None, count: int, verify: bool, num
     from degrade.sources import SourceError
     from degrade.workers import WorkerLost
 
+    if given("count") and not grid:
+        raise click.UsageError("--count would have no effect: it is the number of pairs in the --grid, which is not given")
+    if given("num_workers") and not verify:
+        raise click.UsageError("--num-workers would have no effect: its processes decode the faces for --verify, which "
+                               "is not given")
     with reported(BuildError, SourceError, WorkerLost):
         click.echo(describe_dataset(folder))
         if grid:
@@ -387,6 +398,11 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
 
     if train_backbone and end_to_end:
         raise click.UsageError("--build and --train time different things; give one of them")
+    if given("rounds") and (train_backbone or end_to_end):
+        raise click.UsageError("--rounds would have no effect: --build and --train run once")
+    if given("precision") and not train_backbone:
+        raise click.UsageError("--precision would have no effect: it is the autocast of the --train steps, which "
+                               "are not timed without --train")
     loaded = _recipe(recipe)
     own_ops = sorted({leaf.op.name for leaf in loaded.leaves if leaf.op.name not in OP_NAMES})
     if own_ops and not train_backbone:

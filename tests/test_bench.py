@@ -127,10 +127,17 @@ def test_bench_train_reports_the_training_rate_and_the_share_spent_waiting_for_d
     assert 0 < float(re.search(r"waiting for data\s+([\d.]+) %", output).group(1)) < 100
 
 
-def test_bench_refuses_build_and_train_together_before_any_work():
-    result = CliRunner().invoke(main, ["bench", "--build", "--train", "mobilefacenet", "--recipe", "maug",
-                                       "--source", "no/such/folder", "--device", "cpu"])
-    assert result.exit_code == 2 and "--build and --train time different things" in result.output
+@pytest.mark.parametrize("options, says", [
+    (["--build", "--train", "mobilefacenet"], "--build and --train time different things; give one of them"),
+    (["--build", "--rounds", "2"], "--rounds would have no effect: --build and --train run once"),
+    (["--train", "mobilefacenet", "--rounds", "2"], "--rounds would have no effect: --build and --train run once"),
+    (["--precision", "fp16"], "--precision would have no effect: it is the autocast of the --train steps"),
+    (["--build", "--precision", "fp32"], "--precision would have no effect"),
+])
+def test_bench_refuses_options_that_do_not_go_together_before_any_work(options, says):
+    result = CliRunner().invoke(main, ["bench", *options, "--recipe", "maug", "--source", "no/such/folder",
+                                       "--device", "cpu"])
+    assert result.exit_code == 2 and says in result.output
 
 
 @pytest.mark.parametrize("options", [[], ["--build", "--n", "4"], ["--train", "mobilefacenet", "--n", "4", "-b", "2"]])

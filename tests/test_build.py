@@ -407,6 +407,16 @@ def test_inspect_reports_counts_skips_and_histograms(tmp_path):
     assert set(counts) == {7, 14, 20} and sum(counts.values()) == 200 and counts[20] > counts[7]
 
 
+@pytest.mark.parametrize("options, says", [
+    (["-n", "4"], "--count would have no effect: it is the number of pairs in the --grid, which is not given"),
+    (["-j", "2"], "--num-workers would have no effect: its processes decode the faces for --verify"),
+])
+def test_inspect_refuses_options_for_a_grid_or_a_verify_it_was_not_asked_for(tmp_path, options, says):
+    build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "ds", limit=8, progress=False)
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "ds"), *options])
+    assert result.exit_code == 2 and says in result.output and "pairs" not in result.output.split("Error")[0]
+
+
 def test_inspect_counts_each_ops_params_over_the_pairs_it_ran_on(tmp_path):
     build_dataset(load_recipe("realworld"), open_source("demo"), tmp_path / "ds", limit=300, progress=False)
     params = open_dataset(tmp_path / "ds")["params"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import torch
 
-from degrade.cli import (device_option, ends_on_stop_signals, first_rank, num_workers_option, reported, seed_option,
-                         source_option)
+from degrade.cli import (device_option, ends_on_stop_signals, first_rank, given, num_workers_option, reported,
+                         seed_option, source_option)
 from degrade.keyed import MAX_SEED
 from degrade.ops.base import is_weight
 from trainers.backbones import BACKBONES, INPUT_SIZE, build_backbone
@@ -63,12 +63,6 @@ def training_source(source: str, size: int, exclude_pairs: str | None, exclude_f
 # Options that choose how pairs are made on the fly: a build's pairs are read as they were made.
 MADE_ON_THE_FLY = {"source": "--source", "recipe": "--recipe", "exclude_pairs": "--exclude-pairs",
                    "exclude_folds": "--exclude-folds", "attribute_file": "--attributes"}
-
-
-def given(name: str) -> bool:
-    """Whether the command line gave the current command's option ``name`` (not its default)."""
-    source = click.get_current_context().get_parameter_source(name)
-    return source not in (None, click.core.ParameterSource.DEFAULT)
 
 
 def refuse_unused_options() -> None:
