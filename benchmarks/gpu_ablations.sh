@@ -19,7 +19,7 @@ mkdir -p "$RESULTS"
 wants() { [[ " $FAMILIES " == *" $1 "* ]]; }
 pack() { [ -n "${ARCHIVE:-}" ] && tar czf "$ARCHIVE" -C "$RESULTS" --exclude='*.pt' . ; }
 
-common=(--source "$LFW" --exclude-pairs "$LFW/pairs.txt" --exclude-folds 7,8 --init "$TEACHER"
+common=(--source "$LFW" --exclude-pairs "$LFW/pairs.txt" --exclude-folds 7,8
         --batch-size ${BATCH:-256} --precision bf16 --device $DEVICE -j 2 --checkpoint-every 100 --warmup 50
         ${MAX_STEPS:+--max-steps $MAX_STEPS})
 train() {  # train RUN TRAINER OPTIONS...
@@ -27,7 +27,8 @@ train() {  # train RUN TRAINER OPTIONS...
   timeout "$LIMIT" degrade train "$@" "${common[@]}" --out "$RESULTS/$run" > "$RESULTS/$run.txt" 2>&1
   echo "$run: exit $? at step $(tail -n 1 "$RESULTS/$run/log.csv" 2>/dev/null | cut -d, -f1)"
 }
-lrfr=(--steps 500 --frozen-backbone-steps 50)
+trunk=(--init "$TEACHER")  # not for CATFace's stage 2, whose backbone is its stage 1's
+lrfr=(--steps 500 --frozen-backbone-steps 50 "${trunk[@]}")
 logexp=(--teacher "$TEACHER" --contrast-weight 50)
 if wants lrfr; then
   train lrfr_hq_only lrfr "${lrfr[@]}" --hq-only &
@@ -36,16 +37,16 @@ if wants lrfr; then
   train lrfr_maug_logexp_p2 lrfr "${lrfr[@]}" "${logexp[@]}" --p 2 &
   train lrfr_maug111_logexp_p2 lrfr "${lrfr[@]}" "${logexp[@]}" --p 2 --recipe maug_111 &
 fi
-wants btnet && train btnet btnet --steps 400 --optimizer adamw --lr 0.001 &
+wants btnet && train btnet btnet --steps 400 --optimizer adamw --lr 0.001 "${trunk[@]}" &
 if wants lgaf; then
   for mode in local global concat lgf; do
-    train "lgaf_$mode" lgaf --steps 300 --frozen-backbone-steps 50 --mode $mode &
+    train "lgaf_$mode" lgaf --steps 300 --frozen-backbone-steps 50 --mode $mode "${trunk[@]}" &
   done
-  train lgaf_lgf_b2 lgaf --steps 300 --frozen-backbone-steps 50 --mode lgf --heads 2 &
-  train lgaf_lgf_b8 lgaf --steps 300 --frozen-backbone-steps 50 --mode lgf --heads 8 &
+  train lgaf_lgf_b2 lgaf --steps 300 --frozen-backbone-steps 50 --mode lgf --heads 2 "${trunk[@]}" &
+  train lgaf_lgf_b8 lgaf --steps 300 --frozen-backbone-steps 50 --mode lgf --heads 8 "${trunk[@]}" &
 fi
 wants catface && ( train catface_stage1 catface --steps 300 --frozen-backbone-steps 50 --stage 1 \
-    --attributes "$LFW/attributes.tsv"
+    --attributes "$LFW/attributes.tsv" "${trunk[@]}"
   for fusion in none concat add catf; do
     train "catface_$fusion" catface --steps 250 --stage 2 --stage1 "$RESULTS/catface_stage1/last.pt" --fusion $fusion &
   done

@@ -87,12 +87,14 @@ rm -rf "$repeated"
 wants train && step bench_train 90 degrade bench --train iresnet50 --recipe maug --source "$LFW" --device $DEVICE \
   --batch-size $((512 / SCALE)) --n $((40960 / SCALE)) --precision bf16
 wants trainers || exit 0
-common=(--source "$LFW" --exclude-pairs "$LFW/pairs.txt" --exclude-folds 7,8 --init "$TEACHER" --steps 60
+common=(--source "$LFW" --exclude-pairs "$LFW/pairs.txt" --exclude-folds 7,8 --steps 60
         --max-steps $((60 / SCALE + 3)) --batch-size $((256 / SCALE)) --precision bf16 --device $DEVICE -j 6)
-step train_lrfr 60 degrade train lrfr "${common[@]}" --teacher "$TEACHER" --out "$RESULTS/lrfr"
-step train_btnet 60 degrade train btnet "${common[@]}" --optimizer adamw --lr 0.001 --out "$RESULTS/btnet"
-step train_lgaf 60 degrade train lgaf "${common[@]}" --out "$RESULTS/lgaf"
-step train_catface1 60 degrade train catface "${common[@]}" --stage 1 --attributes "$LFW/attributes.tsv" --out "$RESULTS/catface1"
+trunk=(--init "$TEACHER")  # not for CATFace's stage 2, whose backbone is its stage 1's
+step train_lrfr 60 degrade train lrfr "${common[@]}" "${trunk[@]}" --teacher "$TEACHER" --out "$RESULTS/lrfr"
+step train_btnet 60 degrade train btnet "${common[@]}" "${trunk[@]}" --optimizer adamw --lr 0.001 --out "$RESULTS/btnet"
+step train_lgaf 60 degrade train lgaf "${common[@]}" "${trunk[@]}" --out "$RESULTS/lgaf"
+step train_catface1 60 degrade train catface "${common[@]}" "${trunk[@]}" --stage 1 --attributes "$LFW/attributes.tsv" \
+  --out "$RESULTS/catface1"
 step train_catface2 60 degrade train catface "${common[@]}" --stage 2 --stage1 "$RESULTS/catface1/last.pt" --out "$RESULTS/catface2"
 step eval 90 degrade eval --model teacher=mobilefacenet:"$TEACHER" --model lrfr="$RESULTS/lrfr/last.pt" \
   --model btnet="$RESULTS/btnet/last.pt" --model lgaf="$RESULTS/lgaf/last.pt" --model catface="$RESULTS/catface2/last.pt" \
