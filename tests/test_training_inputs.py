@@ -322,6 +322,21 @@ def test_identification_on_a_folder_without_probes_is_refused_before_verifying(t
     assert "verification" not in result.output
 
 
+def test_identification_on_a_folder_with_an_unreadable_image_fails_naming_it_before_verifying(tmp_path, small_pairs):
+    """Ranked without it, the others would measure another gallery, and no one would know."""
+    face = small_pairs.parent / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
+    for identity in ("ann", "bob"):
+        (tmp_path / "gallery" / identity).mkdir(parents=True)
+        for n in range(2):
+            (tmp_path / "gallery" / identity / f"{n}.jpg").write_bytes(face.read_bytes())
+    (tmp_path / "gallery" / "bob" / "2.jpg").write_bytes(face.read_bytes()[:100])
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs), "--device", "cpu",
+                                       "--identification", str(tmp_path / "gallery")])
+    _fails_naming(result, str(tmp_path / "gallery" / "bob" / "2.jpg"),
+                  "1 image of its gallery and probes could not be read")
+    assert "verification" not in result.output
+
+
 def test_training_on_faces_of_one_identity_is_refused_before_any_work(tmp_path, lfw_source):
     (tmp_path / "faces" / "ann").mkdir(parents=True)
     for key in range(2):

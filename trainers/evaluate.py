@@ -154,10 +154,7 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
     chosen = torch.ones_like(pairs.same) if not folds else torch.isin(pairs.fold, torch.tensor(folds) - 1)
     left, right, same, fold = pairs.left[chosen], pairs.right[chosen], pairs.same[chosen], pairs.fold[chosen]
     keys = torch.cat([left, right]).unique()
-    faces = source.load(keys)
-    if faces.skipped:
-        raise SourceError(f"{source.name}: {counted(len(faces.skipped), 'image')} of its pairs could not be read "
-                          f"({faces.skipped[0][1]})")
+    faces = _every_face(source, keys, "of its pairs")
     position = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
     position[keys] = torch.arange(len(keys))
     a, b = position[left], position[right]
@@ -175,6 +172,16 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
     return results
 
 
+def _every_face(source, keys: torch.Tensor, which: str):
+    """The faces ``keys`` of ``source``; a SourceError naming one that cannot be read (``which``: what
+    they are to the evaluation), as a score over the others would silently be another measurement."""
+    faces = source.load(keys)
+    if faces.skipped:
+        raise SourceError(f"{source.name}: {counted(len(faces.skipped), 'image')} {which} could not be read "
+                          f"({faces.skipped[0][1]})")
+    return faces
+
+
 def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: list[int],
                    device: str | torch.device = "cpu", progress: str | None = None,
                    degraded_by: ProbeRecipe | None = None) -> dict[str, dict[str, float]]:
@@ -183,7 +190,7 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
     with one image are left out: they would be gallery entries no probe belongs to). Rank 5 only
     with more than 5 gallery entries; ``gallery``: their number. ``keys`` chooses the samples
     used; ``progress`` and ``degraded_by`` (the probes only) as in :func:`evaluate_pairs`."""
-    faces = source.load(keys)
+    faces = _every_face(source, keys, "of its gallery and probes")
     identity = faces.identity
     first = torch.zeros(len(identity), dtype=torch.bool)
     seen: set[int] = set()
