@@ -162,6 +162,34 @@ def test_preview_writes_a_grid_of_pairs(tmp_path):
     assert grid.std() > 20
 
 
+def test_a_long_label_wraps_at_its_spaces_keeping_every_param_whole():
+    from degrade.preview import text_width, wrapped
+
+    line = "anisotropic_blur sigma_x=2.7 sigma_y=1.3 angle=180 kernel_size=19"  # 66 characters
+    lines = wrapped(line, text_width("anisotropic_blur sigma_x=2.7 sigma_y=1.3"))
+    assert lines == ["anisotropic_blur sigma_x=2.7 sigma_y=1.3", "  angle=180 kernel_size=19"]
+    assert wrapped(line, text_width(line)) == [line]
+    assert wrapped("a verylongword", text_width("a")) == ["a", "  verylongword"]  # a word alone, however wide
+
+
+@pytest.mark.parametrize("size", [17, 112])
+def test_preview_labels_stay_inside_their_own_cells(tmp_path, size):
+    """Faces of 17 px make cells narrower than an op's name: the cells widen to their words."""
+    from degrade.preview import COLUMNS, MARGIN, ZOOM
+
+    recipe = tmp_path / "long.yaml"
+    recipe.write_text(f"name: long\nsize: {size}\nstages:\n  - {{op: anisotropic_blur, kernel_size: [9, 9]}}\n"
+                      "  - {op: illumination}\n  - {op: jpeg}\n")
+    out = tmp_path / "grid.png"
+    assert run("preview", "--recipe", str(recipe), "--count", "8", "--out", str(out), "--device", "cpu").exit_code == 0
+    grid = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE)
+    cell_w = grid.shape[1] // COLUMNS
+    labels = grid[size * ZOOM:grid.shape[0] // 2]  # the first row of cells' text
+    assert labels.min() < 100  # there is text
+    for column in range(COLUMNS):
+        assert (labels[:, (column + 1) * cell_w - MARGIN:(column + 1) * cell_w] == 255).all()  # nothing at the cell's edge
+
+
 @pytest.mark.parametrize("command", [["preview", "--device", "cpu", "--out"], ["inspect", ".", "--grid"]],
                          ids=lambda command: command[0])
 def test_a_grid_path_that_is_not_a_png_is_refused_before_any_work(tmp_path, command):
