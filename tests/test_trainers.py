@@ -179,6 +179,24 @@ def test_tar_is_reported_only_at_the_fars_the_different_pairs_can_resolve():
     assert metrics["different_pairs"] == 100 and metrics["tar@far=0.01"] == 0.0 and "tar@far=0.001" not in metrics
 
 
+def test_the_accuracy_plot_draws_each_models_two_modes_in_its_own_colour(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from trainers.evaluate import plot_accuracy
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)  # keeps the figure to look at
+    result = {"accuracy": 0.9}
+    runs = {name: {"same": {"14": result, "112": result}, "cross": {"14": result, "112": result}} for name in "abc"}
+    plot_accuracy(runs, tmp_path / "accuracy.png")
+    lines = drawn[0].axes[0].get_lines()
+    assert [line.get_label() for line in lines] == [f"{name} ({mode})" for name in "abc" for mode in ("same", "cross")]
+    colours = [line.get_color() for line in lines]
+    assert colours[0::2] == colours[1::2] and len(set(colours)) == 3
+    assert [line.get_linestyle() for line in lines[:2]] == ["-", "--"]
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
 def test_probe_resolution_is_the_engines_resize(faces):
     assert torch.equal(probe(faces[:4], 14), Resize(sides=[14]).apply(faces[:4], {"side": torch.full((4,), 14)}))
     assert torch.equal(probe(faces[:4], 112), faces[:4])

@@ -237,17 +237,20 @@ def format_table(name: str, results: dict) -> str:
 
 
 def plot_accuracy(runs: dict[str, dict], out: str | Path) -> None:
-    """PNG: accuracy against probe resolution, one line per model and mode."""
+    """PNG: accuracy against probe resolution, one line per model and mode; a model's two lines
+    share its colour (solid: same-resolution, dashed: cross-resolution)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, results in runs.items():
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for number, (name, results) in enumerate(runs.items()):
         for mode, style in (("same", "-o"), ("cross", "--s")):
             sides = [int(s) for s in results[mode]]
-            axes.plot(sides, [100 * results[mode][str(s)]["accuracy"] for s in sides], style, label=f"{name} ({mode})")
+            axes.plot(sides, [100 * results[mode][str(s)]["accuracy"] for s in sides], style,
+                      color=colours[number % len(colours)], label=f"{name} ({mode})")
     axes.set_xscale("log", base=2)
     axes.set_xticks(sides, [str(s) for s in sides])
     recipes = {f"{run['probe_recipe']['recipe']} (seed {run['probe_recipe']['seed']})"
