@@ -149,6 +149,8 @@ def test_an_ops_size_other_than_the_recipes_is_refused_as_every_op_takes_the_rec
     (torch.rand(2, 3, 112, 112), torch.tensor([0.0, 1.0]), "one integer key per image, got keys of shape (2,) (torch.float32)"),
     (torch.full((2, 3, 112, 112), 200.0), torch.arange(2), "expects images in [0, 1], got values in [200, 200]; divide 0-255"),
     (torch.full((2, 3, 112, 112), -0.9), torch.arange(2), "expects images in [0, 1], got values in [-0.9, -0.9]"),
+    (torch.rand(2, 3, 112, 112).index_put_((torch.tensor([1]),) * 4, torch.tensor(float("nan"))), torch.arange(2),
+     "expects images in [0, 1], got 1 NaN value"),
 ])
 def test_a_recipe_refuses_images_or_keys_it_cannot_degrade(images, keys, says):
     # uint8 faces went through as zeros (the resize's matrices were cast to uint8); 0-255 floats came out white

@@ -16,6 +16,7 @@ from typing import ClassVar, Sequence
 import torch
 
 from degrade.keyed import KeyedRandom
+from degrade.text import counted
 
 Params = dict[str, torch.Tensor]
 
@@ -112,15 +113,18 @@ def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owne
     """The (N,) integer keys of a batch a caller hands to an op or a recipe, checked with its images.
 
     Images far outside [0, 1], as 0-255 values or normalised ones are, are refused: the ops would
-    clip them to white or black without a word. (Checking costs one host wait, on these entry
-    points only: the engine's own faces come from :func:`degrade.engine.to_float`.)"""
+    clip them to white or black without a word; so are images holding NaN, which would come out
+    NaN or, clamped, black. (Checking costs one host wait, on these entry points only: the engine's
+    own faces come from :func:`degrade.engine.to_float`.)"""
     keys = torch.as_tensor(keys)
     if keys.shape != images.shape[:1] or keys.is_floating_point():
         raise ValueError(f"{owner}: expects one integer key per image, got keys of shape {tuple(keys.shape)} "
                          f"({keys.dtype}) for {len(images)} images")
     check_images(images, owner)
     if images.numel():
-        low, high = torch.aminmax(images)
+        low, high = torch.aminmax(images)  # NaN where any value is NaN
+        if low.isnan():
+            raise ValueError(f"{owner}: expects images in [0, 1], got {counted(int(images.isnan().sum()), 'NaN value')}")
         if low < -0.5 or high > 1.5:
             raise ValueError(f"{owner}: expects images in [0, 1], got values in [{low:g}, {high:g}]"
                              + ("; divide 0-255 values by 255" if high > 1.5 else ""))
