@@ -49,10 +49,10 @@ def preview_grid(recipe: Recipe, batch: PairBatch) -> np.ndarray:
     labels = [[f"key {int(k)} id {int(i)}"] + describe(recipe, batch.params, n)
               for n, (k, i) in enumerate(zip(batch.key, batch.identity))]
     widest_word = max(text_width(f"  {word}") for label in labels for line in label for word in line.split(" "))
-    text_w = max(2 * size * ZOOM + 8, widest_word + 2 * MARGIN) - 2 * MARGIN
-    lines = [[part for line in label for part in wrapped(line, text_w)] for label in labels]
+    cell_w = max(2 * size * ZOOM + 8, widest_word + 2 * MARGIN)
+    lines = [[part for line in label for part in wrapped(line, cell_w - 2 * MARGIN)] for label in labels]
     text_rows = max(len(entry) for entry in lines)
-    cell_w, cell_h = text_w + 2 * MARGIN, size * ZOOM + text_rows * LINE_HEIGHT + 10
+    cell_h = size * ZOOM + text_rows * LINE_HEIGHT + 10
     rows = -(-len(lines) // COLUMNS)
     canvas = np.full((rows * cell_h, min(COLUMNS, len(lines)) * cell_w, 3), 255, np.uint8)
     for n, entry in enumerate(lines):

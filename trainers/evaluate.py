@@ -23,7 +23,7 @@ from degrade.engine import to_float
 from degrade.ops.resize import Resize
 from degrade.progress import progress_bar
 from degrade.recipe import Recipe
-from degrade.sources.base import SourceError
+from degrade.sources.base import Faces, SourceError
 from degrade.text import counted
 
 FARS = (1e-2, 1e-3)
@@ -172,7 +172,7 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
     return results
 
 
-def _every_face(source, keys: torch.Tensor, which: str):
+def _every_face(source, keys: torch.Tensor, which: str) -> Faces:
     """The faces ``keys`` of ``source``; a SourceError naming one that cannot be read (``which``: what
     they are to the evaluation), as a score over the others would silently be another measurement."""
     faces = source.load(keys)
