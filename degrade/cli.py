@@ -332,7 +332,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
 @main.command("inspect")
 @click.argument("folder", type=click.Path(file_okay=False, exists=True))
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, callback=_png_path,
-              help="Also write a PNG grid of pairs.")
+              help="Also write a PNG grid of pairs, spread evenly over the build.")
 @click.option("--count", "-n", default=16, show_default=True, type=click.IntRange(1, 256), help="Pairs in the grid.")
 @click.option("--verify", is_flag=True,
               help="Also decode every face, to find one damaged inside a shard (opening a build checks only that "

@@ -108,12 +108,20 @@ def _rows_each_param_counts_on(recipe: Recipe, params: dict[str, np.ndarray]) ->
     return rows
 
 
+def grid_rows(pairs: int, count: int) -> torch.Tensor:
+    """The (min(count, pairs),) rows a grid of ``count`` pairs shows of a build of ``pairs``, spread
+    evenly from its first to its last. Sources list an identity's faces together, so a build's first
+    rows show few people: the demo's first 16 are 2, MS1M's (68 faces per identity) would be 1."""
+    return torch.linspace(0, pairs - 1, min(count, pairs), dtype=torch.float64).round().long()
+
+
 def write_dataset_grid(folder: str | Path, out: str | Path, count: int) -> None:
-    """A PNG grid at ``out`` of a build's first ``count`` pairs, HQ beside LQ, each with the params it drew."""
+    """A PNG grid at ``out`` of ``count`` pairs spread over a build (:func:`grid_rows`), HQ beside LQ,
+    each with the params it drew."""
     from degrade.preview import write_preview
 
     pairs = BuiltPairs(folder)
-    write_preview(pairs.recipe, pairs.load(torch.arange(min(count, len(pairs)))), out)
+    write_preview(pairs.recipe, pairs.load(grid_rows(len(pairs), count)), out)
 
 
 def verify_dataset(folder: str | Path, num_workers: int = 0) -> str:

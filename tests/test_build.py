@@ -407,6 +407,14 @@ def test_inspect_reports_counts_skips_and_histograms(tmp_path):
     assert set(counts) == {7, 14, 20} and sum(counts.values()) == 200 and counts[20] > counts[7]
 
 
+def test_an_inspect_grid_shows_pairs_spread_over_the_build_from_its_first_to_its_last():
+    from degrade.inspect import grid_rows
+
+    assert grid_rows(1000, 4).tolist() == [0, 333, 666, 999]
+    assert grid_rows(200, 16).unique().numel() == 16 and grid_rows(200, 16)[-1] == 199
+    assert grid_rows(3, 16).tolist() == [0, 1, 2] and grid_rows(1, 1).tolist() == [0]
+
+
 @pytest.mark.parametrize("options, says", [
     (["-n", "4"], "--count would have no effect: it is the number of pairs in the --grid, which is not given"),
     (["-j", "2"], "--num-workers would have no effect: its processes decode the faces for --verify"),
