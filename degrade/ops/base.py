@@ -122,8 +122,8 @@ def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owne
                          f"({keys.dtype}) for {len(images)} images")
     check_images(images, owner)
     if images.numel():
-        low, high = torch.aminmax(images)  # NaN where any value is NaN
-        if low.isnan():
+        low, high = torch.stack(torch.aminmax(images)).tolist()  # one host wait; NaN where any value is NaN
+        if math.isnan(low):
             raise ValueError(f"{owner}: expects images in [0, 1], got {counted(int(images.isnan().sum()), 'NaN value')}")
         if low < -0.5 or high > 1.5:
             raise ValueError(f"{owner}: expects images in [0, 1], got values in [{low:g}, {high:g}]"
