@@ -190,6 +190,25 @@ def test_catface_stage2_trains_on_its_stage1_model_whatever_its_backbone_and_fac
     assert all(torch.equal(value, stage1[name]) for name, value in rebuilt.stage1.state_dict().items())
 
 
+def test_a_catface_stage1_run_saved_with_the_head_and_fusion_it_did_not_use_resumes(tmp_path, catface_stage1):
+    """Its spec now holds neither; one saved before, with both, is taken for the same command's run (it
+    ended at its last step: there is nothing left to train)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from degrade.cli import main
+
+    saved = torch.load(catface_stage1, weights_only=True)
+    assert not {"head", "fusion"} & set(saved["spec"])
+    shutil.copytree(catface_stage1.parent, tmp_path / "stage1")
+    torch.save({**saved, "spec": {**saved["spec"], "head": "arcface", "fusion": "catf"}}, tmp_path / "stage1" / "last.pt")
+    result = CliRunner().invoke(main, ["train", "catface", "--attributes", str(catface_stage1.parent.parent / "attributes.csv"),
+                                       "--backbone", "iresnet18", "--source", "demo", "--steps", "1", "-b", "8", "-j", "0",
+                                       "--device", "cpu", "--out", str(tmp_path / "stage1")])
+    assert result.exit_code == 0 and "nothing to train, the run is at step 1" in result.output, result.output
+
+
 def test_a_catface_run_saved_with_the_head_it_did_not_use_resumes_and_evaluates(tmp_path, catface_stage1):
     """Runs saved before stage 2 kept its stage 1's classes recorded the --head option (unused) and no
     stage1_classes: the same command resumes such a run, and it evaluates."""

@@ -111,11 +111,12 @@ def training_checkpoint(path: str | Path) -> dict:
 def _current_spec(spec: dict | None) -> dict | None:
     """A checkpoint's trainer spec as runs write it now, for one an earlier run saved: a CATFace or
     BTNet spec held a ``head`` neither trainer used (their heads are their papers'; neither takes
-    --head now), and a CATFace stage-2 spec no ``stage1_classes`` (its stage 1 had learnt its
-    ``classes``: no other could load)."""
+    --head now), a CATFace stage-1 spec the ``fusion`` only stage 2 has, and a stage-2 spec no
+    ``stage1_classes`` (its stage 1 had learnt its ``classes``: no other could load)."""
     if not spec or spec.get("trainer") not in ("catface", "btnet"):
         return spec
-    spec = {name: value for name, value in spec.items() if name != "head"}
+    stage1 = spec["trainer"] == "catface" and spec["stage"] == 1
+    spec = {name: value for name, value in spec.items() if name != "head" and not (stage1 and name == "fusion")}
     if spec["trainer"] == "catface" and spec["stage"] == 2:
         spec.setdefault("stage1_classes", spec["classes"])
     return spec

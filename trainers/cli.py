@@ -219,9 +219,9 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
         stage1 = _read_stage1(stage1_checkpoint, options["backbone"])
         columns = tuple(stage1["spec"]["columns"])
         options["backbone"] = stage1["spec"]["backbone"]
-    spec = {"trainer": "catface", "stage": int(stage), "columns": list(columns), "fusion": fusion}
+    spec = {"trainer": "catface", "stage": int(stage), "columns": list(columns)}
     if stage1 is not None:  # stage 2 may train on other faces than stage 1 (its head is not used)
-        spec["stage1_classes"] = stage1["spec"]["classes"]
+        spec |= {"fusion": fusion, "stage1_classes": stage1["spec"]["classes"]}
 
     def load_stage1(trainer) -> None:
         if stage1 is not None:
