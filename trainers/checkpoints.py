@@ -115,8 +115,8 @@ def _current_spec(spec: dict | None) -> dict | None:
     ``stage1_classes`` (its stage 1 had learnt its ``classes``: no other could load)."""
     if not spec or spec.get("trainer") not in ("catface", "btnet"):
         return spec
-    stage1 = spec["trainer"] == "catface" and spec["stage"] == 1
-    spec = {name: value for name, value in spec.items() if name != "head" and not (stage1 and name == "fusion")}
-    if spec["trainer"] == "catface" and spec["stage"] == 2:
+    unused = ("head", "fusion") if spec.get("stage") == 1 else ("head",)  # only CATFace's specs have a stage
+    spec = {name: value for name, value in spec.items() if name not in unused}
+    if spec.get("stage") == 2:
         spec.setdefault("stage1_classes", spec["classes"])
     return spec
