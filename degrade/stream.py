@@ -107,13 +107,15 @@ class PairStream:
     def made_of(self) -> dict:
         """What the pairs are made of, for a training run resumed from a checkpoint to compare with
         the run it resumes: made on the fly or read from a build, the recipe (name, YAML, seed) and
-        the number of samples. Not the source's path (a run may resume with its data moved), nor
+        the number of samples, and the attributes joined on the fly (:meth:`Attributes.fingerprint`).
+        Not the source's path (a run may resume with its data moved), nor
         the batch size or ranks (a run may resume on another number of ranks)."""
         recipe = self.recipe
         seed = self.seed if self.seed is not None or recipe is None else recipe.seed
         return {"pairs": "made on the fly" if self.degrade_on_the_fly else "read from a build",
                 "recipe": None if recipe is None else recipe.name, "recipe_text": None if recipe is None else recipe.text,
-                "recipe_seed": seed, "samples": len(self.source)}
+                "recipe_seed": seed, "samples": len(self.source),
+                "attributes": None if self.attributes is None else self.attributes.fingerprint()}
 
     def __len__(self) -> int:
         """Batches per rank per epoch."""

@@ -562,6 +562,18 @@ def test_attributes_read_blanks_as_nan_keep_names_as_text_and_take_a_key_repeate
     assert attributes.select(["Bald"]).lookup(identities, torch.tensor([5]), torch.tensor([0])).tolist() == [[1.0]]
 
 
+def test_an_attributes_fingerprint_follows_what_the_table_says_not_its_file(tmp_path):
+    (tmp_path / "a.csv").write_text("identity,Male,Bald\nann,1,\nbob,0,1\n")
+    (tmp_path / "moved.tsv").write_text("identity\tMale\tBald\r\nann\t1.0\t\r\nbob\t0\t1\r\n")
+    (tmp_path / "edited.csv").write_text("identity,Male,Bald\nann,1,\nbob,0,0\n")
+    (tmp_path / "renamed.csv").write_text("identity,Male,Chubby\nann,1,\nbob,0,1\n")
+    fingerprint = Attributes(tmp_path / "a.csv").fingerprint()
+    assert Attributes(tmp_path / "moved.tsv").fingerprint() == fingerprint
+    assert Attributes(tmp_path / "edited.csv").fingerprint() != fingerprint
+    assert Attributes(tmp_path / "renamed.csv").fingerprint() != fingerprint
+    assert Attributes(tmp_path / "a.csv").select(["Male"]).fingerprint() != fingerprint
+
+
 def test_a_key_whose_rows_disagree_is_refused_naming_both_rows(tmp_path):
     (tmp_path / "a.tsv").write_text("file\tMale\tBald\nann.jpg\t1\t0\nbob.jpg\t0\t0\nann.jpg\t1\t1\n")
     with pytest.raises(SourceError) as error:

@@ -157,6 +157,33 @@ def test_a_run_is_resumed_only_on_pairs_made_as_its_own_were(tmp_path):
     assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output
 
 
+def test_a_catface_run_is_resumed_only_with_the_attributes_it_started_with(tmp_path):
+    """Another table (or the same file edited) would change the labels under a run without a word;
+    the same table moved elsewhere is the same run."""
+    rows = [f"demo_{i:05d},{i % 2},0,1,0,{i % 3 == 0:d}\n" for i in range(20)]
+    header = "identity,Male,Bald,Big Nose,Chubby,Narrow Eyes\n"
+    (tmp_path / "attributes.csv").write_text(header + "".join(rows))
+    (tmp_path / "moved.csv").write_text(header + "".join(rows))
+    (tmp_path / "edited.csv").write_text(header + "".join(rows).replace(",1,0,1\n", ",1,1,1\n"))
+    run = tmp_path / "run"
+    command = ["train", "catface", "--source", "demo:20", "--backbone", "iresnet18", "--steps", "3", "-b", "8",
+               "--device", "cpu", "-j", "0", "--out", str(run)]
+    first = CliRunner().invoke(main, [*command, "--max-steps", "1", "--attributes", str(tmp_path / "attributes.csv")])
+    assert first.exit_code == 0, first.output
+    saved = (run / "last.pt").read_bytes()
+    edited = CliRunner().invoke(main, [*command, "--max-steps", "2", "--attributes", str(tmp_path / "edited.csv")])
+    _fails_naming(edited, str(run / "last.pt"), "saved by a run of another command (the attributes' values)")
+    assert (run / "last.pt").read_bytes() == saved
+    moved = CliRunner().invoke(main, [*command, "--max-steps", "2", "--attributes", str(tmp_path / "moved.csv")])
+    assert moved.exit_code == 0 and "step 2: loss" in moved.output, moved.output
+
+    state = torch.load(run / "last.pt", weights_only=True)
+    del state["data"]["attributes"]  # as runs saved it before they recorded their attributes: taken to be these
+    torch.save(state, run / "last.pt")
+    resumed = CliRunner().invoke(main, [*command, "--max-steps", "3", "--attributes", str(tmp_path / "edited.csv")])
+    assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output
+
+
 def test_a_run_folder_another_run_trains_in_is_left_alone(tmp_path):
     """A job started twice: both runs saved to last.pt.partial, each emptying it under the other,
     and renamed the mixture to last.pt. The second now stops before it writes anything."""

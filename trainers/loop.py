@@ -121,12 +121,12 @@ def _run_differences(state: dict, spec: dict | None, data: dict, config: TrainCo
     """How the run saved in ``state`` (a ``last.pt``) differs from a run of ``spec``, on pairs made
     of ``data`` (:meth:`PairStream.made_of`), with ``config``, e.g. "backbone mobilefacenet there,
     iresnet18 here; lr 0.01 there, 0.1 here"; empty when it does not. A checkpoint saved before
-    runs recorded their pairs holds no ``data``; its pairs are taken to be these."""
+    runs recorded their pairs (or some of what they are made of) is taken to hold these."""
     def comparable(spec: dict | None, data: dict, config: dict) -> dict:
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in RESUMABLE_CHANGES}
         return {**(spec or {}), **data, **settings}
 
-    there = comparable(state.get("spec"), state.get("data", data), state.get("config", {}))
+    there = comparable(state.get("spec"), data | state.get("data", {}), state.get("config", {}))
     return differences(there, comparable(spec, data, dataclasses.asdict(config)))
 
 

@@ -10,6 +10,7 @@ stream starts.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -93,6 +94,14 @@ class Attributes:
         chosen.path, chosen.keyed_by, chosen.names, chosen.rows = self.path, self.keyed_by, list(names), self.rows
         chosen.values = self.values[:, [self.names.index(n) for n in names]]
         return chosen
+
+    def fingerprint(self) -> str:
+        """A SHA-256 hex digest of what the table says (its key column, column names, keys and values),
+        not of its path or layout: a run resumed with another table, or an edited one, differs here."""
+        digest = hashlib.sha256("\t".join([self.keyed_by, *self.names]).encode())
+        digest.update("\n".join(self.rows).encode())
+        digest.update(np.ascontiguousarray(self.values).tobytes())
+        return digest.hexdigest()
 
     def _names(self, source: Source, keys: torch.Tensor, identities: torch.Tensor) -> list[str]:
         """What the table's first column would say for the samples ``keys`` (of ``identities``)."""
