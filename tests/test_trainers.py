@@ -25,8 +25,8 @@ from degrade.sources.subset import SubsetSource
 from degrade.stream import PairStream
 from trainers.backbones import build_backbone
 from trainers.checkpoints import backbone_state
-from trainers.evaluate import (ProbeRecipe, embed, evaluate_pairs, faces_per_pass, identification, kfold_accuracy,
-                               probe, roc_auc, tar_at_far, verification_metrics)
+from trainers.evaluate import (ProbeRecipe, embed, evaluate_pairs, faces_per_pass, identification, identification_faces,
+                               kfold_accuracy, probe, roc_auc, tar_at_far, verification_faces, verification_metrics)
 from trainers.heads import AdaFace, ArcFace, CosFace
 from trainers.losses import log_exp_contrast
 from trainers import loop
@@ -206,24 +206,25 @@ def test_probes_degraded_by_a_recipe_of_a_14_px_resize_score_as_the_14_px_probes
     torch.manual_seed(0)
     model = build_backbone("mobilefacenet")
     reduce_to_14 = ProbeRecipe(parse_recipe({"name": "to14", "stages": [{"op": "resize", "sides": [14]}]}), seed=0)
-    protocol = open_source(str(small_pairs))
-    plain, degraded = evaluate_pairs(model, protocol, [14]), evaluate_pairs(model, protocol, [112], degraded_by=reduce_to_14)
+    pairs = verification_faces(open_source(str(small_pairs)))
+    plain, degraded = evaluate_pairs(model, pairs, [14]), evaluate_pairs(model, pairs, [112], degraded_by=reduce_to_14)
     assert degraded["same"]["112"] == plain["same"]["14"] and degraded["cross"]["112"] == plain["cross"]["14"]
     keys = torch.nonzero(torch.isin(lfw_source.identities, torch.tensor([1, 5, 9]))).squeeze(1)
-    assert (identification(model, lfw_source, keys, [112], degraded_by=reduce_to_14)["112"]
-            == identification(model, lfw_source, keys, [14])["14"])
+    chosen = identification_faces(lfw_source, keys)
+    assert (identification(model, chosen, [112], degraded_by=reduce_to_14)["112"]
+            == identification(model, chosen, [14])["14"])
 
 
 def test_probes_degraded_by_a_random_recipe_are_the_same_for_every_model_and_every_run(small_pairs):
     torch.manual_seed(0)
     model = build_backbone("mobilefacenet")
-    protocol = open_source(str(small_pairs))
+    pairs = verification_faces(open_source(str(small_pairs)))
     catface = ProbeRecipe(load_recipe("catface"), seed=0)
-    first = evaluate_pairs(model, protocol, [20, 112], degraded_by=catface)
-    assert evaluate_pairs(model, protocol, [20, 112], degraded_by=catface) == first
-    clean = evaluate_pairs(model, protocol, [112])
+    first = evaluate_pairs(model, pairs, [20, 112], degraded_by=catface)
+    assert evaluate_pairs(model, pairs, [20, 112], degraded_by=catface) == first
+    clean = evaluate_pairs(model, pairs, [112])
     assert first["cross"]["112"]["auc"] != clean["cross"]["112"]["auc"]  # the recipe ran on the 112 px probes
-    other_seed = evaluate_pairs(model, protocol, [112], degraded_by=ProbeRecipe(load_recipe("catface"), seed=1))
+    other_seed = evaluate_pairs(model, pairs, [112], degraded_by=ProbeRecipe(load_recipe("catface"), seed=1))
     assert other_seed["cross"]["112"]["auc"] != first["cross"]["112"]["auc"]
 
 
@@ -235,6 +236,28 @@ def test_eval_records_and_prints_the_recipe_its_probes_were_degraded_by(tmp_path
     assert "probes: recipe lgaf (seed 5), then each resolution" in result.output
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["x"]["probe_recipe"] == {"recipe": "lgaf",
                                                                                                 "seed": 5}
+
+
+def test_eval_reads_each_face_once_however_many_models_it_scores(tmp_path, small_pairs, monkeypatch):
+    """Each model scored on the same decoded faces: five models used to decode the gallery and the
+    pairs' faces five times each."""
+    from degrade.sources.base import EncodedSource
+
+    for identity in ("Aaron_Eckhart", "Aaron_Guiel"):
+        (tmp_path / "gallery" / identity).mkdir(parents=True)
+        for n in range(2):
+            (tmp_path / "gallery" / identity / f"{n}.jpg").symlink_to(small_pairs.parent / "images" / "Aaron_Eckhart"
+                                                                      / "Aaron_Eckhart_0001.jpg")
+    loaded = []
+    load = EncodedSource.load
+    monkeypatch.setattr(EncodedSource, "load", lambda source, keys, out=None: loaded.append(len(keys)) or load(source, keys, out))
+    result = CliRunner().invoke(main, ["eval", "--model", "a=mobilefacenet", "--model", "b=iresnet18", "--pairs",
+                                       str(small_pairs), "--resolutions", "14", "--device", "cpu",
+                                       "--identification", str(tmp_path / "gallery")])
+    assert result.exit_code == 0, result.output
+    pairs = open_source(str(small_pairs)).pairs
+    assert sorted(loaded) == [4, len(torch.cat([pairs.left, pairs.right]).unique())]
+    assert result.output.count("rank-1 identification") == 2
 
 
 def test_an_untrained_backbone_scores_the_same_on_every_run(tmp_path, small_pairs):
@@ -300,21 +323,17 @@ def test_teacher_state_dict_matches_the_module_exactly(teacher):
 
 
 def test_teacher_verifies_lfw_at_98_5_percent(teacher, lfw_source):
-    from trainers.evaluate import evaluate_pairs
-
     protocol = open_source(str(SHARED_DATA / "lfw112" / "pairs.txt"))
-    results = evaluate_pairs(teacher, protocol, [112])
+    results = evaluate_pairs(teacher, verification_faces(protocol), [112])
     assert len(protocol.pairs.same) == 4800
     assert results["same"]["112"]["accuracy"] >= 0.985
 
 
 def test_teacher_identifies_lfw_faces_well_at_112_px_and_near_chance_at_7(teacher, lfw_source):
-    from trainers.evaluate import identification
-
     images_per_identity = torch.bincount(lfw_source.identities)
     chosen = torch.nonzero(images_per_identity >= 8).squeeze(1)[:12]  # 12 identities, 209 faces
     keys = torch.nonzero(torch.isin(lfw_source.identities, chosen)).squeeze(1)
-    results = identification(teacher, lfw_source, keys, [112, 14, 7])
+    results = identification(teacher, identification_faces(lfw_source, keys), [112, 14, 7])
     rank1 = {side: results[side]["rank1"] for side in results}
     assert rank1["112"] >= 0.95
     assert rank1["112"] - 0.2 > rank1["14"] > rank1["7"] + 0.2
@@ -322,7 +341,8 @@ def test_teacher_identifies_lfw_faces_well_at_112_px_and_near_chance_at_7(teache
     assert all(results[side]["rank5"] >= rank1[side] for side in results)
     assert results["7"]["rank5"] < 0.7 < results["14"]["rank5"]
     assert results["112"]["gallery"] == 12
-    three = identification(teacher, lfw_source, keys[torch.isin(lfw_source.identities[keys], chosen[:3])], [112])
+    of_three = keys[torch.isin(lfw_source.identities[keys], chosen[:3])]
+    three = identification(teacher, identification_faces(lfw_source, of_three), [112])
     assert three["112"]["gallery"] == 3 and "rank5" not in three["112"]  # every probe is within rank 5 of 3
 
 

@@ -428,8 +428,8 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     """Verification (k-fold accuracy, TAR@FAR, AUC) same- and cross-resolution, and identification."""
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError, open_source
-    from trainers.evaluate import (ProbeRecipe, evaluate_pairs, format_table, identification, plot_accuracy,
-                                   write_results)
+    from trainers.evaluate import (ProbeRecipe, evaluate_pairs, format_table, identification,
+                                   identification_faces, plot_accuracy, verification_faces, write_results)
 
     sides = parse_resolutions(resolutions, "--resolutions")
     if seed is not None and probe_recipe is None:
@@ -459,23 +459,24 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
     if len(set(names)) < len(names):
         twice = next(name for name in names if names.count(name) > 1)
         raise click.BadParameter(f"two models are named {twice!r}; give each a NAME of its own", param_hint="--model")
+    with reported(SourceError):  # every face read once, for every model, before any model's work
+        pairs_faces = verification_faces(protocol, chosen_folds)
+    gallery_faces = None
+    if gallery_source is not None:
+        try:
+            gallery_faces = identification_faces(gallery_source, torch.arange(len(gallery_source)))
+        except ValueError as error:  # a face that cannot be read, or no identity with two faces
+            raise click.BadParameter(str(error), param_hint="--identification") from None
     if out:
         with reported():  # made once every input is checked, and before the evaluation, not after it
             Path(out).mkdir(parents=True, exist_ok=True)
     runs = {}
     for name, model in opened:
-        identified = None
-        if gallery_source is not None:
-            try:
-                identified = identification(model, gallery_source, torch.arange(len(gallery_source)), sides,
-                                            device, progress=f"{name}: identification", degraded_by=degraded_by)
-            except ValueError as error:
-                raise click.BadParameter(str(error), param_hint="--identification") from None
-        with reported(SourceError):
-            results = evaluate_pairs(model, protocol, sides, chosen_folds, device, progress=f"{name}: verification",
-                                     degraded_by=degraded_by)
-        if identified is not None:
-            results["identification"] = identified
+        results = evaluate_pairs(model, pairs_faces, sides, device, progress=f"{name}: verification",
+                                 degraded_by=degraded_by)
+        if gallery_faces is not None:
+            results["identification"] = identification(model, gallery_faces, sides, device,
+                                                       progress=f"{name}: identification", degraded_by=degraded_by)
         if degraded_by is not None:
             results["probe_recipe"] = degraded_by.describe()
         runs[name] = results

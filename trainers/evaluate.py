@@ -140,24 +140,45 @@ def verification_metrics(scores: torch.Tensor, same: torch.Tensor, fold: torch.T
     return metrics
 
 
-def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list[int] | None = None,
+@dataclasses.dataclass(frozen=True)
+class VerificationFaces:
+    """The faces of a pairs protocol's chosen pairs, decoded once for every model evaluated on them.
+
+    faces: the faces in the pairs, each once (uint8 (N, 3, S, S) HQ and their source keys);
+    left, right: (P,) int64 rows of ``faces`` in each pair; same: (P,) bool; fold: (P,) int64 from 0.
+    """
+
+    faces: Faces
+    left: torch.Tensor
+    right: torch.Tensor
+    same: torch.Tensor
+    fold: torch.Tensor
+
+
+def verification_faces(source, folds: list[int] | None = None) -> VerificationFaces:
+    """The faces of ``source.pairs`` (optionally only ``folds``, numbered from 1); a SourceError
+    naming one that cannot be read."""
+    pairs = source.pairs
+    chosen = torch.ones_like(pairs.same) if not folds else torch.isin(pairs.fold, torch.tensor(folds) - 1)
+    left, right = pairs.left[chosen], pairs.right[chosen]
+    keys = torch.cat([left, right]).unique()
+    position = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
+    position[keys] = torch.arange(len(keys))
+    return VerificationFaces(_every_face(source, keys, "of its pairs"), position[left], position[right],
+                             pairs.same[chosen], pairs.fold[chosen])
+
+
+def evaluate_pairs(model: nn.Module, pairs: VerificationFaces, resolutions: list[int],
                    device: str | torch.device = "cpu", progress: str | None = None,
                    degraded_by: ProbeRecipe | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """Verification on ``source.pairs`` (optionally only ``folds``, numbered from 1) at each resolution.
+    """Verification of ``model`` on ``pairs`` at each resolution.
 
     Returns {"same": {r: metrics}, "cross": {r: metrics}}: ``same`` degrades both faces of a
     pair, ``cross`` compares the HQ left face with the degraded right face. ``degraded_by``:
     a recipe for the probes before each resolution (at the faces' own size, the recipe alone).
     ``progress``: the label of a progress bar over the faces embedded (None: no bar).
     """
-    pairs = source.pairs
-    chosen = torch.ones_like(pairs.same) if not folds else torch.isin(pairs.fold, torch.tensor(folds) - 1)
-    left, right, same, fold = pairs.left[chosen], pairs.right[chosen], pairs.same[chosen], pairs.fold[chosen]
-    keys = torch.cat([left, right]).unique()
-    faces = _every_face(source, keys, "of its pairs")
-    position = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
-    position[keys] = torch.arange(len(keys))
-    a, b = position[left], position[right]
+    faces, a, b = pairs.faces, pairs.left, pairs.right
     size = faces.hq.shape[-1]
     results: dict[str, dict[str, dict[str, float]]] = {"same": {}, "cross": {}}
     probed = [side for side in resolutions if side < size or degraded_by is not None]  # the others are the HQ
@@ -167,8 +188,9 @@ def evaluate_pairs(model: nn.Module, source, resolutions: list[int], folds: list
         for side in resolutions:
             lq_embedding = (embed_probes(model, faces.hq, side, device, bar, faces.key, degraded_by)
                             if side in probed else hq_embedding)
-            results["same"][str(side)] = verification_metrics((lq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
-            results["cross"][str(side)] = verification_metrics((hq_embedding[a] * lq_embedding[b]).sum(1), same, fold)
+            same_side, cross = (lq_embedding[a] * lq_embedding[b]).sum(1), (hq_embedding[a] * lq_embedding[b]).sum(1)
+            results["same"][str(side)] = verification_metrics(same_side, pairs.same, pairs.fold)
+            results["cross"][str(side)] = verification_metrics(cross, pairs.same, pairs.fold)
     return results
 
 
@@ -182,14 +204,24 @@ def _every_face(source, keys: torch.Tensor, which: str) -> Faces:
     return faces
 
 
-def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: list[int],
-                   device: str | torch.device = "cpu", progress: str | None = None,
-                   degraded_by: ProbeRecipe | None = None) -> dict[str, dict[str, float]]:
-    """Rank-1 / rank-5 identification among the identities with two or more images: the first image
-    of each (HQ) is its gallery entry, its other images are probes at each resolution (identities
-    with one image are left out: they would be gallery entries no probe belongs to). Rank 5 only
-    with more than 5 gallery entries; ``gallery``: their number. ``keys`` chooses the samples
-    used; ``progress`` and ``degraded_by`` (the probes only) as in :func:`evaluate_pairs`."""
+@dataclasses.dataclass(frozen=True)
+class IdentificationFaces:
+    """A gallery and its probes, decoded once for every model evaluated on them.
+
+    faces: uint8 (N, 3, S, S) HQ faces, their identities and source keys; gallery, probes: (N,)
+    bool, which faces are gallery entries and which are probes (a face is at most one of them).
+    """
+
+    faces: Faces
+    gallery: torch.Tensor
+    probes: torch.Tensor
+
+
+def identification_faces(source, keys: torch.Tensor) -> IdentificationFaces:
+    """The samples ``keys`` of ``source`` as a gallery and probes: among the identities with two or
+    more images, the first image of each is its gallery entry, its other images are probes
+    (identities with one image are left out: they would be gallery entries no probe belongs to).
+    A SourceError naming a face that cannot be read; a ValueError when no identity has two images."""
     faces = _every_face(source, keys, "of its gallery and probes")
     identity = faces.identity
     first = torch.zeros(len(identity), dtype=torch.bool)
@@ -198,13 +230,21 @@ def identification(model: nn.Module, source, keys: torch.Tensor, resolutions: li
         if i not in seen:
             seen.add(i)
             first[n] = True
-    has_probe = torch.isin(identity, identity[~first])
-    gallery = first & has_probe
     probes = ~first
     if not probes.any():
         raise ValueError(f"{source.name}: identification needs identities with two or more images (the first of "
                          "each is the gallery, the others its probes); every identity here has one")
-    gallery_identity, probe_identity, probe_faces = identity[gallery], identity[probes], faces.hq[probes]
+    return IdentificationFaces(faces, first & torch.isin(identity, identity[probes]), probes)
+
+
+def identification(model: nn.Module, chosen: IdentificationFaces, resolutions: list[int],
+                   device: str | torch.device = "cpu", progress: str | None = None,
+                   degraded_by: ProbeRecipe | None = None) -> dict[str, dict[str, float]]:
+    """Rank-1 / rank-5 identification of ``model`` on ``chosen``: gallery entries HQ, probes at each
+    resolution. Rank 5 only with more than 5 gallery entries; ``gallery``: their number.
+    ``progress`` and ``degraded_by`` (the probes only) as in :func:`evaluate_pairs`."""
+    faces, gallery, probes = chosen.faces, chosen.gallery, chosen.probes
+    gallery_identity, probe_identity, probe_faces = faces.identity[gallery], faces.identity[probes], faces.hq[probes]
     results = {}
     embedded = int(gallery.sum()) + len(probe_faces) * len(resolutions)
     with progress_bar(total=embedded, desc=progress, unit="face", disable=progress is None) as bar:
