@@ -106,10 +106,10 @@ class PairStream:
 
     def made_of(self) -> dict:
         """What the pairs are made of, for a training run resumed from a checkpoint to compare with
-        the run it resumes: made on the fly or read from a build, the recipe (name, YAML, seed) and
-        the number of samples, and the attributes joined on the fly (:meth:`Attributes.fingerprint`).
-        Not the source's path (a run may resume with its data moved), nor
-        the batch size or ranks (a run may resume on another number of ranks)."""
+        the run it resumes: made on the fly or read from a build, the recipe (name, YAML, seed), the
+        number of samples and the values of the attributes joined on the fly. Not the source's path
+        (a run may resume with its data moved), nor the batch size or ranks (a run may resume on
+        another number of ranks)."""
         recipe = self.recipe
         seed = self.seed if self.seed is not None or recipe is None else recipe.seed
         return {"pairs": "made on the fly" if self.degrade_on_the_fly else "read from a build",

@@ -224,12 +224,10 @@ def identification_faces(source, keys: torch.Tensor) -> IdentificationFaces:
     A SourceError naming a face that cannot be read; a ValueError when no identity has two images."""
     faces = _every_face(source, keys, "of its gallery and probes")
     identity = faces.identity
-    first = torch.zeros(len(identity), dtype=torch.bool)
-    seen: set[int] = set()
-    for n, i in enumerate(identity.tolist()):
-        if i not in seen:
-            seen.add(i)
-            first[n] = True
+    _, group = torch.unique(identity, return_inverse=True)
+    rows = torch.arange(len(identity))
+    first_rows = torch.full_like(rows, len(rows)).scatter_reduce(0, group, rows, "amin")  # per identity, then unused
+    first = torch.isin(rows, first_rows)
     probes = ~first
     if not probes.any():
         raise ValueError(f"{source.name}: identification needs identities with two or more images (the first of "
