@@ -238,6 +238,28 @@ def test_a_tables_class_label_identities_are_named_by_their_classes(tmp_path, lf
     assert source.identity_names == ["Al_Gore", "Zoe_Ball"] and source.identities.tolist() == [0, 1, 0]
 
 
+def test_a_tables_images_and_classes_are_found_by_their_features_whatever_their_columns_are_called(tmp_path, lfw_jpegs):
+    """As the Hub serves a dataset whose columns have names of their own; a second ClassLabel (or a
+    second Image) leaves the choice open, and the table is refused naming the columns it has."""
+    images, _ = lfw_jpegs
+    people = datasets.ClassLabel(names=["Zoe_Ball", "Al_Gore"])
+    rows = {"photo": [{"bytes": b, "path": None} for b in images[:3]], "person": [1, 0, 1], "glasses": [0, 0, 1]}
+    datasets.Dataset.from_dict(rows, features=datasets.Features({"photo": datasets.Image(), "person": people,
+                                                                 "glasses": datasets.Value("int64")})
+                               ).to_parquet(str(tmp_path / "one.parquet"))
+    source = open_source(str(tmp_path / "one.parquet"))
+    assert source.identity_names == ["Al_Gore", "Zoe_Ball"] and source.identities.tolist() == [0, 1, 0]
+    datasets.Dataset.from_dict({"image": rows["photo"], "label": rows["person"]},
+                               features=datasets.Features({"image": datasets.Image(), "label": people})
+                               ).to_parquet(str(tmp_path / "usual.parquet"))
+    assert torch.equal(source.load(torch.arange(3)).hq, open_source(str(tmp_path / "usual.parquet")).load(torch.arange(3)).hq)
+    datasets.Dataset.from_dict(rows, features=datasets.Features({"photo": datasets.Image(), "person": people,
+                                                                 "glasses": datasets.ClassLabel(names=["no", "yes"])})
+                               ).to_parquet(str(tmp_path / "two.parquet"))
+    with pytest.raises(SourceError, match="no identity column .* or one ClassLabel feature; has photo, person, glasses"):
+        open_source(str(tmp_path / "two.parquet"))
+
+
 def test_a_build_read_as_a_source_numbers_identities_as_it_does(tmp_path, lfw_jpegs):
     # Names in an order that text labels would number otherwise (by length, then alphabet):
     # before, a build made from a build gave the same person another identity number.

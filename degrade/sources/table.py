@@ -152,6 +152,15 @@ def read_json(path: Path) -> object:
         raise SourceError(f"{path}: not readable JSON ({error})") from None
 
 
+def _usual_column(table: datasets.Dataset, names: tuple[str, ...], feature: str) -> str | None:
+    """The first of ``names`` the table has; else its one column whose HF feature is ``feature``
+    (``Image``, ``ClassLabel``: how a Hub dataset marks its images and its classes, whatever their
+    column is called, e.g. ``person``); None when neither settles it."""
+    named = next((column for column in names if column in table.column_names), None)
+    typed = [column for column, kind in table.features.items() if type(kind).__name__ == feature]
+    return named or (typed[0] if len(typed) == 1 else None)
+
+
 def _identity_labels(table: datasets.Dataset, column: str, where: Path) -> list[str]:
     """Each row's identity as text: a ``ClassLabel``'s class name (``--exclude-pairs`` matches
     identities by name), any other value as ``str`` gives it. A row without one (null, or a
@@ -276,7 +285,8 @@ class TableSource(EncodedSource):
 
     Args:
         path: dataset folder, .parquet or .arrow file, or folder of Parquet shards.
-        image_column, label_column: column names (default: the first of the usual names present).
+        image_column, label_column: column names (default: the first of the usual names present, else
+            the table's one ``Image`` / ``ClassLabel`` feature).
     """
 
     def __init__(self, path: str | Path, size: int = 112, strict: bool = False, image_column: str | None = None,
@@ -284,14 +294,15 @@ class TableSource(EncodedSource):
         path = Path(path)
         table = open_table(path)
         columns = table.column_names
-        image_column = image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
-        label_column = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
+        image_column = image_column or _usual_column(table, IMAGE_COLUMNS, "Image")
+        label_column = label_column or _usual_column(table, LABEL_COLUMNS, "ClassLabel")
         if image_column not in columns:
-            raise SourceError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}; has {', '.join(columns)}): "
-                              "rename yours to 'image', or pass image_column= to TableSource")
+            raise SourceError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}, or one Image feature; "
+                              f"has {', '.join(columns)}): rename yours to 'image', or pass image_column= to TableSource")
         if label_column not in columns:
-            raise SourceError(f"{path}: no identity column (looked for {', '.join(LABEL_COLUMNS)}; has {', '.join(columns)}): "
-                              "rename yours to 'label', or pass label_column= to TableSource")
+            raise SourceError(f"{path}: no identity column (looked for {', '.join(LABEL_COLUMNS)}, or one ClassLabel "
+                              f"feature; has {', '.join(columns)}): rename yours to 'label', or pass label_column= to "
+                              "TableSource")
         if len(table) == 0:
             raise SourceError(f"{path}: the table has no rows")
         self.name, self.size, self.strict = str(path), size, strict
