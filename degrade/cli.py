@@ -284,7 +284,9 @@ def preview_command(recipe: str, source: str, out: str, count: int, start: int, 
 @click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
               help="Output folder (default: out/<recipe>). Re-running the same build resumes it.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Build only the first N samples.")
-@click.option("--batch-size", "-b", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", "-b", default=256, show_default=True, type=click.IntRange(1),
+              help="Faces per batch: decoded together by one worker, degraded in one engine call (on a GPU, "
+                   "thousands keep it busy).")
 @click.option("--shard-size", default=2048, show_default=True, type=click.IntRange(1), help="Pairs per Arrow shard.")
 @click.option("--format", "image_format", type=click.Choice(["png", "raw"]), default="png", show_default=True,
               help="`png`: HF Image columns; `raw`: uint8 HxWx3 bytes (fastest to write and read).")
@@ -367,7 +369,8 @@ def inspect_command(folder: str, grid: str | None, count: int, verify: bool, num
 @recipe_option
 @source_option
 @device_option
-@click.option("--batch-size", "-b", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", "-b", default=256, show_default=True, type=click.IntRange(1),
+              help="Pairs per engine call (on a GPU, thousands keep it busy; on a CPU run in chunks of 16).")
 @click.option("--n", "pairs", default=2048, show_default=True, type=click.IntRange(1), help="Pairs to time.")
 @click.option("--num-workers", "-j", "workers", default=None, type=click.IntRange(1),
               help="Processes of the OpenCV loop and of the engine on a CPU, and the decoding workers of --build "

@@ -37,6 +37,22 @@ def test_help_explains_every_command():
     assert "--recipe" in run("build", "--help").output
 
 
+def test_every_option_of_every_command_says_what_it_does():
+    context = click.Context(main)
+
+    def commands(group: click.Group, path: str):
+        for name in group.list_commands(context):
+            command = group.get_command(context, name)
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{path} {name}")
+            else:
+                yield f"{path} {name}", command
+
+    unexplained = [f"{path} {param.opts[0]}" for path, command in commands(main, "degrade") for param in command.params
+                   if isinstance(param, click.Option) and not param.help]
+    assert unexplained == []
+
+
 def test_help_answers_without_importing_torch():
     script = ("import sys; from degrade.cli import main; main(['--help'], standalone_mode=False); "
               "main(['build', '--help'], standalone_mode=False); print('torch' in sys.modules)")

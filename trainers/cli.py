@@ -88,21 +88,30 @@ def common_training_options(command):
                      help="A pairs.txt whose identities (in --exclude-folds) are left out of training."),
         click.option("--exclude-folds", default=None,
                      help="Folds of --exclude-pairs to leave out, e.g. 7,8 (default: all its folds)."),
-        click.option("--backbone", default="mobilefacenet", show_default=True, type=click.Choice(sorted(BACKBONES))),
+        click.option("--backbone", default="mobilefacenet", show_default=True, type=click.Choice(sorted(BACKBONES)),
+                     help="IResNet-18/50/100 (insightface's layout) or the 128-D MobileFaceNet."),
         click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="Start the backbone from this checkpoint."),
-        click.option("--steps", default=1000, show_default=True, type=click.IntRange(1)),
+        click.option("--steps", default=1000, show_default=True, type=click.IntRange(1),
+                     help="Length of the run: the learning-rate schedule spans these steps."),
         click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (smoke runs)."),
         click.option("--batch-size", "-b", default=128, show_default=True, type=click.IntRange(1),
                      help="Pairs per step on each rank; under torchrun a step learns from ranks x this many."),
-        click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"])),
-        click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True)),
-        click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0)),
-        click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"])),
+        click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]),
+                     help="SGD with momentum 0.9, or AdamW."),
+        click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True),
+                     help="Learning rate after --warmup, before the schedule lowers it."),
+        click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0),
+                     help="The optimiser's weight decay, on every trained parameter."),
+        click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]),
+                     help="cosine: down to 0 at the last step; step: a tenth at half of the steps, a hundredth at "
+                          "three quarters."),
         click.option("--warmup", default=0, show_default=True, type=click.IntRange(0),
                      help="Warm-up steps, fewer than --steps."),
-        click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"])),
-        click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1)),
+        click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
+                     help="Autocast of the steps (fp16 with loss scaling); weights stay fp32."),
+        click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1),
+                     help="Steps between checkpoints (last.pt and a step-*.pt); the last step always saves one."),
         click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
                      help="Run folder: log.csv, last.pt (resumed when present), step-*.pt backbones."),
         device_option,
@@ -119,7 +128,7 @@ def common_training_options(command):
 # Not common to every trainer: CATFace's recognition heads are AdaFace (the paper's) and BTNet's
 # classifier holds the trunk's class centres, fixed; BTNet's backbone is all it trains.
 head_option = click.option("--head", default="arcface", show_default=True,
-                           type=click.Choice(["arcface", "cosface", "adaface"]))
+                           type=click.Choice(["arcface", "cosface", "adaface"]), help="Margin softmax on the embeddings.")
 frozen_backbone_option = click.option(
     "--frozen-backbone-steps", default=0, show_default=True, type=click.IntRange(0),
     help="First steps train only the heads (warms a new head up on a pretrained backbone); fewer than --steps.")
@@ -183,13 +192,16 @@ def train_lgaf(mode: str, mhms_heads: int, **options) -> None:
 @train_group.command("catface")
 @common_training_options
 @frozen_backbone_option
-@click.option("--stage", type=click.Choice(["1", "2"]), default="1", show_default=True)
+@click.option("--stage", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="1: backbone, attribute branch and self-attention distillation; 2: the fusion, on stage 1 frozen.")
 @click.option("--attributes", "attribute_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Stage 1: CSV/TSV of soft-biometric labels keyed by file or identity (pairs read with "
                    "--from-dataset carry the build's own attributes instead).")
 @click.option("--stage1", "stage1_checkpoint", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Stage 2: the stage-1 run's last.pt.")
-@click.option("--fusion", default="catf", show_default=True, type=click.Choice(["none", "concat", "add", "catf"]))
+@click.option("--fusion", default="catf", show_default=True, type=click.Choice(["none", "concat", "add", "catf"]),
+              help="Stage 2: how the recognition and attribute features meet (catf: the paper's cross-attention; "
+                   "the others its ablations).")
 def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str | None, fusion: str, **options) -> None:
     """CATFace: stage 1 (AdaFace + attributes + self-attention distillation), stage 2 (fusion)."""
     from degrade.sources.attributes import Attributes
