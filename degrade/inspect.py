@@ -45,9 +45,11 @@ def describe_dataset(folder: str | Path) -> str:
     dataset = open_dataset(folder)
     manifest = read_manifest(folder)
     table = dataset.data.table
+    identity = table.column("identity")
+    identities = pc.count_distinct(pc.filter(identity, pc.greater_equal(identity, 0))).as_py()  # -1: not known
     lines = [
         f"{folder}: {counted(len(dataset), 'pair')}, "
-        f"{counted(pc.count_distinct(table.column('identity')).as_py(), 'identity', 'identities')}, "
+        f"{counted(identities, 'identity', 'identities') if identities else 'no identity labels'}, "
         f"{counted(len(list(folder.glob('data-*.arrow'))), 'shard')}, format {manifest['format']}",
         f"recipe {manifest['recipe']} (seed {manifest['seed']}) from source {manifest['source']}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),

@@ -349,6 +349,17 @@ def test_identification_on_a_folder_without_probes_is_refused_before_verifying(t
     assert "verification" not in result.output
 
 
+def test_identification_on_faces_without_identities_is_refused_before_verifying(tmp_path, small_pairs, lfw_source):
+    """A .bin's faces are all of identity -1: taken as one person, every probe was right at rank 1."""
+    from degrade.sources.pairs import write_bin
+
+    write_bin(tmp_path / "set.bin", [lfw_source.read(key)[0] for key in range(4)], [True, False])
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs), "--device", "cpu",
+                                       "--identification", str(tmp_path / "set.bin")])
+    _fails_naming(result, str(tmp_path / "set.bin"), "identification needs faces labelled by identity; these have none")
+    assert "x: verification" not in result.output
+
+
 def test_identification_on_a_folder_with_an_unreadable_image_fails_naming_it_before_verifying(tmp_path, small_pairs):
     """Ranked without it, the others would measure another gallery, and no one would know."""
     face = small_pairs.parent / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
@@ -362,6 +373,22 @@ def test_identification_on_a_folder_with_an_unreadable_image_fails_naming_it_bef
     _fails_naming(result, str(tmp_path / "gallery" / "bob" / "2.jpg"),
                   "1 image of its gallery and probes could not be read")
     assert "verification" not in result.output
+
+
+def test_training_on_a_verification_bin_or_a_build_of_one_is_refused_saying_its_faces_have_no_identities(
+        tmp_path, lfw_source):
+    """A .bin holds pairs, not people: its faces are of identity -1, which counted as one identity."""
+    from degrade.sources.pairs import write_bin
+
+    write_bin(tmp_path / "set.bin", [lfw_source.read(key)[0] for key in range(8)], [True, False, True, False])
+    build_dataset(load_recipe("maug"), open_source(str(tmp_path / "set.bin")), tmp_path / "built", progress=False)
+    for given in (["--source", str(tmp_path / "set.bin")], ["--from-dataset", str(tmp_path / "built")]):
+        result = CliRunner().invoke(main, ["train", "lrfr", *given, "--steps", "1", "-b", "2", "-j", "0",
+                                           "--device", "cpu", "--out", str(tmp_path / "run")])
+        _fails_naming(result, given[1], "its faces have no identity labels (as a .bin verification set's")
+        assert not (tmp_path / "run").exists()
+    inspected = CliRunner().invoke(main, ["inspect", str(tmp_path / "built")])
+    assert inspected.output.startswith(f"{tmp_path / 'built'}: 8 pairs, no identity labels, 1 shard")
 
 
 def test_training_on_faces_of_one_identity_is_refused_before_any_work(tmp_path, lfw_source):

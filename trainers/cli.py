@@ -44,13 +44,20 @@ def parse_folds(text: str | None, protocol, pairs: str, param_hint: str) -> list
     return folds
 
 
+# Faces of an insightface .bin (verification pairs) have identity -1, as have the builds made of them.
+UNLABELLED = ("its faces have no identity labels (as a .bin verification set's: pairs, not people); a recognition "
+              "head learns to tell identities apart, so training needs faces labelled by identity")
+
+
 def training_source(source: str, size: int, exclude_pairs: str | None, exclude_folds: str | None):
     """The training faces: the source, minus the identities of the excluded folds (default: every
     fold of ``exclude_pairs``), labels renumbered."""
-    from degrade.sources import open_source
+    from degrade.sources import SourceError, open_source
     from degrade.sources.subset import SubsetSource, identities_outside_pairs
 
     faces = open_source(source, size)
+    if bool((faces.identities < 0).all()):
+        raise SourceError(f"{faces.name}: {UNLABELLED}")
     keys = torch.arange(len(faces))
     if exclude_pairs:
         protocol = open_source(exclude_pairs, size)
@@ -332,7 +339,9 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                            f"--exclude-pairs left out {left_out:,} faces{why}", err=True)
             stream = PairStream.from_source(recipe, faces, attributes=attributes, **stream_options)
         classes = stream.source.num_identities
-    if classes < 2:
+    if classes == 0:  # a build of unlabelled faces (made on the fly, they are refused with their source)
+        raise click.ClickException(f"{stream.source.name}: {UNLABELLED}")
+    if classes == 1:
         raise click.ClickException(f"{stream.source.name}: faces of one identity; a recognition head learns to tell "
                                    "identities apart, so training needs two or more")
     takes_native = spec["trainer"] == "btnet"

@@ -221,7 +221,11 @@ def identification_faces(source, keys: torch.Tensor) -> IdentificationFaces:
     """The samples ``keys`` of ``source`` as a gallery and probes: among the identities with two or
     more images, the first image of each is its gallery entry, its other images are probes
     (identities with one image are left out: they would be gallery entries no probe belongs to).
-    A SourceError naming a face that cannot be read; a ValueError when no identity has two images."""
+    A SourceError naming a face that cannot be read; a ValueError when no identity has two images,
+    or when faces have no identity (-1, as a .bin verification set's: they would all be one)."""
+    if bool((source.identities[keys] < 0).any()):
+        raise ValueError(f"{source.name}: identification needs faces labelled by identity; these have none (as a "
+                         ".bin verification set's: pairs, not people)")
     faces = _every_face(source, keys, "of its gallery and probes")
     identity = faces.identity
     _, group = torch.unique(identity, return_inverse=True)
