@@ -469,6 +469,23 @@ def test_training_leaves_out_the_identities_of_the_excluded_folds_by_default_all
     assert training_source(str(LFW / "images"), 112, None, None).name == lfw_source.name
 
 
+def test_exclude_pairs_that_cannot_name_identities_is_refused(tmp_path, lfw_source):
+    """A table of faces is no protocol (it crashed on its missing folds), and a .bin names no identities
+    (it left out nothing, saying only that no name matched)."""
+    from degrade.sources.pairs import write_bin
+
+    write_bin(tmp_path / "set.bin", [lfw_source.read(key)[0] for key in range(4)], [True, False])
+    datasets.Dataset.from_dict({"image": [{"bytes": lfw_source.read(0)[0], "path": None}], "label": [0]},
+                               features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+                               ).to_parquet(str(tmp_path / "faces.parquet"))
+    for given, says in [("faces.parquet", "not a pairs protocol (an LFW-style pairs.txt)"),
+                        ("set.bin", "its faces have no identity names (as a .bin verification set's), so it cannot say")]:
+        result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", "--exclude-pairs", str(tmp_path / given),
+                                           "--steps", "1", "-b", "8", "--device", "cpu", "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2 and f"Invalid value for --exclude-pairs: {tmp_path / given}: {says}" in result.output
+        assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("arguments, says", [
     (["--from-dataset", "BUILD", "--exclude-pairs", "PAIRS"], "--exclude-pairs would have no effect: --from-dataset reads"),
     (["--from-dataset", "BUILD", "--recipe", "maug_111", "--source", "demo"], "--source, --recipe would have no effect"),

@@ -61,6 +61,13 @@ def training_source(source: str, size: int, exclude_pairs: str | None, exclude_f
     keys = torch.arange(len(faces))
     if exclude_pairs:
         protocol = open_source(exclude_pairs, size)
+        if not hasattr(protocol, "pairs"):
+            raise click.BadParameter(f"{exclude_pairs}: not a pairs protocol (an LFW-style pairs.txt)",
+                                     param_hint="--exclude-pairs")
+        if bool((protocol.identities < 0).all()):
+            raise click.BadParameter(f"{exclude_pairs}: its faces have no identity names (as a .bin verification "
+                                     "set's), so it cannot say whose faces to leave out; give the set's pairs.txt",
+                                     param_hint="--exclude-pairs")
         folds = (parse_folds(exclude_folds, protocol, exclude_pairs, "--exclude-folds")
                  or list(range(1, protocol.folds + 1)))
         keys = identities_outside_pairs(faces, protocol, folds)
