@@ -251,7 +251,7 @@ def test_eval_reads_each_face_once_however_many_models_it_scores(tmp_path, small
     loaded = []
     load = EncodedSource.load
     monkeypatch.setattr(EncodedSource, "load", lambda source, keys, out=None: loaded.append(len(keys)) or load(source, keys, out))
-    result = CliRunner().invoke(main, ["eval", "--model", "a=mobilefacenet", "--model", "b=iresnet18", "--pairs",
+    result = CliRunner().invoke(main, ["eval", "--model", "a=mobilefacenet", "--model", "b=mobilefacenet", "--pairs",
                                        str(small_pairs), "--resolutions", "14", "--device", "cpu",
                                        "--identification", str(tmp_path / "gallery")])
     assert result.exit_code == 0, result.output

@@ -166,7 +166,7 @@ def test_a_catface_run_is_resumed_only_with_the_attributes_it_started_with(tmp_p
     (tmp_path / "moved.csv").write_text(header + "".join(rows))
     (tmp_path / "edited.csv").write_text(header + "".join(rows).replace(",1,0,1\n", ",1,1,1\n"))
     run = tmp_path / "run"
-    command = ["train", "catface", "--source", "demo:20", "--backbone", "iresnet18", "--steps", "3", "-b", "8",
+    command = ["train", "catface", "--source", "demo:20", "--steps", "3", "-b", "4",
                "--device", "cpu", "-j", "0", "--out", str(run)]
     first = CliRunner().invoke(main, [*command, "--max-steps", "1", "--attributes", str(tmp_path / "attributes.csv")])
     assert first.exit_code == 0, first.output
