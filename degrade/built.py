@@ -69,7 +69,7 @@ class BuiltPairs:
     """A finished build, read by row: ``load(rows)`` gives the stored pairs as a CPU PairBatch.
 
     Small native LQ faces (BTNet) are placed top-left in a zero canvas, as the engine makes them.
-    ``attribute_columns`` picks (and orders) the stored attributes a batch carries; default all.
+    ``attribute_columns`` picks (and orders) the stored attributes a batch carries; None: all, []: none.
     The dataset is opened lazily, so the object can be sent to DataLoader workers.
     """
 
@@ -92,7 +92,7 @@ class BuiltPairs:
         if missing:
             raise ValueError(f"{self.folder}: the build has no attribute {missing[0]!r} "
                              f"(it has {', '.join(self.attribute_names) or 'no attributes'})")
-        self.attribute_columns = list(attribute_columns) if attribute_columns else self.attribute_names
+        self.attribute_columns = self.attribute_names if attribute_columns is None else list(attribute_columns)
 
     def __len__(self) -> int:
         return self._length

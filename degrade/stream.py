@@ -98,7 +98,7 @@ class PairStream:
     @classmethod
     def from_dataset(cls, folder: str | Path, attribute_columns: list[str] | None = None, **options) -> PairStream:
         """The pairs stored in a finished ``degrade build`` folder (``attribute_columns``: the stored
-        attributes batches carry, in that order; default all)."""
+        attributes batches carry, in that order; None: all, []: none)."""
         from degrade.built import BuiltPairs
 
         pairs = BuiltPairs(folder, attribute_columns)

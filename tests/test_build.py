@@ -125,6 +125,12 @@ def test_attributes_become_a_column_with_nulls_where_missing_that_inspect_summar
     described = describe_dataset(tmp_path / "ds")
     assert f"  attributes: 74 columns of float, on {sum(has)} of 30 pairs, mean over those:\n" in described
     assert re.search(rf"(?m)(^    |, )Male {male:.2f}(,|$)", described)
+    def first_batch(columns):
+        return next(iter(PairStream.from_dataset(tmp_path / "ds", columns, batch_size=30, shuffle=False)))
+
+    assert first_batch(None)["attributes"].shape == (30, 74) and "attributes" not in first_batch([])
+    assert torch.equal(first_batch(["Male"])["attributes"][:, 0].nan_to_num(-1),
+                       torch.tensor([-1.0 if r["Male"] is None else r["Male"] for r in dataset["attributes"]]))
 
 
 def test_an_attributes_table_that_names_no_sample_of_the_source_is_refused_before_any_work(tmp_path, lfw_source):

@@ -254,7 +254,7 @@ def train_catface(stage: str, attribute_file: str | None, stage1_checkpoint: str
             trainer.stage1.load_state_dict(stage1["trainer"])
 
     run(spec, "catface", load_stage1, attributes=attributes,
-        attribute_columns=list(columns) if stage == "1" else None, **options)
+        attribute_columns=list(columns) if stage == "1" else (), **options)
 
 
 def _read_stage1(path: str, backbone: str) -> dict:
@@ -302,13 +302,13 @@ def train_btnet(sides: str, selection: str, branch_blocks: int, loss_weights: st
          "blocks": branch_blocks, "loss_weights": weights}, "btnet", **options)
 
 
-def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, attribute_columns=None,
+def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, attribute_columns=(),
         **options) -> None:
     """Shared by every `degrade train NAME`: data, the trainer ``spec`` describes, loop.
 
     ``load_weights(trainer)`` fills weights that come from other files (a teacher, a stage 1).
     ``attributes`` (an Attributes table) joins pairs made on the fly; ``attribute_columns`` picks
-    the attributes of pairs read from a build. ``options``: the command's; ``head`` and
+    the attributes of pairs read from a build (none by default: only CATFace's stage 1 learns them). ``options``: the command's; ``head`` and
     ``frozen_backbone_steps`` only where the trainer has them.
     """
     from degrade.arrow import BuildError
