@@ -445,6 +445,9 @@ def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size:
         "recipe": recipe.name, "recipe_text": recipe.text, "seed": seed, "source": str(source.name),
         "pairs": total, "shard_size": shard_size, "format": image_format,
         "attributes": str(attributes.path) if attributes else None,
+        # What the table says, so that a build resumed after its file was edited is refused; absent
+        # without a table, so that builds without one, begun before it was recorded, still resume.
+        **({"attributes_values": attributes.fingerprint()} if attributes else {}),
         "versions": {"degrade": __version__, "torch": torch.__version__.split("+")[0],
                      "datasets": importlib.metadata.version("datasets"), "pyarrow": pa.__version__},
     }

@@ -115,7 +115,7 @@ class PairStream:
         return {"pairs": "made on the fly" if self.degrade_on_the_fly else "read from a build",
                 "recipe": None if recipe is None else recipe.name, "recipe_text": None if recipe is None else recipe.text,
                 "recipe_seed": seed, "samples": len(self.source),
-                "attributes": None if self.attributes is None else self.attributes.fingerprint()}
+                "attributes_values": None if self.attributes is None else self.attributes.fingerprint()}
 
     def __len__(self) -> int:
         """Batches per rank per epoch."""

@@ -19,7 +19,7 @@ def every(number: int, noun: str) -> str:
 
 
 # Fields whose values are too long for a message, named by a phrase where two settings differ in them.
-_NAMED_APART = {"recipe_text": "the recipe's text", "attributes": "the attributes' values"}
+_NAMED_APART = {"recipe_text": "the recipe's text", "attributes_values": "the attributes' values"}
 
 
 def differences(there: dict, here: dict) -> str:

@@ -142,6 +142,24 @@ def test_a_different_build_into_the_same_folder_is_refused_saying_what_differs(t
     assert result.output == f"Error: {out}: holds a different build ({differences}); use a new --out or delete it\n"
 
 
+def test_a_build_is_resumed_only_with_the_attributes_it_began_with(tmp_path):
+    """An attributes file edited between an interrupted build and its resume would label the rest of
+    the pairs by another table (a build records the file's path too, as it records its source's)."""
+    command = ["build", "--recipe", "maug", "--limit", "40", "--shard-size", "16", "--device", "cpu", "-j", "0",
+               "--out", str(tmp_path / "out"), "--attributes"]
+    (tmp_path / "a.csv").write_text("identity,Male\ndemo_00000,1\ndemo_00003,0\n")  # keys 0-9 and 30-39
+    assert CliRunner().invoke(main, [*command, str(tmp_path / "a.csv")]).exit_code == 0
+    (tmp_path / "out" / "state.json").unlink()
+    (tmp_path / "out" / "data-00002-of-00003.arrow").unlink()
+    (tmp_path / "a.csv").write_text("identity,Male\ndemo_00000,1\ndemo_00003,1\n")
+    edited = CliRunner().invoke(main, [*command, str(tmp_path / "a.csv")])
+    assert edited.exit_code == 1 and edited.output == (f"Error: {tmp_path / 'out'}: holds a different build (the "
+                                                       "attributes' values); use a new --out or delete it\n")
+    (tmp_path / "a.csv").write_text("identity,Male\ndemo_00000,1\ndemo_00003,0\n")
+    assert CliRunner().invoke(main, [*command, str(tmp_path / "a.csv")]).exit_code == 0
+    assert datasets.load_from_disk(str(tmp_path / "out"))["attributes"][39] == {"Male": 0.0}
+
+
 def test_a_relative_source_is_recorded_by_its_absolute_path_so_another_folders_faces_are_not_resumed(
         tmp_path, monkeypatch):
     for place, value in (("a", 40), ("b", 200)):

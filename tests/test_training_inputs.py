@@ -178,7 +178,7 @@ def test_a_catface_run_is_resumed_only_with_the_attributes_it_started_with(tmp_p
     assert moved.exit_code == 0 and "step 2: loss" in moved.output, moved.output
 
     state = torch.load(run / "last.pt", weights_only=True)
-    del state["data"]["attributes"]  # as runs saved it before they recorded their attributes: taken to be these
+    del state["data"]["attributes_values"]  # as runs saved it before they recorded their attributes: taken to be these
     torch.save(state, run / "last.pt")
     resumed = CliRunner().invoke(main, [*command, "--max-steps", "3", "--attributes", str(tmp_path / "edited.csv")])
     assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output
