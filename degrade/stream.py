@@ -96,7 +96,8 @@ class PairStream:
         return cls(recipe, source, **options)
 
     @classmethod
-    def from_dataset(cls, folder: str | Path, attribute_columns: list[str] | None = None, **options) -> PairStream:
+    def from_dataset(cls, folder: str | Path, attribute_columns: list[str] | tuple[str, ...] | None = None,
+                     **options) -> PairStream:
         """The pairs stored in a finished ``degrade build`` folder (``attribute_columns``: the stored
         attributes batches carry, in that order; None: all, []: none)."""
         from degrade.built import BuiltPairs
