@@ -184,6 +184,23 @@ def test_a_catface_run_is_resumed_only_with_the_attributes_it_started_with(tmp_p
     assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output
 
 
+def test_a_run_is_not_started_among_other_files_but_is_where_a_run_stopped_before_its_first_checkpoint(tmp_path):
+    """--out given a build's folder by mistake: the run wrote its checkpoints among the shards."""
+    build_dataset(load_recipe("maug"), open_source("demo:2", 112), tmp_path / "built", image_format="raw",
+                  progress=False)
+    before = sorted(path.name for path in (tmp_path / "built").iterdir())
+    command = ["train", "lrfr", "--source", "demo:2", "--steps", "1", "-b", "4", "--device", "cpu", "-j", "0", "--out"]
+    result = CliRunner().invoke(main, [*command, str(tmp_path / "built")])
+    _fails_naming(result, str(tmp_path / "built"), "holds files that are not a training run's (data-00000-of-00001.arrow")
+    assert sorted(path.name for path in (tmp_path / "built").iterdir()) == before
+    stopped = tmp_path / "stopped"
+    (stopped / "tensorboard").mkdir(parents=True)
+    for name in ("command.json", "log.csv", "last.pt.partial"):
+        (stopped / name).write_text("")
+    result = CliRunner().invoke(main, [*command, str(stopped)])
+    assert result.exit_code == 0 and "step 1: loss" in result.output, result.output
+
+
 def test_a_run_folder_another_run_trains_in_is_left_alone(tmp_path):
     """A job started twice: both runs saved to last.pt.partial, each emptying it under the other,
     and renamed the mixture to last.pt. The second now stops before it writes anything."""

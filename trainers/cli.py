@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from degrade.cli import (device_option, ends_on_stop_signals, first_rank, given, num_workers_option, reported,
                          seed_option, source_option)
 from degrade.keyed import MAX_SEED
+from degrade.text import first_few
 from degrade.ops.base import is_weight
 from trainers.backbones import BACKBONES, INPUT_SIZE, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
@@ -329,6 +331,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                                  f"{options['steps']} --steps training the backbone",
                                  param_hint="--frozen-backbone-steps")
     refuse_unused_options()
+    refuse_other_folder(Path(options["out"]))
     device = torch.device(options["device"])
     join_torchrun(backend_for(device))  # before the stream, which takes its share of each epoch from the job
     stream_options = dict(batch_size=options["batch_size"], device=device, num_workers=options["num_workers"],
@@ -387,6 +390,22 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                    f"checkpoints in {config.out}")
     else:
         click.echo(f"{config.out}: nothing to train, the run is at step {config.end_step}")
+
+
+# What a run folder holds before its first last.pt: what a run starting there may find.
+RUN_FILES = re.compile(r"command\.json|log\.csv|tensorboard|(last|step-\d+)\.pt(\.partial)?")
+
+
+def refuse_other_folder(out: Path) -> None:
+    """A run starting afresh in an --out that holds other things than a run's files (a build's
+    shards, a dataset: an --out given by mistake) is refused before any work, as a build refuses
+    such a folder; the run would write its checkpoints and log among them."""
+    if not out.is_dir() or (out / "last.pt").exists():
+        return
+    others = sorted(path.name for path in out.iterdir() if not RUN_FILES.fullmatch(path.name))
+    if others:
+        raise click.ClickException(f"{out}: holds files that are not a training run's ({first_few(others)}); use an "
+                                   "empty or new --out")
 
 
 def _stopped_training(out: Path, how: str) -> str:
