@@ -13,8 +13,8 @@ import torch
 from degrade.cli import (device_option, ends_on_stop_signals, first_rank, given, num_workers_option, reported,
                          seed_option, source_option)
 from degrade.keyed import MAX_SEED
-from degrade.text import first_few
 from degrade.ops.base import is_weight
+from degrade.text import first_few
 from trainers.backbones import BACKBONES, INPUT_SIZE, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -310,8 +310,8 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
 
     ``load_weights(trainer)`` fills weights that come from other files (a teacher, a stage 1).
     ``attributes`` (an Attributes table) joins pairs made on the fly; ``attribute_columns`` picks
-    the attributes of pairs read from a build (none by default: only CATFace's stage 1 learns them). ``options``: the command's; ``head`` and
-    ``frozen_backbone_steps`` only where the trainer has them.
+    the attributes of pairs read from a build (none by default: only CATFace's stage 1 learns them).
+    ``options``: the command's; ``head`` and ``frozen_backbone_steps`` only where the trainer has them.
     """
     from degrade.arrow import BuildError
     from degrade.distributed import backend_for, join_torchrun

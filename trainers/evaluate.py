@@ -160,12 +160,10 @@ def verification_faces(source, folds: list[int] | None = None) -> VerificationFa
     naming one that cannot be read."""
     pairs = source.pairs
     chosen = torch.ones_like(pairs.same) if not folds else torch.isin(pairs.fold, torch.tensor(folds) - 1)
-    left, right = pairs.left[chosen], pairs.right[chosen]
-    keys = torch.cat([left, right]).unique()
-    position = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
-    position[keys] = torch.arange(len(keys))
-    return VerificationFaces(_every_face(source, keys, "of its pairs"), position[left], position[right],
-                             pairs.same[chosen], pairs.fold[chosen])
+    keys, rows = torch.cat([pairs.left[chosen], pairs.right[chosen]]).unique(return_inverse=True)
+    left, right = rows.chunk(2)
+    return VerificationFaces(_every_face(source, keys, "of its pairs"), left, right, pairs.same[chosen],
+                             pairs.fold[chosen])
 
 
 def evaluate_pairs(model: nn.Module, pairs: VerificationFaces, resolutions: list[int],
