@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 
 def counted(number: int, noun: str, plural: str | None = None) -> str:
     """``number`` with ``noun`` in the form the count takes: '1 shard', '1,000 pairs', '2 identities'."""
@@ -16,6 +18,13 @@ def first_few(names: list[str], shown: int = 3) -> str:
 def every(number: int, noun: str) -> str:
     """All of ``number`` things, as a sentence's subject: 'the only input', 'every one of the 2 inputs'."""
     return f"the only {noun}" if number == 1 else f"every one of the {counted(number, noun)}"
+
+
+def matchable(name: str) -> str:
+    """``name`` in Unicode's composed form (NFC), for matching names that come from different places:
+    a folder copied from macOS names 'Zoë' decomposed (e followed by a combining diaeresis), a
+    spreadsheet or a pairs file composed; the two look alike and compare unequal as written."""
+    return name if name.isascii() else unicodedata.normalize("NFC", name)
 
 
 # Fields whose values are too long for a message, named by a phrase where two settings differ in them.

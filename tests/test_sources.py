@@ -20,8 +20,9 @@ from degrade.recipe import load_recipe
 from degrade.sources import SourceError, open_source
 from degrade.sources.attributes import Attributes
 from degrade.sources.base import decode_image, decode_raw_pixels, jpeg_components
-from degrade.sources.pairs import write_bin
+from degrade.sources.pairs import PairsSource, write_bin
 from degrade.sources.recordio import MAGIC, RecordFile, pack_record, write_insightface_recordio, write_recordio
+from degrade.sources.subset import identities_outside_pairs
 from degrade.sources.table import BinaryCells
 
 from .conftest import LFW, OpensAFile
@@ -571,6 +572,20 @@ def test_attributes_keyed_by_identity(tmp_path):
     source = open_source("demo")
     values = Attributes(tmp_path / "a.csv").lookup(source, torch.tensor([0, 10, 20]), torch.tensor([0, 1, 2]))
     assert values[:2, 0].tolist() == [1.0, 0.0] and torch.isnan(values[2, 0])
+
+
+def test_names_match_whichever_unicode_form_each_side_writes(tmp_path):
+    """A folder copied from macOS names 'Zoë' decomposed (NFD), a spreadsheet or a pairs file composed (NFC)."""
+    composed, decomposed = "Zo\u00eb", "Zoe\u0308"
+    for name in (decomposed, "Ann"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "faces" / name / "1.png"), np.zeros((112, 112, 3), np.uint8))
+    (tmp_path / "a.csv").write_text(f"identity,Male\n{composed},1\nAnn,0\n", encoding="utf-8")
+    (tmp_path / "pairs.txt").write_text(f"1\t1\n{composed}\t1\t1\n{composed}\t1\tBob\t1\n", encoding="utf-8")
+    source = open_source(str(tmp_path / "faces"))
+    assert [source.identity_name(i) for i in range(2)] == ["Ann", decomposed]
+    assert Attributes(tmp_path / "a.csv").lookup(source, torch.tensor([0, 1]), torch.tensor([0, 1])).tolist() == [[0.0], [1.0]]
+    assert identities_outside_pairs(source, PairsSource(tmp_path / "pairs.txt"), [1]).tolist() == [0]
 
 
 def test_attributes_read_blanks_as_nan_keep_names_as_text_and_take_a_key_repeated_with_the_same_values(tmp_path):

@@ -2,9 +2,10 @@
 
 The first column is ``file`` (the sample's path relative to its source, as
 ``Name/Name_0001.jpg``) or ``identity`` (an identity name); every other column is a finite
-number, blank where not known (NaN). Samples with no row get NaN; a table in which none of the
-samples looked up has a row (keys that name them some other way) is refused before a build or a
-stream starts.
+number, blank where not known (NaN). Keys and the source's names are compared in Unicode's
+composed form, so a folder copied from macOS (decomposed names) matches. Samples with no row get
+NaN; a table in which none of the samples looked up has a row (keys that name them some other
+way) is refused before a build or a stream starts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from degrade.sources import Source
 from degrade.sources.base import SourceError
-from degrade.text import first_few
+from degrade.text import first_few, matchable
 
 
 PROBED_SAMPLES = 1000  # looked up by ``Attributes.check_names``
@@ -60,7 +61,7 @@ class Attributes:
         if table.num_rows == 0:
             raise SourceError(f"{path}: no rows after the header")
         self.path, self.keyed_by, self.names = path, header[0], header[1:]
-        keys = table.column(0).to_pylist()
+        keys = [matchable(key) for key in table.column(0).to_pylist()]
         self.rows = dict(zip(keys, range(len(keys))))
         # One more row of NaN at the end: where keys with no row of their own look.
         values = np.full((table.num_rows + 1, len(self.names)), np.nan, np.float32)
@@ -104,10 +105,11 @@ class Attributes:
         return digest.hexdigest()
 
     def _names(self, source: Source, keys: torch.Tensor, identities: torch.Tensor) -> list[str]:
-        """What the table's first column would say for the samples ``keys`` (of ``identities``)."""
+        """What the table's first column would say for the samples ``keys`` (of ``identities``), composed
+        as the table's keys are (:func:`matchable`)."""
         if self.keyed_by == "file":
-            return [source.sample_name(int(k)) for k in keys]
-        return [source.identity_name(int(i)) for i in identities]
+            return [matchable(source.sample_name(int(k))) for k in keys]
+        return [matchable(source.identity_name(int(i))) for i in identities]
 
     def lookup(self, source: Source, keys: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         """(M, A) float32 attributes of the samples ``keys`` of ``source`` (NaN where missing)."""

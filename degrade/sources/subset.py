@@ -9,6 +9,7 @@ import torch
 from degrade.sources import Source
 from degrade.sources.base import Faces
 from degrade.sources.pairs import PairsSource
+from degrade.text import matchable
 
 
 class SubsetSource:
@@ -51,9 +52,9 @@ def identities_outside_pairs(source: Source, pairs_source: PairsSource, folds: l
     """Keys of ``source`` whose identity names do not appear in ``folds`` (from 1) of a pairs protocol."""
     pairs = pairs_source.pairs
     chosen = torch.isin(pairs.fold, torch.tensor(folds) - 1)
-    used = {pairs_source.identity_name(int(i))
+    used = {matchable(pairs_source.identity_name(int(i)))
             for i in torch.cat([pairs_source.identities[pairs.left[chosen]], pairs_source.identities[pairs.right[chosen]]])}
     identities = source.identities
-    excluded = torch.tensor([i for i in identities.unique().tolist() if source.identity_name(i) in used],
+    excluded = torch.tensor([i for i in identities.unique().tolist() if matchable(source.identity_name(i)) in used],
                             dtype=identities.dtype)
     return torch.nonzero(~torch.isin(identities, excluded)).flatten()  # names looked up once per identity
