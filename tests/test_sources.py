@@ -261,6 +261,22 @@ def test_a_tables_images_and_classes_are_found_by_their_features_whatever_their_
         open_source(str(tmp_path / "two.parquet"))
 
 
+def test_a_table_written_without_datasets_is_read_by_its_one_column_of_bytes_or_webdatasets_names(tmp_path, lfw_jpegs):
+    """pyarrow or pandas write images as plain bytes (no Image feature); a table converted from
+    WebDataset shards names its parts by extension (jpg, cls). Two columns of bytes leave it open."""
+    images, _ = lfw_jpegs
+    names = ["Zoe_Ball", "Al_Gore", "Zoe_Ball"]
+    pq.write_table(pa.table({"photo": images[:3], "label": names}), tmp_path / "bytes.parquet")
+    pq.write_table(pa.table({"__key__": ["a", "b", "c"], "jpg": images[:3], "cls": names}), tmp_path / "wds.parquet")
+    expected = open_source(str(tmp_path / "bytes.parquet")).load(torch.arange(3))
+    assert expected.hq.float().std() > 20 and expected.identity.tolist() == [1, 0, 1]
+    from_wds = open_source(str(tmp_path / "wds.parquet")).load(torch.arange(3))
+    assert torch.equal(from_wds.hq, expected.hq) and from_wds.identity.tolist() == [1, 0, 1]
+    pq.write_table(pa.table({"photo": images[:3], "thumb": images[:3], "label": names}), tmp_path / "two.parquet")
+    with pytest.raises(SourceError, match="no image column .* one column of bytes; has photo, thumb, label"):
+        open_source(str(tmp_path / "two.parquet"))
+
+
 def test_a_build_read_as_a_source_numbers_identities_as_it_does(tmp_path, lfw_jpegs):
     # Names in an order that text labels would number otherwise (by length, then alphabet):
     # before, a build made from a build gave the same person another identity number.

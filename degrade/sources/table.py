@@ -21,9 +21,11 @@ from degrade.text import counted
 if TYPE_CHECKING:
     import datasets
 
-IMAGE_COLUMNS = ("image", "img", "face", "hq")
+# WebDataset names a sample's parts by their extensions (jpg, png ...; cls its class), and so do the
+# tables converted from its shards.
+IMAGE_COLUMNS = ("image", "img", "face", "hq", "jpg", "jpeg", "png", "webp")
 # A degrade build has "identity_name" (the names of its source) and "identity" (their numbers).
-LABEL_COLUMNS = ("label", "identity_name", "identity", "labels", "id")
+LABEL_COLUMNS = ("label", "identity_name", "identity", "labels", "id", "cls")
 
 
 # The Hub names a split's shards SPLIT-00000-of-00004.parquet.
@@ -152,13 +154,21 @@ def read_json(path: Path) -> object:
         raise SourceError(f"{path}: not readable JSON ({error})") from None
 
 
-def _usual_column(table: datasets.Dataset, names: tuple[str, ...], feature: str) -> str | None:
-    """The first of ``names`` the table has; else its one column whose HF feature is ``feature``
-    (``Image``, ``ClassLabel``: how a Hub dataset marks its images and its classes, whatever their
-    column is called, e.g. ``person``); None when neither settles it."""
+def _usual_column(table: datasets.Dataset, names: tuple[str, ...], features: tuple[str, ...]) -> str | None:
+    """The first of ``names`` the table has; else its one column whose HF feature is the first of
+    ``features`` the table has (``Image``, ``ClassLabel``: how a Hub dataset marks its images and its
+    classes, whatever their column is called, e.g. ``person``; ``binary``: a column of bytes, as a
+    table written without ``datasets`` holds its images); None when neither settles it."""
     named = next((column for column in names if column in table.column_names), None)
-    typed = [column for column, kind in table.features.items() if type(kind).__name__ == feature]
-    return named or (typed[0] if len(typed) == 1 else None)
+    if named:
+        return named
+    kinds = {column: getattr(kind, "dtype", None) if type(kind).__name__ == "Value" else type(kind).__name__
+             for column, kind in table.features.items()}
+    for feature in features:
+        typed = [column for column, kind in kinds.items() if kind == feature]
+        if typed:
+            return typed[0] if len(typed) == 1 else None
+    return None
 
 
 def _identity_labels(table: datasets.Dataset, column: str, where: Path) -> list[str]:
@@ -294,10 +304,11 @@ class TableSource(EncodedSource):
         path = Path(path)
         table = open_table(path)
         columns = table.column_names
-        image_column = image_column or _usual_column(table, IMAGE_COLUMNS, "Image")
-        label_column = label_column or _usual_column(table, LABEL_COLUMNS, "ClassLabel")
+        image_column = image_column or _usual_column(table, IMAGE_COLUMNS, ("Image", "binary", "large_binary"))
+        label_column = label_column or _usual_column(table, LABEL_COLUMNS, ("ClassLabel",))
         if image_column not in columns:
-            raise SourceError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}, or one Image feature; "
+            raise SourceError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}, one Image feature, or "
+                              f"one column of bytes; "
                               f"has {', '.join(columns)}): rename yours to 'image', or pass image_column= to TableSource")
         if label_column not in columns:
             raise SourceError(f"{path}: no identity column (looked for {', '.join(LABEL_COLUMNS)}, or one ClassLabel "
