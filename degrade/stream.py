@@ -108,15 +108,21 @@ class PairStream:
     def made_of(self) -> dict:
         """What the pairs are made of, for a training run resumed from a checkpoint to compare with
         the run it resumes: made on the fly or read from a build, the recipe (name, YAML, seed), the
-        number of samples and the values of the attributes joined on the fly. Not the source's path
-        (a run may resume with its data moved), nor the batch size or ranks (a run may resume on
-        another number of ranks)."""
+        number of samples and the values of the attributes joined on the fly; read from a build, also
+        what its manifest says it was made from (the path its source had, the values of its attributes
+        table), so that another build of the same recipe and size is not taken for it. Not where this
+        run's source or build lies (a run may resume with its data moved), nor the batch size or ranks
+        (a run may resume on another number of ranks)."""
         recipe = self.recipe
         seed = self.seed if self.seed is not None or recipe is None else recipe.seed
-        return {"pairs": "made on the fly" if self.degrade_on_the_fly else "read from a build",
+        made = {"pairs": "made on the fly" if self.degrade_on_the_fly else "read from a build",
                 "recipe": None if recipe is None else recipe.name, "recipe_text": None if recipe is None else recipe.text,
                 "recipe_seed": seed, "samples": len(self.source),
                 "attributes_values": None if self.attributes is None else self.attributes.fingerprint()}
+        if not self.degrade_on_the_fly:
+            manifest = self.source.manifest
+            made |= {"build_source": manifest["source"], "build_attributes_values": manifest.get("attributes_values")}
+        return made
 
     def __len__(self) -> int:
         """Batches per rank per epoch."""

@@ -28,7 +28,8 @@ def matchable(name: str) -> str:
 
 
 # Fields whose values are too long for a message, named by a phrase where two settings differ in them.
-_NAMED_APART = {"recipe_text": "the recipe's text", "attributes_values": "the attributes' values"}
+_NAMED_APART = {"recipe_text": "the recipe's text", "attributes_values": "the attributes' values",
+                "build_attributes_values": "the build's attributes' values"}
 
 
 def differences(there: dict, here: dict) -> str:

@@ -157,6 +157,34 @@ def test_a_run_is_resumed_only_on_pairs_made_as_its_own_were(tmp_path):
     assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output
 
 
+def test_a_run_from_a_build_is_resumed_only_on_that_build_wherever_it_lies(tmp_path):
+    """Another build of the same recipe and size (from other faces) would change the pairs under a
+    run without a word; the same build moved elsewhere is the same run."""
+    recipe = load_recipe("maug")
+    build_dataset(recipe, open_source("demo:20", 112), tmp_path / "built", image_format="raw", progress=False)
+    build_dataset(recipe, open_source(str(tmp_path / "built"), 112), tmp_path / "other", image_format="raw",
+                  progress=False)
+    run = tmp_path / "run"
+    command = ["train", "lrfr", "--steps", "4", "-b", "8", "--device", "cpu", "-j", "0", "--out", str(run)]
+    first = CliRunner().invoke(main, [*command, "--max-steps", "1", "--from-dataset", str(tmp_path / "built")])
+    assert first.exit_code == 0, first.output
+    saved = (run / "last.pt").read_bytes()
+    other = CliRunner().invoke(main, [*command, "--max-steps", "2", "--from-dataset", str(tmp_path / "other")])
+    _fails_naming(other, str(run / "last.pt"), "saved by a run of another command "
+                  f"(build_source demo there, {tmp_path / 'built'} here)")
+    assert (run / "last.pt").read_bytes() == saved
+    (tmp_path / "built").rename(tmp_path / "moved")
+    moved = CliRunner().invoke(main, [*command, "--max-steps", "2", "--from-dataset", str(tmp_path / "moved")])
+    assert moved.exit_code == 0 and "step 2: loss" in moved.output, moved.output
+
+    state = torch.load(run / "last.pt", weights_only=True)
+    for field in ("build_source", "build_attributes_values"):  # as runs saved it before they recorded the build's
+        del state["data"][field]
+    torch.save(state, run / "last.pt")
+    resumed = CliRunner().invoke(main, [*command, "--max-steps", "3", "--from-dataset", str(tmp_path / "other")])
+    assert resumed.exit_code == 0 and "step 3: loss" in resumed.output, resumed.output
+
+
 def test_a_catface_run_is_resumed_only_with_the_attributes_it_started_with(tmp_path):
     """Another table (or the same file edited) would change the labels under a run without a word;
     the same table moved elsewhere is the same run."""
