@@ -41,7 +41,7 @@ from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
 from degrade.locks import lock_exclusively
-from degrade.ops import Params
+from degrade.ops import Params, own_op_code
 from degrade.progress import progress_bar
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source, SourceError
@@ -441,6 +441,7 @@ def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size:
     its package metadata: importing it takes 0.7 s, a fifth of the README's demo build."""
     from degrade import __version__
 
+    own_code = own_op_code([leaf.op for leaf in recipe.leaves])
     return {
         "recipe": recipe.name, "recipe_text": recipe.text, "seed": seed, "source": str(source.name),
         "pairs": total, "shard_size": shard_size, "format": image_format,
@@ -448,6 +449,8 @@ def _manifest(recipe: Recipe, source: Source, seed: int, total: int, shard_size:
         # What the table says, so that a build resumed after its file was edited is refused; absent
         # without a table, so that builds without one, begun before it was recorded, still resume.
         **({"attributes_values": attributes.fingerprint()} if attributes else {}),
+        # The files of the recipe's own ops (module:Class), as degrade's own code is known by its version.
+        **({"own_ops_code": own_code} if own_code else {}),
         "versions": {"degrade": __version__, "torch": torch.__version__.split("+")[0],
                      "datasets": importlib.metadata.version("datasets"), "pyarrow": pa.__version__},
     }

@@ -29,7 +29,8 @@ def matchable(name: str) -> str:
 
 # Fields whose values are too long for a message, named by a phrase where two settings differ in them.
 _NAMED_APART = {"recipe_text": "the recipe's text", "attributes_values": "the attributes' values",
-                "build_attributes_values": "the build's attributes' values"}
+                "build_attributes_values": "the build's attributes' values",
+                "own_ops_code": "the code of the recipe's own ops"}
 
 
 def differences(there: dict, here: dict) -> str:

@@ -1,5 +1,6 @@
 """Recipes: every shipped recipe loads and runs; a sample's LQ depends only on (recipe, seed, key)."""
 
+import json
 import re
 import sys
 import textwrap
@@ -483,6 +484,28 @@ def test_an_op_of_your_own_named_module_colon_class_is_drawn_stored_and_replayed
     assert result.exit_code == 0, result.output
     rows = open_dataset(out)
     assert rows[3]["params"]["vignette"]["strength"] == pytest.approx(float(recipe.sample(torch.tensor([3]))["vignette.strength"]))
+
+
+def test_a_build_is_resumed_only_with_the_code_its_own_ops_had(tmp_path, own_ops):
+    """degrade's own code is known by its version; an op of your own edited between an interrupted
+    build and its resume would make the rest of the pairs with other code, without a word."""
+    (tmp_path / "mine.yaml").write_text("stages:\n  - {op: 'my_ops:Vignette'}\n")
+    command = ["build", "--recipe", str(tmp_path / "mine.yaml"), "--limit", "8", "-j", "0", "--device", "cpu",
+               "--out", str(tmp_path / "out")]
+    assert CliRunner().invoke(main, command).exit_code == 0
+    manifest = json.loads((tmp_path / "out" / "degrade.json").read_text())
+    assert list(manifest["own_ops_code"]) == ["my_ops"] and "own_ops_code" not in _manifest_of_builtin(tmp_path)
+    assert CliRunner().invoke(main, command).exit_code == 0  # the same code: the same build
+    (tmp_path / "my_ops.py").write_text(OWN_OPS.replace("[0.2, 0.8]", "[0.4, 0.8]"))
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1
+    assert "holds a different build (the code of the recipe's own ops); use a new --out or delete it" in result.output
+
+
+def _manifest_of_builtin(tmp_path) -> dict:
+    assert CliRunner().invoke(main, ["build", "--recipe", "maug", "--limit", "2", "-j", "0", "--device", "cpu",
+                                     "--out", str(tmp_path / "maug")]).exit_code == 0
+    return json.loads((tmp_path / "maug" / "degrade.json").read_text())
 
 
 def test_an_own_op_module_in_the_current_folder_is_found_without_pythonpath(tmp_path, monkeypatch):

@@ -4,10 +4,12 @@ an op of your own."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import os
 import sys
 import types
+from pathlib import Path
 
 from degrade.ops.base import PART_NAME, ConfigError, Op, Params
 
@@ -58,6 +60,15 @@ def _own_op_class(name: str) -> type[Op]:
     return cls
 
 
+def own_op_code(ops: list[Op]) -> dict[str, str]:
+    """{module name: SHA-256 hex digest of its file} for the modules holding those of ``ops`` that are
+    your own (not degrade's), so that a build resumed after one of them was edited is told apart;
+    empty when all are built-in. A module without a file (made in memory) is left out."""
+    files = {type(op).__module__: getattr(sys.modules.get(type(op).__module__), "__file__", None) for op in ops}
+    return {module: hashlib.sha256(Path(file).read_bytes()).hexdigest() for module, file in sorted(files.items())
+            if file and not module.startswith("degrade.")}
+
+
 def _import_own_module(module_name: str) -> types.ModuleType:
     """Import ``module_name`` as Python would, and failing that from the current folder, as
     ``python -m`` and ``python script.py`` find a module beside you (the ``degrade`` console script
@@ -69,4 +80,4 @@ def _import_own_module(module_name: str) -> types.ModuleType:
     return importlib.import_module(module_name)
 
 
-__all__ = ["ConfigError", "OP_NAMES", "Op", "Params", "op_class"]
+__all__ = ["ConfigError", "OP_NAMES", "Op", "Params", "op_class", "own_op_code"]
