@@ -93,6 +93,12 @@ class PairStream:
     @classmethod
     def from_source(cls, recipe: Recipe, source: Source, **options) -> PairStream:
         """Pairs made on the fly from ``source`` with ``recipe``."""
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"PairStream.from_source: recipe is a {type(recipe).__name__}, not a Recipe; "
+                            f"load one first: load_recipe({recipe!r})")
+        if isinstance(source, (str, Path)):
+            raise TypeError(f"PairStream.from_source: source is a path, not a Source; open it first: "
+                            f"open_source({str(source)!r})")
         return cls(recipe, source, **options)
 
     @classmethod

@@ -594,6 +594,14 @@ def test_a_stream_without_a_positive_batch_size_or_with_negative_workers_is_refu
         PairStream.from_source(load_recipe("maug"), open_source("demo"), **options)
 
 
+def test_a_stream_given_a_recipe_name_or_a_source_path_says_how_to_load_them():
+    """A recipe's name failed at the first batch ('str' object has no attribute 'seed')."""
+    with pytest.raises(TypeError, match=re.escape("recipe is a str, not a Recipe; load one first: load_recipe('maug')")):
+        PairStream.from_source("maug", open_source("demo"), batch_size=8)
+    with pytest.raises(TypeError, match=re.escape("source is a path, not a Source; open it first: open_source('faces')")):
+        PairStream.from_source(load_recipe("maug"), Path("faces"), batch_size=8)
+
+
 @pytest.mark.parametrize("shuffle_seed", [-1, 2 ** 32])
 def test_a_stream_whose_shuffle_seed_is_outside_32_bits_is_refused(shuffle_seed):
     """2 ** 63 - 1 overflowed the epoch order's generator seed."""
