@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import get_worker_info
 
@@ -230,6 +231,7 @@ class BuildSummary:
     seconds: float
     skipped: list[tuple[int, str]]
     fixes: dict[str, int]
+    without_attributes: int = 0  # pairs with every attribute unknown (no row of the table names them)
 
     def describe(self) -> str:
         lines = [f"{counted(self.pairs, 'pair')} in {counted(self.shards, 'shard')}"
@@ -243,6 +245,9 @@ class BuildSummary:
             lines += [f"  {reason}" for _, reason in self.skipped[:5]]
         if self.fixes:
             lines.append("converted: " + ", ".join(f"{count} {fix}" for fix, count in sorted(self.fixes.items())))
+        if self.without_attributes:
+            lines.append(f"no attributes for {self.without_attributes:,} of the {counted(self.pairs, 'pair')}: no row "
+                         "of the table names them (or its cells are blank); their attributes are null")
         return "\n".join(lines)
 
 
@@ -385,13 +390,15 @@ class _ShardFile:
                              "folder at a time (the same command resumes it after that one ends)")
         self.sink = pa.OSFile(str(self.partial), "wb")
         self.stream = pa.ipc.new_stream(self.sink, schema)
-        self.rows, self.skipped, self.fixes = 0, [], collections.Counter()
+        self.rows, self.skipped, self.fixes, self.without_attributes = 0, [], collections.Counter(), 0
 
     def add(self, rows: HostRows | None, skipped: list, fixes: collections.Counter) -> None:
         if rows is not None:
             table = self.table_of(rows)
             self.stream.write_table(table)
             self.rows += table.num_rows
+            if "attributes" in table.column_names:
+                self.without_attributes += pairs_without_attributes(table.column("attributes"))
         self.skipped += skipped
         self.fixes.update(fixes)
 
@@ -408,10 +415,19 @@ class _ShardFile:
                 raise BuildError(f"{self.partial}: {self.rows} rows and {len(self.skipped)} skipped inputs written "
                                  f"of {self.pairs}; the shard stays unfinished")
             _write_atomic(_account_of(self.path), json.dumps(
-                {"rows": self.rows, "skipped": self.skipped, "fixes": dict(sorted(self.fixes.items()))}, sort_keys=True))
+                {"rows": self.rows, "skipped": self.skipped, "fixes": dict(sorted(self.fixes.items())),
+                 "without_attributes": self.without_attributes}, sort_keys=True))
             os.replace(self.partial, self.path)
         finally:
             os.close(self.lock)
+
+
+def pairs_without_attributes(column: pa.ChunkedArray) -> int:
+    """How many rows of an attributes column have every attribute null (no row of the table named them)."""
+    known = np.zeros(len(column), bool)
+    for index in range(column.type.num_fields):
+        known |= pc.is_valid(pc.struct_field(column, index)).to_numpy(zero_copy_only=False)
+    return int((~known).sum())
 
 
 def shard_names(pairs: int, shard_size: int) -> list[str]:
@@ -483,15 +499,17 @@ def _finish(out: Path, names: list[str], total: int, recipe: Recipe, seed: int, 
             started: float, done: set[int], rank: int) -> BuildSummary:
     """Gather the shards' accounts; rank 0 writes the summary and the files that make it a dataset.
     ``done``: the shards an earlier run had written."""
-    rows, made, skipped, fixes = 0, 0, [], collections.Counter()
+    rows, made, skipped, fixes, without_attributes = 0, 0, [], collections.Counter(), 0
     for index, name in enumerate(names):
         account = read_json(_account_of(out / name))
         rows += account["rows"]
         made += 0 if index in done else account["rows"]
         skipped += [tuple(entry) for entry in account["skipped"]]
         fixes.update(account["fixes"])
+        without_attributes += account.get("without_attributes", 0)  # not counted by shards written before it was
     summary = BuildSummary(pairs=rows, made=made, shards=len(names), resumed_shards=len(done),
-                           seconds=time.perf_counter() - started, skipped=skipped, fixes=dict(fixes))
+                           seconds=time.perf_counter() - started, skipped=skipped, fixes=dict(fixes),
+                           without_attributes=without_attributes)
     if rank != 0:
         return summary
     _write_atomic(out / SUMMARY, json.dumps({"pairs": rows, "skipped": skipped, "fixes": dict(sorted(fixes.items()))},

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from degrade.arrow import SUMMARY, open_dataset, read_manifest
+from degrade.arrow import SUMMARY, open_dataset, pairs_without_attributes, read_manifest
 from degrade.built import BuiltPairs, flat_params, recipe_of
 from degrade.loader import decoded_batches
 from degrade.progress import progress_bar
@@ -79,7 +79,7 @@ def _attribute_lines(column: pa.ChunkedArray) -> list[str]:
     """The attributes column in a few lines: how many pairs have them and each one's mean over those."""
     names = [field.name for field in column.type]
     values = [pc.struct_field(column, n) for n in range(len(names))]
-    has = len(column) - values[0].null_count
+    has = len(column) - pairs_without_attributes(column)
     lines = [f"  attributes: {counted(len(names), 'column')} of {column.type[0].type}, on {has} of "
              f"{counted(len(column), 'pair')}" + (", mean over those:" if has else "")]
     for name, value in zip(names, values) if has else ():

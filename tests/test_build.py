@@ -112,15 +112,15 @@ def test_a_cpu_build_degrades_and_encodes_in_its_decoding_workers_and_writes_the
                for name in shards)
 
 
-def test_attributes_become_a_column_with_nulls_where_missing_that_inspect_summarises(tmp_path, lfw_source):
-    build_dataset(load_recipe("catface"), lfw_source, tmp_path / "ds", limit=30, attributes=Attributes(LFW / "attributes.tsv"),
-                  progress=False)
+def test_attributes_become_a_column_with_nulls_where_missing_that_the_build_and_inspect_summarise(tmp_path, lfw_source):
+    summary = build_dataset(load_recipe("catface"), lfw_source, tmp_path / "ds", limit=30, shard_size=16,
+                            attributes=Attributes(LFW / "attributes.tsv"), progress=False)
     dataset = open_dataset(tmp_path / "ds")
     row = dataset[3]
     assert set(row["attributes"]) >= {"Male", "Bald", "Big Nose", "Chubby", "Narrow Eyes"}
     assert row["attributes"]["Male"] in (0.0, 1.0, None)
     has = [r["Male"] is not None for r in dataset["attributes"]]
-    assert sum(has) > 20
+    assert sum(has) > 20 and summary.without_attributes == 30 - sum(has)
     male = sum(r["Male"] for r in dataset["attributes"] if r["Male"] is not None) / sum(has)
     described = describe_dataset(tmp_path / "ds")
     assert f"  attributes: 74 columns of float, on {sum(has)} of 30 pairs, mean over those:\n" in described
@@ -131,6 +131,19 @@ def test_attributes_become_a_column_with_nulls_where_missing_that_inspect_summar
     assert first_batch(None)["attributes"].shape == (30, 74) and "attributes" not in first_batch([])
     assert torch.equal(first_batch(["Male"])["attributes"][:, 0].nan_to_num(-1),
                        torch.tensor([-1.0 if r["Male"] is None else r["Male"] for r in dataset["attributes"]]))
+
+
+def test_a_build_says_how_many_pairs_no_row_of_the_attributes_table_names(tmp_path, lfw_source):
+    """Keys that name only some samples (another spelling of some names) leave the others' attributes
+    null; inspect showed it, the build said nothing. A row whose cells are all blank counts as none."""
+    names = [lfw_source.sample_name(k) for k in range(30)]
+    (tmp_path / "a.tsv").write_text("file\tMale\tBald\n" + "".join(f"{name}\t1\t0\n" for name in names[:12])
+                                    + f"{names[12]}\t\t\n{names[13]}\t\t1\n")
+    summary = build_dataset(load_recipe("catface"), lfw_source, tmp_path / "ds", limit=30, shard_size=16,
+                            attributes=Attributes(tmp_path / "a.tsv"), progress=False)
+    assert summary.without_attributes == 17  # 16 without a row and the blank one, over both shards
+    assert "no attributes for 17 of the 30 pairs: no row of the table names them" in summary.describe()
+    assert "  attributes: 2 columns of float, on 13 of 30 pairs" in describe_dataset(tmp_path / "ds")
 
 
 def test_an_attributes_table_that_names_no_sample_of_the_source_is_refused_before_any_work(tmp_path, lfw_source):
