@@ -99,6 +99,8 @@ def test_train_init_and_teacher_name_a_bad_checkpoint(tmp_path, bad_files, kind)
         result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo", option, path, "--steps", "1",
                                            "--device", "cpu", "--out", str(tmp_path / "run")])
         _fails_naming(result, path, says)
+        teacher_says = "--teacher: the teacher's architecture is the student's (--backbone mobilefacenet); "
+        assert (teacher_says in result.output) == (option == "--teacher"), result.output
 
 
 def test_a_run_folder_whose_last_checkpoint_is_unreadable_is_not_resumed(tmp_path):

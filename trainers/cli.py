@@ -171,7 +171,8 @@ def train_group() -> None:
               help="Weight of L_LogExp (0: off).")
 @click.option("--hq-only", is_flag=True, help="Fine-tune on HQ faces only (no LQ loss, no contrast).")
 @click.option("--teacher", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Frozen teacher checkpoint for the HQ target (default: the network itself, stop-gradient).")
+              help="Frozen teacher for the HQ target: weights of a --backbone network, the student's architecture "
+                   "(default: the network itself, stop-gradient).")
 def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str | None, **options) -> None:
     """LRFR: MAug pairs, margin softmax on HQ and LQ, L_LogExp between LQ and HQ embeddings."""
     shaping_contrast = [flag for name, flag in (("power", "--p"), ("teacher", "--teacher")) if given(name)]
@@ -186,7 +187,11 @@ def train_lrfr(power: float, contrast_weight: float, hq_only: bool, teacher: str
 
     def load_teacher(trainer) -> None:
         if teacher:
-            load_backbone_weights(trainer.teacher, teacher)
+            try:
+                load_backbone_weights(trainer.teacher, teacher)
+            except CheckpointError as error:
+                raise CheckpointError(f"--teacher: the teacher's architecture is the student's (--backbone "
+                                      f"{options['backbone']}); {error}") from None
 
     run(spec, "maug", load_teacher, **options)
 
