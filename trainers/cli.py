@@ -156,9 +156,10 @@ def train_group() -> None:
 
     A run writes checkpoints to --out and resumes from its last one when the same command runs
     again (--max-steps, --checkpoint-every and the batch size may change; another model, optimiser,
-    schedule or other pairs are refused). SIGTERM (Slurm's preemption, `kill`) ends it after the step under way with a checkpoint
-    there; Ctrl-C, or a second SIGTERM, ends it at once. `torchrun --nproc-per-node N -m degrade train
-    ...` trains with DDP, each rank on its own GPU and its own share of every epoch."""
+    schedule or other pairs are refused). SIGTERM (Slurm's preemption, `kill`) ends it after the
+    step under way with a checkpoint there; Ctrl-C, or a second SIGTERM, ends it at once. `torchrun
+    --nproc-per-node N -m degrade train ...` trains with DDP, each rank on its own GPU and its own
+    share of every epoch."""
 
 
 @train_group.command("lrfr")

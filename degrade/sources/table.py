@@ -308,8 +308,8 @@ class TableSource(EncodedSource):
         label_column = label_column or _usual_column(table, LABEL_COLUMNS, ("ClassLabel",))
         if image_column not in columns:
             raise SourceError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}, one Image feature, or "
-                              f"one column of bytes; "
-                              f"has {', '.join(columns)}): rename yours to 'image', or pass image_column= to TableSource")
+                              f"one column of bytes; has {', '.join(columns)}): rename yours to 'image', or pass "
+                              "image_column= to TableSource")
         if label_column not in columns:
             raise SourceError(f"{path}: no identity column (looked for {', '.join(LABEL_COLUMNS)}, or one ClassLabel "
                               f"feature; has {', '.join(columns)}): rename yours to 'label', or pass label_column= to "
