@@ -174,6 +174,8 @@ def test_a_run_from_a_build_is_resumed_only_on_that_build_wherever_it_lies(tmp_p
     other = CliRunner().invoke(main, [*command, "--max-steps", "2", "--from-dataset", str(tmp_path / "other")])
     _fails_naming(other, str(run / "last.pt"), "saved by a run of another command "
                   f"(build_source demo there, {tmp_path / 'built'} here)")
+    on_the_fly = CliRunner().invoke(main, [*command, "--max-steps", "2", "--source", "demo:20"])
+    _fails_naming(on_the_fly, str(run / "last.pt"), "another command (pairs read from a build there, made on the fly here)")
     assert (run / "last.pt").read_bytes() == saved
     (tmp_path / "built").rename(tmp_path / "moved")
     moved = CliRunner().invoke(main, [*command, "--max-steps", "2", "--from-dataset", str(tmp_path / "moved")])

@@ -121,13 +121,16 @@ def _run_differences(state: dict, spec: dict | None, data: dict, config: TrainCo
     """How the run saved in ``state`` (a ``last.pt``) differs from a run of ``spec``, on pairs made
     of ``data`` (:meth:`PairStream.made_of`), with ``config``, e.g. "backbone mobilefacenet there,
     iresnet18 here; lr 0.01 there, 0.1 here"; empty when it does not. A checkpoint saved before
-    runs recorded their pairs (or some of what they are made of) is taken to hold these."""
+    runs recorded their pairs (or some of what they are made of) is taken to hold these; what only
+    the saved pairs record (a build's source, where today's pairs are made on the fly) is not
+    compared, the kind of pairs tells them apart."""
     def comparable(spec: dict | None, data: dict, config: dict) -> dict:
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in RESUMABLE_CHANGES}
         return {**(spec or {}), **data, **settings}
 
-    there = comparable(state.get("spec"), data | state.get("data", {}), state.get("config", {}))
-    return differences(there, comparable(spec, data, dataclasses.asdict(config)))
+    saved = state.get("data", {})
+    there = comparable(state.get("spec"), data | saved, state.get("config", {}))
+    return differences(there, comparable(spec, saved | data, dataclasses.asdict(config)))
 
 
 class TrainingDiverged(RuntimeError):
