@@ -63,6 +63,11 @@ class PairStream:
                  seed: int | None = None, shuffle: bool = True, shuffle_seed: int = 0, num_workers: int = 0,
                  rank: int | None = None, world_size: int | None = None, degrade_on_the_fly: bool = True,
                  attributes=None) -> None:
+        if recipe is not None and not isinstance(recipe, Recipe):
+            raise TypeError(f"PairStream: recipe is a {type(recipe).__name__}, not a Recipe; load one first: "
+                            f"load_recipe({recipe!r})")
+        if isinstance(source, (str, Path)):
+            raise TypeError(f"PairStream: source is a path, not a Source; open it first: open_source({str(source)!r})")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"PairStream: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
         if not 0 <= shuffle_seed <= MAX_SEED:
@@ -93,12 +98,6 @@ class PairStream:
     @classmethod
     def from_source(cls, recipe: Recipe, source: Source, **options) -> PairStream:
         """Pairs made on the fly from ``source`` with ``recipe``."""
-        if not isinstance(recipe, Recipe):
-            raise TypeError(f"PairStream.from_source: recipe is a {type(recipe).__name__}, not a Recipe; "
-                            f"load one first: load_recipe({recipe!r})")
-        if isinstance(source, (str, Path)):
-            raise TypeError(f"PairStream.from_source: source is a path, not a Source; open it first: "
-                            f"open_source({str(source)!r})")
         return cls(recipe, source, **options)
 
     @classmethod
