@@ -146,6 +146,10 @@ def test_an_ops_size_other_than_the_recipes_is_refused_as_every_op_takes_the_rec
     (torch.zeros(2, 3, 112, 112, dtype=torch.uint8), torch.arange(2), "got (2, 3, 112, 112) torch.uint8; for uint8 faces"),
     (torch.rand(2, 1, 112, 112), torch.arange(2), "expects float (N, 3, H, W) images in [0, 1], got (2, 1, 112, 112)"),
     (torch.rand(3, 112, 112), torch.arange(3), "expects float (N, 3, H, W) images in [0, 1], got (3, 112, 112)"),
+    (torch.rand(3, 112, 112), torch.arange(1), "expects float (N, 3, H, W) images in [0, 1], got (3, 112, 112)"),
+    (torch.rand(2, 3, 112, 112, requires_grad=True), torch.arange(2),
+     "expects images that do not require grad (the degradations make data, they are not differentiated through); "
+     "pass images.detach()"),
     (torch.rand(2, 3, 112, 112), torch.arange(3), "one integer key per image, got keys of shape (3,)"),
     (torch.rand(2, 3, 112, 112), torch.tensor([0.0, 1.0]), "one integer key per image, got keys of shape (2,) (torch.float32)"),
     (torch.full((2, 3, 112, 112), 200.0), torch.arange(2), "expects images in [0, 1], got values in [200, 200]; divide 0-255"),

@@ -93,12 +93,17 @@ class Op:
 
 def check_images(images: torch.Tensor, owner: str) -> None:
     """Refuse anything but a float (N, 3, H, W) batch: uint8 faces would be filtered by matrices
-    cast to uint8 (zeros) without an error. ``owner`` names the op or recipe in the message."""
+    cast to uint8 (zeros) without an error. A batch that requires grad is refused too: the ops
+    write in place and round, so some recipes would fail deep inside autograd and others pass a
+    gradient through part of the chain only. ``owner`` names the op or recipe in the message."""
     if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
         uint8 = images.dtype == torch.uint8
         hint = "; for uint8 faces use degrade.engine.degrade_uint8 (or to_float first)" if uint8 else ""
         raise ValueError(f"{owner}: expects float (N, 3, H, W) images in [0, 1], got {tuple(images.shape)} "
                          f"{images.dtype}{hint}")
+    if images.requires_grad:
+        raise ValueError(f"{owner}: expects images that do not require grad (the degradations make data, "
+                         "they are not differentiated through); pass images.detach()")
 
 
 def check_size(images: torch.Tensor, size: int, owner: str) -> None:
@@ -116,11 +121,11 @@ def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owne
     clip them to white or black without a word; so are images holding NaN, which would come out
     NaN or, clamped, black. (Checking costs one host wait, on these entry points only: the engine's
     own faces come from :func:`degrade.engine.to_float`.)"""
+    check_images(images, owner)
     keys = torch.as_tensor(keys)
     if keys.shape != images.shape[:1] or keys.is_floating_point():
         raise ValueError(f"{owner}: expects one integer key per image, got keys of shape {tuple(keys.shape)} "
                          f"({keys.dtype}) for {len(images)} images")
-    check_images(images, owner)
     if images.numel():
         low, high = torch.stack(torch.aminmax(images)).tolist()  # one host wait; NaN where any value is NaN
         if math.isnan(low):
