@@ -23,7 +23,7 @@ from degrade import arrow
 from degrade.arrow import BuildError, build_dataset, open_dataset
 from degrade.built import BuiltPairs
 from degrade.cli import main
-from degrade.engine import degrade_uint8, make_pairs
+from degrade.engine import degrade_uint8, make_pairs, to_float, to_uint8
 from degrade.inspect import describe_dataset, verify_dataset
 from degrade.recipe import load_recipe
 from degrade.sources import open_source
@@ -51,6 +51,7 @@ def test_lfw_round_trip_gives_the_engines_pairs(tmp_path, lfw_source, image_form
     assert torch.equal(stored.lq, expected.lq)
     for name, values in expected.params.items():
         assert torch.allclose(stored.params[name].to(values.dtype), values), name
+    assert torch.equal(to_uint8(recipe.apply(to_float(stored.hq), stored.params)), stored.lq)  # the rows replay
 
 
 def test_a_build_read_back_gives_the_recipe_it_was_made_with_and_its_seed(tmp_path):
