@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -375,6 +376,16 @@ def test_smoke_training_learns_and_resumes_as_the_same_run(tmp_path):
     assert [r["step"] for r in later_rows] == list(range(9, 17))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_an_fp16_run_skips_the_steps_its_scaler_overflows_on_without_a_warning_about_its_schedule(tmp_path):
+    stream, classes = smoke_stream()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(smoke_trainer(classes), stream, TrainConfig(out=tmp_path, steps=2, precision="fp16", progress=False))
+    scaler = torch.load(tmp_path / "last.pt", weights_only=False)["scaler"]
+    assert scaler["scale"] < 2.0 ** 16  # the first steps overflowed at the initial scale and were skipped
+    assert [str(w.message) for w in caught if "lr_scheduler" in str(w.message)] == []
 
 
 def test_the_same_training_command_trains_the_same_weights_and_another_seed_other_ones(tmp_path):

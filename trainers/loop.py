@@ -21,8 +21,10 @@ import dataclasses
 import json
 import math
 import os
+import re
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -410,9 +412,11 @@ def _steps(trainer: nn.Module, stream: PairStream, config: TrainConfig, device: 
                     loss, metrics = model(batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                scaler.step(optimizer)
+                scaler.step(optimizer)  # under fp16, skipped where the gradients overflowed (the first steps do)
                 scaler.update()
-                scheduler.step()
+                with warnings.catch_warnings():  # the schedule goes on over a skipped step, as torch.amp's examples do
+                    warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+                    scheduler.step()
                 step += 1
                 samples_seen += per_batch
                 bar.update(1)
