@@ -17,6 +17,7 @@ from degrade.layout import stack_channels_first
 from degrade.recipe import Recipe, RecipeError, parse_recipe, recipe_data
 from degrade.sources import SourceError
 from degrade.sources.table import BinaryCells
+from degrade.text import did_you_mean
 
 
 def recipe_of(folder: Path, manifest: dict) -> Recipe:
@@ -90,7 +91,8 @@ class BuiltPairs:
         self.attribute_names: list[str] = list(stored) if stored else []
         missing = [name for name in attribute_columns or () if name not in self.attribute_names]
         if missing:
-            raise ValueError(f"{self.folder}: the build has no attribute {missing[0]!r} "
+            raise ValueError(f"{self.folder}: the build has no attribute {missing[0]!r}"
+                             f"{did_you_mean(missing[0], self.attribute_names)} "
                              f"(it has {', '.join(self.attribute_names) or 'no attributes'})")
         self.attribute_columns = self.attribute_names if attribute_columns is None else list(attribute_columns)
 

@@ -47,6 +47,7 @@ import yaml
 from degrade.keyed import MAX_SEED, KeyedRandom
 from degrade.ops import ConfigError, Op, Params, op_class
 from degrade.ops.base import PART_NAME, check_images, checked_batch, is_weight
+from degrade.text import did_you_mean
 
 # The fields that shape a recipe, and why one is refused where it would have no effect.
 MISPLACED = {
@@ -74,6 +75,9 @@ def _is_part_name(value: object) -> bool:
     """Whether ``value`` can name a stage, option or op, or a param an op draws (see NAME_RULE)."""
     return isinstance(value, str) and PART_NAME.fullmatch(value) is not None and value not in STAGE_PARAMS
 
+
+# A recipe's own fields, in the order a recipe file usually gives them.
+RECIPE_FIELDS = ("name", "description", "seed", "size", "stages")
 
 # A recipe's name is the folder its build goes to by default (``out/<name>``).
 RECIPE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
@@ -308,8 +312,8 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
         return path
     known = builtin_recipes()
     if str(name_or_path) not in known:
-        raise RecipeError(f"unknown recipe {str(name_or_path)!r}; built-in recipes: {', '.join(sorted(known))} "
-                          "(or give a path to a .yaml file)")
+        raise RecipeError(f"unknown recipe {str(name_or_path)!r}{did_you_mean(str(name_or_path), known)} (built-in "
+                          f"recipes: {', '.join(sorted(known))}; or give a path to a .yaml file)")
     return known[str(name_or_path)]
 
 
@@ -380,10 +384,11 @@ class _RecipeParser:
     def parse(self, data: Any, text: str) -> Recipe:
         if not isinstance(data, dict):
             raise self.fail("top level", "expected a mapping with 'stages' (and optionally name, description, seed, size)")
-        unknown = set(data) - {"name", "description", "seed", "size", "stages"}
+        unknown = set(data) - set(RECIPE_FIELDS)
         if unknown:
-            raise self.fail("top level", f"unknown field(s) {', '.join(sorted(map(str, unknown)))} (a recipe's fields: "
-                                         "stages, name, description, seed, size)")
+            typo = did_you_mean(next(iter(unknown)), RECIPE_FIELDS) if len(unknown) == 1 else ""
+            raise self.fail("top level", f"unknown field(s) {', '.join(sorted(map(str, unknown)))}{typo} (a recipe's "
+                                         f"fields: {', '.join(RECIPE_FIELDS)})")
         name = data.get("name", Path(self.source).stem)
         if "name" in data and not (isinstance(name, str) and RECIPE_NAME.fullmatch(name)):
             raise self.fail("field 'name'", "expected letters, digits, '_', '-' or '.', not first (it names the default "
@@ -504,8 +509,9 @@ class _RecipeParser:
             return
         if extra[0] in MISPLACED:
             raise self.fail(where, f"field {extra[0]!r} {MISPLACED[extra[0]]}")
-        raise self.fail(where, f"field {extra[0]!r} is not a field of {owner} (its fields: "
-                               f"{', '.join(sorted(own or structure))})")
+        fields = sorted(own or structure)
+        raise self.fail(where, f"field {extra[0]!r} is not a field of {owner}{did_you_mean(extra[0], fields)} "
+                               f"(its fields: {', '.join(fields)})")
 
     def check_draws(self, op: Op, where: str) -> None:
         """Fail on params that a build could not store: each one (N,) bool, int or float, named by PART_NAME."""

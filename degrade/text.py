@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
+from collections.abc import Iterable
 
 
 def counted(number: int, noun: str, plural: str | None = None) -> str:
@@ -18,6 +20,13 @@ def first_few(names: list[str], shown: int = 3) -> str:
 def every(number: int, noun: str) -> str:
     """All of ``number`` things, as a sentence's subject: 'the only input', 'every one of the 2 inputs'."""
     return f"the only {noun}" if number == 1 else f"every one of the {counted(number, noun)}"
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """"; did you mean 'jpeg'?" where one of ``choices`` is close to ``name`` (a typo: 'jpg', 'qualty',
+    'mauq'), else an empty string: a clause for a message that refuses ``name``."""
+    close = difflib.get_close_matches(str(name), [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def matchable(name: str) -> str:

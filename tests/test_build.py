@@ -145,6 +145,9 @@ def test_a_build_says_how_many_pairs_no_row_of_the_attributes_table_names(tmp_pa
     assert summary.without_attributes == 17  # 16 without a row and the blank one, over both shards
     assert "no attributes for 17 of the 30 pairs: no row of the table names them" in summary.describe()
     assert "  attributes: 2 columns of float, on 13 of 30 pairs" in describe_dataset(tmp_path / "ds")
+    with pytest.raises(ValueError, match=re.escape("the build has no attribute 'male'; did you mean 'Male'? (it has "
+                                                   "Male, Bald)")):
+        BuiltPairs(tmp_path / "ds", ["male"])
 
 
 def test_an_attributes_table_that_names_no_sample_of_the_source_is_refused_before_any_work(tmp_path, lfw_source):

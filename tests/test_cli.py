@@ -84,7 +84,7 @@ def test_recipes_with_a_name_prints_its_yaml_which_loads_back_as_the_same_recipe
     faces = DemoSource(identities=1).load(torch.arange(8)).hq.float() / 255
     assert mine.text == builtin.text and torch.equal(mine(faces, torch.arange(8))[0], builtin(faces, torch.arange(8))[0])
     result = CliRunner().invoke(main, ["recipes", "nope"])
-    assert result.exit_code == 1 and "unknown recipe 'nope'; built-in recipes: btnet" in result.output
+    assert result.exit_code == 1 and "unknown recipe 'nope' (built-in recipes: btnet" in result.output
 
 
 def build(tmp_path: Path, *extra: str) -> Path:

@@ -257,11 +257,27 @@ def _error(tmp_path, text: str) -> str:
     ("", "bad.yaml: top level: expected a mapping with 'stages' (and optionally name, description, seed, size)"),
     ("- op: jpeg\n", "bad.yaml: top level: expected a mapping with 'stages'"),
     ("stages: [{op: jpeg}]\nstage: [{op: erase}]\n1: one\n", "bad.yaml: top level: unknown field(s) 1, stage (a recipe's "
-                                                             "fields: stages, name, description, seed, size)"),
+                                                             "fields: name, description, seed, size, stages)"),
     ("description: [1, 2]\nstages: [{op: jpeg}]\n", "bad.yaml: field 'description': expected one line of text, got [1, 2]"),
 ])
 def test_a_recipe_that_is_not_a_mapping_of_its_fields_is_refused_naming_them(tmp_path, text, says):
     assert says in _error(tmp_path, text)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("stages: [{op: jpg}]\n", "stage 1 (jpg): unknown op 'jpg'; did you mean 'jpeg'? (known ops: resize,"),
+    ("stages: [{op: jpeg, qualty: 50}]\n",
+     "stage 1 (jpeg): field 'qualty' is not a field of op 'jpeg'; did you mean 'quality'? (its fields: quality)"),
+    ("sead: 3\nstages: [{op: jpeg}]\n", "top level: unknown field(s) sead; did you mean 'seed'? (a recipe's fields:"),
+    ("stages: [{op: sharpen}]\n", "unknown op 'sharpen' (known ops:"),
+])
+def test_a_misspelt_op_or_field_is_named_with_the_one_it_is_close_to(tmp_path, text, says):
+    assert says in _error(tmp_path, text)
+
+
+def test_a_misspelt_recipe_name_is_named_with_the_built_in_one_it_is_close_to():
+    with pytest.raises(RecipeError, match=re.escape("unknown recipe 'mauq'; did you mean 'maug'? (built-in recipes: btnet")):
+        load_recipe("mauq")
 
 
 def test_unknown_op_names_the_file_the_stage_and_the_known_ops(tmp_path):

@@ -304,11 +304,15 @@ def test_from_dataset_of_a_build_with_a_damaged_face_stops_at_its_batch_naming_i
                   "the lq face of key 3 is not a readable 112x112 RGB image (PNG)")
 
 
-def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_path):
-    (tmp_path / "attributes.tsv").write_text("file\tSmiling\nbob/0.jpg\t1\n")
+@pytest.mark.parametrize("columns, says", [
+    ("Smiling", "no column 'Male' (has Smiling)"),
+    ("male\tSmiling", "no column 'Male'; did you mean 'male'? (has male, Smiling)"),
+])
+def test_catface_attributes_without_its_columns_name_the_first_missing_one(tmp_path, columns, says):
+    (tmp_path / "attributes.tsv").write_text(f"file\t{columns}\nbob/0.jpg" + "\t1" * (columns.count("\t") + 1) + "\n")
     result = CliRunner().invoke(main, ["train", "catface", "--attributes", str(tmp_path / "attributes.tsv"), "--steps", "1",
                                        "--device", "cpu", "--out", str(tmp_path / "run")])
-    _fails_naming(result, "attributes.tsv", "no column 'Male' (has Smiling)")
+    _fails_naming(result, "attributes.tsv", says)
 
 
 def test_training_on_faces_that_cannot_be_read_fails_naming_one(tmp_path, unreadable_faces):

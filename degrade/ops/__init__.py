@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 from degrade.ops.base import PART_NAME, ConfigError, Op, Params
+from degrade.text import did_you_mean
 
 _OP_CLASSES = {
     "resize": ("degrade.ops.resize", "Resize"),
@@ -39,7 +40,8 @@ def op_class(name: str) -> type[Op]:
     if ":" in name:
         return _own_op_class(name)
     if name not in _OP_CLASSES:
-        raise ConfigError("op", f"unknown op {name!r}; known ops: {', '.join(OP_NAMES)}, or module:Class for your own")
+        raise ConfigError("op", f"unknown op {name!r}{did_you_mean(name, OP_NAMES)} (known ops: {', '.join(OP_NAMES)}, "
+                                "or module:Class for your own)")
     module, attribute = _OP_CLASSES[name]
     return getattr(importlib.import_module(module), attribute)
 

@@ -23,7 +23,7 @@ import torch
 
 from degrade.sources import Source
 from degrade.sources.base import SourceError
-from degrade.text import first_few, matchable
+from degrade.text import did_you_mean, first_few, matchable
 
 
 PROBED_SAMPLES = 1000  # looked up by ``Attributes.check_names``
@@ -90,7 +90,8 @@ class Attributes:
         """The same table restricted to ``names`` (in that order)."""
         missing = [n for n in names if n not in self.names]
         if missing:
-            raise SourceError(f"{self.path}: no column {missing[0]!r} (has {first_few(self.names, 8)})")
+            raise SourceError(f"{self.path}: no column {missing[0]!r}{did_you_mean(missing[0], self.names)} "
+                              f"(has {first_few(self.names, 8)})")
         chosen = object.__new__(Attributes)
         chosen.path, chosen.keyed_by, chosen.names, chosen.rows = self.path, self.keyed_by, list(names), self.rows
         chosen.values = self.values[:, [self.names.index(n) for n in names]]
