@@ -23,8 +23,8 @@ def every(number: int, noun: str) -> str:
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """"; did you mean 'jpeg'?" where one of ``choices`` is close to ``name`` (a typo: 'jpg', 'qualty',
-    'mauq'), else an empty string: a clause for a message that refuses ``name``."""
+    """The clause ``; did you mean 'jpeg'?`` for a message that refuses ``name``, where one of ``choices``
+    is close to it (a typo: 'jpg', 'qualty', 'mauq'); else an empty string."""
     close = difflib.get_close_matches(str(name), [str(choice) for choice in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
