@@ -12,7 +12,6 @@ The slowest stage is the bound; a build well below it loses time where the stage
 """
 
 import argparse
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ import torch
 from degrade.arrow import SHARD_WRITERS, HostRows, build_dataset, pair_schema, pairs_table
 from degrade.engine import degrade_faces
 from degrade.loader import decoded_batches
+from degrade.machine import usable_cores
 from degrade.recipe import load_recipe
 from degrade.sources import open_source
 
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--n", type=int, default=65536, help="pairs of each stage (the source's first n)")
-    parser.add_argument("-j", "--num-workers", dest="workers", type=int, default=os.cpu_count(), help="decoding workers (default: every core)")
+    parser.add_argument("-j", "--num-workers", dest="workers", type=int, default=usable_cores(), help="decoding workers (default: every core)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the shards (default: a temporary one)")
     args = parser.parse_args()
     recipe, device = load_recipe(args.recipe), torch.device(args.device)

@@ -41,6 +41,7 @@ from degrade.distributed import join_torchrun, wait_for_all_ranks
 from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
+from degrade.machine import usable_cores
 from degrade.locks import lock_exclusively
 from degrade.ops import Params, own_op_code
 from degrade.progress import progress_bar
@@ -128,7 +129,7 @@ def _features(schema: pa.Schema, image_format: str) -> dict:
     return {f.name: describe(f.name, f.type) for f in schema}
 
 
-_ENCODERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)  # cv2.imencode releases the GIL
+_ENCODERS = ThreadPoolExecutor(max_workers=usable_cores())  # cv2.imencode releases the GIL
 # Threads write the shards (each shard's batches as they come, see _ShardFile) while the loop
 # makes the next batches (Arrow writes, PNG encoding and file I/O release the GIL). With this and
 # `HostRows.of`, a raw maug build of 153,200 faces on the H100 machine went from 5,582 to 22,405

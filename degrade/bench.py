@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing
-import os
 import resource
 import tempfile
 import time
@@ -29,6 +28,7 @@ import torch
 from degrade.arrow import encode_png
 from degrade.engine import chunks, degrade_uint8, prepare_cpu_worker, to_float
 from degrade.layout import channels_last
+from degrade.machine import usable_cores
 from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Faces, Source, SourceError
 from degrade.text import counted, every
@@ -283,7 +283,7 @@ def run_build_bench(recipe_source: str, source_spec: str, device: str = "cpu", b
     from degrade.arrow import build_dataset
     from degrade.sources import open_source
 
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     recipe = load_recipe(recipe_source)
     source = open_source(source_spec, recipe.size)
     pairs = min(pairs, len(source))
@@ -321,7 +321,7 @@ def run_train_bench(recipe_source: str, source: Source, backbone: str, device: s
     from trainers.registry import build_trainer
 
     recipe = load_recipe(recipe_source)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     steps = max(3, pairs // batch_size)
     stream = PairStream.from_source(recipe, source, batch_size=batch_size, device=device, num_workers=workers)
     spec = {"trainer": "lrfr", "use_lq": True, "contrast_weight": 0.0, "p": 2.0, "teacher": False,
@@ -349,7 +349,7 @@ def run_bench(recipe_source: str, source: Source, device: str = "cpu", batch_siz
     """Measure the engine and the OpenCV loop on ``pairs`` pairs of ``source``'s first ``batch_size`` faces,
     in turn, ``rounds`` times each."""
     recipe = load_recipe(recipe_source)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     hq_cpu = _first_faces(source, batch_size).hq
     if len(hq_cpu) < batch_size:
         hq_cpu = hq_cpu[torch.arange(batch_size) % len(hq_cpu)]

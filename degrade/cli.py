@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from degrade.machine import usable_cores
 from degrade.text import counted
 
 
@@ -135,10 +136,10 @@ def _source(spec: str, size: int, strict: bool = False):
 
 
 def default_workers() -> int:
-    """Decoding workers per build or training process: this machine's cores shared among the ranks
-    torchrun started on it (``LOCAL_WORLD_SIZE``), at most 16 each, at least 1."""
+    """Decoding workers per build or training process: the cores this process may use shared among
+    the ranks torchrun started on the machine (``LOCAL_WORLD_SIZE``), at most 16 each, at least 1."""
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min((os.cpu_count() or 1) // ranks_here, 16))
+    return max(1, min(usable_cores() // ranks_here, 16))
 
 
 recipe_option = click.option("--recipe", "-r", required=True, metavar="NAME|FILE",

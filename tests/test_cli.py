@@ -304,7 +304,8 @@ def _open_files() -> set[str]:
 
 @pytest.mark.parametrize("cores, ranks_here, workers", [(64, None, 16), (64, "8", 8), (96, "8", 12), (2, "4", 1), (2, None, 2)])
 def test_decoding_workers_share_the_machines_cores_among_its_torchrun_ranks(monkeypatch, cores, ranks_here, workers):
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2 * cores)  # the machine's: more than this process may use
     if ranks_here is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:

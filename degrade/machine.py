@@ -1,0 +1,16 @@
+"""What the machine lets this process use (imported by the CLI before torch: the standard library only)."""
+
+from __future__ import annotations
+
+import os
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity set where the OS keeps one (Linux), which
+    ``taskset``, a Slurm job's CPU binding or a container's CPU set make smaller than the machine;
+    else every core. ``os.cpu_count()`` counts the machine's: a job given 8 of a node's 128 cores
+    started 16 decoding workers on its 8."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
