@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import functools
 import importlib.metadata
 import json
@@ -25,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -393,10 +394,22 @@ class _ShardFile:
         self.stream = pa.ipc.new_stream(self.sink, schema)
         self.rows, self.skipped, self.fixes, self.without_attributes = 0, [], collections.Counter(), 0
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """An OSError of the shard's writes (a full disk, a lost mount) as a BuildError naming it."""
+        try:
+            yield
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            run = "free some space and run" if error.errno == errno.ENOSPC else "run"
+            raise BuildError(f"{self.partial}: {reason}; the shard stays unfinished: {run} the same command again "
+                             "to resume the build at it") from error
+
     def add(self, rows: HostRows | None, skipped: list, fixes: collections.Counter) -> None:
         if rows is not None:
             table = self.table_of(rows)
-            self.stream.write_table(table)
+            with self._writing():
+                self.stream.write_table(table)
             self.rows += table.num_rows
             if "attributes" in table.column_names:
                 self.without_attributes += pairs_without_attributes(table.column("attributes"))
@@ -410,15 +423,17 @@ class _ShardFile:
 
     def close(self) -> None:
         try:
-            self.stream.close()
-            self.sink.close()
+            with self._writing():
+                self.stream.close()
+                self.sink.close()
             if self.rows + len(self.skipped) != self.pairs:
                 raise BuildError(f"{self.partial}: {self.rows} rows and {len(self.skipped)} skipped inputs written "
                                  f"of {self.pairs}; the shard stays unfinished")
-            _write_atomic(_account_of(self.path), json.dumps(
-                {"rows": self.rows, "skipped": self.skipped, "fixes": dict(sorted(self.fixes.items())),
-                 "without_attributes": self.without_attributes}, sort_keys=True))
-            os.replace(self.partial, self.path)
+            with self._writing():
+                _write_atomic(_account_of(self.path), json.dumps(
+                    {"rows": self.rows, "skipped": self.skipped, "fixes": dict(sorted(self.fixes.items())),
+                     "without_attributes": self.without_attributes}, sort_keys=True))
+                os.replace(self.partial, self.path)
         finally:
             os.close(self.lock)
 

@@ -335,25 +335,34 @@ def test_a_build_whose_every_input_is_skipped_fails_naming_one_and_its_folder_sa
 
 
 def test_a_shard_whose_writing_failed_stays_unfinished_and_the_build_resumes_to_whole_bytes(tmp_path, monkeypatch):
+    """A full disk ended the build with pyarrow's words alone ('Error writing bytes to file'), naming no file."""
     recipe, source = load_recipe("maug"), open_source("demo")
     build_dataset(recipe, source, tmp_path / "whole", limit=40, batch_size=8, shard_size=16, progress=False)
-    real_table = arrow._rows_table
-    written = []
+    real_stream, opened = pa.ipc.new_stream, []
 
-    def fails_on_the_third_batch(rows, **options):
-        written.append(len(rows.key))
-        if len(written) == 3:
-            raise OSError("disk full")
-        return real_table(rows, **options)
+    class FullDisk:
+        def __init__(self, stream):
+            self.stream = stream
 
-    monkeypatch.setattr(arrow, "_rows_table", fails_on_the_third_batch)
-    with pytest.raises(OSError, match="disk full"):
+        def write_table(self, table):
+            raise OSError(errno.ENOSPC, "Error writing bytes to file")
+
+        def close(self):
+            self.stream.close()
+
+    def second_shard_on_a_full_disk(sink, schema):
+        opened.append(real_stream(sink, schema))
+        return FullDisk(opened[-1]) if len(opened) == 2 else opened[-1]
+
+    monkeypatch.setattr(pa.ipc, "new_stream", second_shard_on_a_full_disk)
+    says = ("data-00001-of-00003.arrow.partial: No space left on device; the shard stays unfinished: free some space "
+            "and run the same command again to resume the build at it")
+    with pytest.raises(BuildError, match=re.escape(says)):
         build_dataset(recipe, source, tmp_path / "failed", limit=40, batch_size=8, shard_size=16, progress=False)
-    # The third batch is the second shard's first: that shard is left unfinished (the others,
-    # written by other threads meanwhile, are whole).
+    # The second shard is left unfinished (the others, written by other threads meanwhile, are whole).
     assert not (tmp_path / "failed" / "data-00001-of-00003.arrow").exists()
     assert (tmp_path / "failed" / "data-00001-of-00003.arrow.partial").exists()
-    monkeypatch.setattr(arrow, "_rows_table", real_table)
+    monkeypatch.setattr(pa.ipc, "new_stream", real_stream)
     resumed = build_dataset(recipe, source, tmp_path / "failed", limit=40, batch_size=8, shard_size=16, progress=False)
     assert folder_bytes(tmp_path / "failed") == folder_bytes(tmp_path / "whole")
     assert (resumed.pairs, resumed.made, resumed.resumed_shards) == (40, 16, 2)  # its rate counts what it made
