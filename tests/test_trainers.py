@@ -1,6 +1,7 @@
 """Trainer core: heads, losses and the k-fold protocol against hand-computed values; the teacher
 loads exactly and verifies LFW; a CPU smoke run learns and resumes as the same run."""
 
+import errno
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from trainers.evaluate import (ProbeRecipe, embed, evaluate_pairs, faces_per_pas
 from trainers.heads import AdaFace, ArcFace, CosFace
 from trainers.losses import log_exp_contrast
 from trainers import loop
-from trainers.loop import DataClock, TrainConfig, learning_rate_factor, train
+from trainers.loop import CheckpointNotSaved, DataClock, TrainConfig, learning_rate_factor, train
 from trainers.lrfr import LRFR
 from trainers.registry import build_trainer
 
@@ -386,6 +387,34 @@ def test_an_fp16_run_skips_the_steps_its_scaler_overflows_on_without_a_warning_a
     scaler = torch.load(tmp_path / "last.pt", weights_only=False)["scaler"]
     assert scaler["scale"] < 2.0 ** 16  # the first steps overflowed at the initial scale and were skipped
     assert [str(w.message) for w in caught if "lr_scheduler" in str(w.message)] == []
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_naming_it_and_the_step_the_run_keeps(tmp_path, monkeypatch):
+    """A full disk ended a run with torch's 'unexpected pos 3131136 vs 3131024' and a traceback."""
+    real_save, saves = torch.save, []
+
+    def second_step_on_a_full_disk(state, file):
+        saves.append(state["step"])
+        if state["step"] < 2:
+            return real_save(state, file)
+        file.write(b"PK")
+        try:  # as torch reports it: its own error, the OSError of the file as its context
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+    stream, classes = smoke_stream()
+    monkeypatch.setattr(torch, "save", second_step_on_a_full_disk)
+    with pytest.raises(CheckpointNotSaved, match=re.escape(
+            f"{tmp_path / 'last.pt'}: No space left on device; step 2 could not be saved, {tmp_path / 'last.pt'} still "
+            "holds step 1: free some space and run the same command again to resume")):
+        train(smoke_trainer(classes), stream, TrainConfig(out=tmp_path, steps=3, checkpoint_every=1, progress=False))
+    assert sorted(path.name for path in tmp_path.glob("*.pt*")) == ["last.pt", "step-0000001.pt"]  # no .partial left
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 1
+    monkeypatch.setattr(torch, "save", real_save)
+    rows = train(smoke_trainer(classes), smoke_stream()[0], TrainConfig(out=tmp_path, steps=3, checkpoint_every=1,
+                                                                       log_every=1, progress=False))
+    assert [row["step"] for row in rows] == [2, 3]
 
 
 def test_the_same_training_command_trains_the_same_weights_and_another_seed_other_ones(tmp_path):

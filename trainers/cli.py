@@ -325,7 +325,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
     from degrade.stream import PairStream
-    from trainers.loop import RunFolderBusy, TrainConfig, TrainingDiverged, train
+    from trainers.loop import CheckpointNotSaved, RunFolderBusy, TrainConfig, TrainingDiverged, train
     from trainers.registry import build_trainer
 
     frozen_backbone_steps = options.get("frozen_backbone_steps", 0)
@@ -383,10 +383,12 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
                          schedule=options["schedule"], warmup_steps=options["warmup"],
                          frozen_backbone_steps=frozen_backbone_steps, precision=options["precision"],
                          checkpoint_every=options["checkpoint_every"], seed=options["seed"])
-    # An --out that cannot be written, a last.pt there that cannot be read, another run training
-    # there, a worker killed, a batch with no readable face, weights gone NaN; Ctrl-C, and SIGTERM:
-    # the run ends after the step under way, with a checkpoint there (a second one ends it at once).
-    with (reported(CheckpointError, WorkerLost, SourceError, TrainingDiverged, RunFolderBusy),
+    # An --out that cannot be written (a checkpoint too), a last.pt there that cannot be read, another
+    # run training there, a worker killed, a batch with no readable face, weights gone NaN; Ctrl-C,
+    # and SIGTERM: the run ends after the step under way, with a checkpoint there (a second one ends
+    # it at once).
+    failures = (CheckpointError, CheckpointNotSaved, WorkerLost, SourceError, TrainingDiverged, RunFolderBusy)
+    with (reported(*failures),
           ends_on_stop_signals(functools.partial(_stopped_training, config.out), finish_first=True) as stop):
         rows = train(trainer, stream, config, device, stop=stop, command={"spec": spec, **options})
     if not first_rank():  # under torchrun every rank ran the same steps; one says so

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -139,9 +140,25 @@ class TrainingDiverged(RuntimeError):
     """The model's weights or statistics are no longer finite numbers: the run cannot go on."""
 
 
+class CheckpointNotSaved(RuntimeError):
+    """A checkpoint that could not be written (a full disk, a lost mount): the run cannot keep its steps."""
+
+
 def _save(path: Path, state: dict) -> None:
+    """``torch.save`` to ``path`` through a ``.partial`` file renamed over it, so a file there before
+    stays whole until the new one is. An OSError naming ``path`` where it cannot be written (the
+    ``.partial`` removed): torch reports a failed write as 'unexpected pos 3131136 vs 3131024',
+    with the OSError of a file it was handed as its context."""
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
+    try:
+        with open(partial, "wb") as file:
+            torch.save(state, file)
+    except (OSError, RuntimeError) as error:
+        partial.unlink(missing_ok=True)
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from error
     os.replace(partial, path)
 
 
@@ -260,25 +277,40 @@ class _Checkpoints:
         broken = non_finite(self.trainer.state_dict())
         if not broken:
             return
-        kept = (f"{self.last} still holds step {self.saved_step:,}" if self.saved_step is not None
-                else "no checkpoint was saved")
         wider = ", or --precision bf16 (fp16's range is narrow)" if self.config.precision == "fp16" else ""
         raise TrainingDiverged(f"step {step:,}: the model's weights are no longer finite numbers (NaN or inf in "
-                               f"{counted(len(broken), 'tensor')}, e.g. {broken[0]}), the training diverged; {kept}. "
-                               f"Start a new run (another --out) with a lower --lr or a --warmup{wider}")
+                               f"{counted(len(broken), 'tensor')}, e.g. {broken[0]}), the training diverged; "
+                               f"{self._kept()}. Start a new run (another --out) with a lower --lr or a --warmup{wider}")
+
+    def _kept(self) -> str:
+        """What the run has kept: 'runs/x/last.pt still holds step 1,500', or that nothing is saved."""
+        return (f"{self.last} still holds step {self.saved_step:,}" if self.saved_step is not None
+                else "no checkpoint was saved")
 
     def save(self, step: int, samples_seen: int) -> None:
-        """Save the run at ``step``; weights that are no longer finite are refused (:meth:`refuse_diverged`)."""
+        """Save the run at ``step``; weights that are no longer finite are refused (:meth:`refuse_diverged`),
+        and a checkpoint that cannot be written ends the run (:class:`CheckpointNotSaved`)."""
         self.refuse_diverged(step)
+        if self.writes:
+            config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
+            last = {"trainer": self.trainer.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
+                    "samples_seen": samples_seen, "config": config, "spec": self.spec, "data": self.data}
+            weights = {"backbone": self.trainer.backbone.state_dict(), "trainer": self.trainer.state_dict(),
+                       "step": step, "spec": self.spec}
+            try:
+                _save(self.last, last)
+                _save(self.out / f"step-{step:07d}.pt", weights)
+            except OSError as error:
+                run = "free some space and run" if error.errno == errno.ENOSPC else "run"
+                if error.filename != str(self.last):
+                    then = f"{self.last} holds step {step:,}: {run} the same command again to resume from there"
+                elif self.saved_step is None:
+                    then = f"step {step:,} could not be saved and the run has no checkpoint: {run} it again"
+                else:
+                    then = f"step {step:,} could not be saved, {self._kept()}: {run} the same command again to resume"
+                raise CheckpointNotSaved(f"{error.filename}: {error.strerror}; {then}") from None
         self.saved_step = step
-        if not self.writes:
-            return
-        config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
-        _save(self.last, {"trainer": self.trainer.state_dict(), "optimizer": self.optimizer.state_dict(),
-                          "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
-                          "samples_seen": samples_seen, "config": config, "spec": self.spec, "data": self.data})
-        _save(self.out / f"step-{step:07d}.pt", {"backbone": self.trainer.backbone.state_dict(),
-                                                  "trainer": self.trainer.state_dict(), "step": step, "spec": self.spec})
 
 
 class _BackboneWarmup:
