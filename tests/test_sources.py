@@ -1,5 +1,7 @@
 """Sources: each format reads back the pixels and identities it was given; odd inputs are handled."""
 
+import errno
+import os
 import pickle
 import re
 import struct
@@ -388,6 +390,24 @@ def test_a_table_file_that_is_not_one_is_named(tmp_path, name, says):
     (tmp_path / name).write_bytes(b"PAR1 and then nothing a table holds")
     with pytest.raises(SourceError, match=re.escape(f"{tmp_path / name}: {says}")):
         open_source(str(tmp_path / name))
+
+
+def test_a_parquet_table_whose_copy_fills_the_datasets_cache_says_so_rather_than_that_it_is_unreadable(
+        tmp_path, monkeypatch):
+    pq.write_table(pa.table({"image": pa.array([b"png"], pa.binary()), "label": [0]}), tmp_path / "faces.parquet")
+    from datasets.builder import DatasetGenerationError
+
+    def full_cache(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as error:
+            raise DatasetGenerationError("An error occurred while generating the dataset") from error
+
+    monkeypatch.setattr(datasets.Dataset, "from_parquet", full_cache)
+    says = (f"{tmp_path / 'faces.parquet'}: its copy in the datasets cache ({datasets.config.HF_DATASETS_CACHE}) ran "
+            "out of space; free some there, or set HF_DATASETS_CACHE to a folder on a disk with room")
+    with pytest.raises(SourceError, match=re.escape(says)):
+        open_source(str(tmp_path / "faces.parquet"))
 
 
 def test_lfw_pairs_file_gives_folds_and_pairs_of_keys(lfw_source):

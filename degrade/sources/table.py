@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import errno
 import json
 import re
 from pathlib import Path
@@ -91,8 +92,13 @@ def open_table(path: Path) -> datasets.Dataset:
             return datasets.Dataset.from_file(str(path))
         return datasets.Dataset.from_parquet([str(shard) for shard in shards] or str(path))
     except (pa.ArrowException, DatasetGenerationError) as error:  # datasets wraps what Arrow says in the latter
+        cause = error.__cause__ or error
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:  # the table is whole; the cache's disk is full
+            raise SourceError(f"{path}: its copy in the datasets cache ({datasets.config.HF_DATASETS_CACHE}) ran out "
+                              "of space; free some there, or set HF_DATASETS_CACHE to a folder on a disk with room "
+                              "for about the table's size") from None
         kind = "Parquet shards" if shards else f"{path.suffix[1:]} file"
-        raise SourceError(f"{path}: not a readable {kind} ({error.__cause__ or error})") from None
+        raise SourceError(f"{path}: not a readable {kind} ({cause})") from None
 
 
 def _opened_build(folder: Path) -> datasets.Dataset:
