@@ -313,7 +313,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
     from degrade.arrow import BuildError, build_dataset, unfinished_progress
     from degrade.sources import SourceError
     from degrade.sources.attributes import Attributes
-    from degrade.workers import WorkerLost
+    from degrade.workers import SharedMemoryFull, WorkerLost
 
     loaded = _recipe(recipe)
     faces = _source(source, loaded.size, strict)
@@ -323,7 +323,7 @@ def build_command(recipe: str, source: str, out: str | None, limit: int | None, 
         progress = unfinished_progress(target) or "no shard written"
         return f"{target}: {how}, {progress}; run the same command again to resume"
 
-    with reported(BuildError, SourceError, WorkerLost), ends_on_stop_signals(stopped):
+    with reported(BuildError, SourceError, WorkerLost, SharedMemoryFull), ends_on_stop_signals(stopped):
         table = Attributes(attributes) if attributes else None
         summary = build_dataset(loaded, faces, target, seed=seed, limit=limit, batch_size=batch_size,
                                 shard_size=shard_size, device=device, num_workers=num_workers,
@@ -350,14 +350,14 @@ def inspect_command(folder: str, grid: str | None, count: int, verify: bool, num
     from degrade.arrow import BuildError
     from degrade.inspect import describe_dataset, verify_dataset, write_dataset_grid
     from degrade.sources import SourceError
-    from degrade.workers import WorkerLost
+    from degrade.workers import SharedMemoryFull, WorkerLost
 
     if given("count") and not grid:
         raise click.UsageError("--count would have no effect: it is the number of pairs in the --grid, which is not given")
     if given("num_workers") and not verify:
         raise click.UsageError("--num-workers would have no effect: its processes decode the faces for --verify, which "
                                "is not given")
-    with reported(BuildError, SourceError, WorkerLost):
+    with reported(BuildError, SourceError, WorkerLost, SharedMemoryFull):
         click.echo(describe_dataset(folder))
         if grid:
             write_dataset_grid(folder, grid, count)
@@ -399,6 +399,7 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
     from degrade.bench import run_bench, run_build_bench, run_train_bench
     from degrade.ops import OP_NAMES
     from degrade.sources import SourceError
+    from degrade.workers import SharedMemoryFull, WorkerLost
 
     if train_backbone and end_to_end:
         raise click.UsageError("--build and --train time different things; give one of them")
@@ -425,7 +426,7 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
         if loaded.makes_native_size:
             raise click.BadParameter(f"recipe {loaded.name!r} makes native-size LQ faces; --train times LRFR steps, "
                                      "which take LQ faces at the input size", param_hint="--recipe")
-    with reported(SourceError, BuildError):
+    with reported(SourceError, BuildError, WorkerLost, SharedMemoryFull):
         if train_backbone:
             click.echo(run_train_bench(recipe, faces, train_backbone, device, batch_size, pairs, workers, precision))
         elif end_to_end:

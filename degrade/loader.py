@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from degrade.engine import PairBatch, degrade_faces
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source, SourceError
-from degrade.workers import named_worker_losses, prepare_worker
+from degrade.workers import SharedMemoryFull, in_shared_memory, named_worker_losses, prepare_worker
 
 
 # Batches each decoding worker has under way or waiting to be taken (the DataLoader's own default is 2).
@@ -76,7 +76,7 @@ class SlotRing:
             time.sleep(0.001)
         first_use = slot not in self._made
         if first_use:
-            self._made[slot] = torch.empty(self.capacity, 3, source.size, source.size, dtype=torch.uint8).share_memory_()
+            self._made[slot] = in_shared_memory(torch.empty(self.capacity, 3, source.size, source.size, dtype=torch.uint8))
         faces = source.load(keys, out=self._made[slot])
         if len(faces.key) and faces.hq.data_ptr() != self._made[slot].data_ptr():  # a source that ignores `out`
             self._made[slot][:len(faces.key)].copy_(faces.hq)
@@ -97,8 +97,9 @@ class SlotRing:
 
 class _KeyBatches(Dataset):
     """Item i = ``then(source.load(batches[i]))``, or with a ring the batch decoded into one of its
-    slots; a SourceError is returned (not raised) so the consuming process can raise it with its
-    own message rather than a worker traceback."""
+    slots; in a worker, its large tensors already in shared memory (:func:`in_shared_memory`). A
+    SourceError or SharedMemoryFull is returned (not raised) so the consuming process can raise it
+    with its own message rather than a worker traceback."""
 
     def __init__(self, source: Source, batches: Sequence[torch.Tensor], then: Callable | None = None,
                  ring: SlotRing | None = None) -> None:
@@ -112,9 +113,10 @@ class _KeyBatches(Dataset):
             if self.ring is not None:
                 return self.ring.load(self.source, self.batches[index])
             faces = self.source.load(self.batches[index])
-        except SourceError as error:
+            made = faces if self.then is None else self.then(faces)
+            return made if get_worker_info() is None else in_shared_memory(made)
+        except (SourceError, SharedMemoryFull) as error:
             return error
-        return faces if self.then is None else self.then(faces)
 
 
 def _as_is(item):
@@ -144,7 +146,7 @@ def decoded_batches(source: Source, batches: Sequence[torch.Tensor], num_workers
                                                 prefetch_factor=PREFETCH, pin_memory=pin_memory,
                                                 worker_init_fn=prepare_worker))
     for item in stream:
-        if isinstance(item, SourceError):
+        if isinstance(item, (SourceError, SharedMemoryFull)):
             raise item
         if ring is not None:
             yield ring.take(item, to)

@@ -7,7 +7,9 @@ traceback. Here each of these ends cleanly, with one message where there is some
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -30,6 +32,51 @@ INLINE_TENSOR_BYTES = 64 * 1024
 class WorkerLost(RuntimeError):
     """A decoding worker process that ended while it had work: killed (by the out-of-memory killer,
     or a signal sent to it alone) or crashed in native code."""
+
+
+class SharedMemoryFull(RuntimeError):
+    """A decoding worker that could not put a batch in shared memory (``/dev/shm``), through which
+    workers hand their batches over: a container's default of 64 MB holds about one batch of 512
+    pairs. Made in the worker, returned with its batch's result and raised by the consumer."""
+
+
+def in_shared_memory(item: object) -> object:
+    """``item`` (a tensor, or dataclasses, tuples, lists and dicts of them) with its tensors larger
+    than ``INLINE_TENSOR_BYTES`` moved into shared memory, in the decoding worker's own thread; a
+    :class:`SharedMemoryFull` where there is no room.
+
+    Left to the pickling of the result, which multiprocessing runs on a thread of its own, a full
+    ``/dev/shm`` printed a traceback there and dropped the batch, and the consumer waited for it
+    forever (a stream of 2 workers, batches of 256, with 4 MB of ``/dev/shm``). Moved here, the
+    pickling finds them shared and sends their file descriptors, as it would have."""
+    try:
+        for tensor in _tensors_of(item):
+            if tensor.nbytes > INLINE_TENSOR_BYTES and not tensor.is_shared():
+                tensor.share_memory_()
+    except RuntimeError as error:
+        try:
+            size = f"{shutil.disk_usage('/dev/shm').total / 2**20:,.0f} MB here"
+        except OSError:
+            size = "not found here"
+        raise SharedMemoryFull(f"a decoding worker found no room for a batch in shared memory ({error}): the workers "
+                               f"hand batches over through /dev/shm ({size}); give it more (a container's default "
+                               "is 64 MB: docker run --shm-size=8g), or use smaller batches (-b, batch_size=) or no "
+                               "workers (-j 0, num_workers=0)") from None
+    return item
+
+
+def _tensors_of(item: object) -> Iterator[torch.Tensor]:
+    if isinstance(item, torch.Tensor):
+        yield item
+    elif dataclasses.is_dataclass(item):
+        for field in dataclasses.fields(item):
+            yield from _tensors_of(getattr(item, field.name))
+    elif isinstance(item, (tuple, list)):
+        for part in item:
+            yield from _tensors_of(part)
+    elif isinstance(item, dict):
+        for part in item.values():
+            yield from _tensors_of(part)
 
 
 def _is_worker_death(error: RuntimeError) -> bool:

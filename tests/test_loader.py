@@ -7,12 +7,14 @@ import types
 
 import pytest
 import torch
+from torch.utils.data import get_worker_info
 
 from degrade import loader
-from degrade.loader import SlotRing, decoded_batches
+from degrade.loader import SlotRing, decoded_batches, pair_batches
+from degrade.recipe import load_recipe
 from degrade.sources import Faces, open_source
 from degrade.sources.demo import DemoSource
-from degrade.workers import WorkerLost, named_worker_losses, prepare_worker
+from degrade.workers import SharedMemoryFull, WorkerLost, named_worker_losses, prepare_worker
 
 
 def test_faces_through_the_slot_ring_equal_decoding_in_process(lfw_source):
@@ -92,6 +94,28 @@ class _DiesOnKey(DemoSource):
         if self.fatal in keys.tolist():
             os.kill(os.getpid(), signal.SIGKILL)
         return super().load(keys, out=out)
+
+
+@pytest.mark.parametrize("through", ["a CPU stream's pairs", "the slot ring"])
+def test_a_worker_without_room_in_shared_memory_is_named_with_what_to_try_rather_than_waited_for(monkeypatch, through):
+    """A full /dev/shm failed the pickling thread of the worker, which dropped the batch: the consumer waited forever."""
+    share = torch.Tensor.share_memory_
+
+    def no_room_in_a_worker(tensor):
+        if get_worker_info() is None:  # the consumer's own (the ring's flags) are made as before
+            return share(tensor)
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_0>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", no_room_in_a_worker)  # the workers are forked with it
+    says = (r"^a decoding worker found no room for a batch in shared memory \(unable to allocate shared memory.*\): "
+            r"the workers hand batches over through /dev/shm \(.*\); give it more \(a container's default is 64 MB: "
+            r"docker run --shm-size=8g\), or use smaller batches")
+    source, batches = DemoSource(identities=2), torch.arange(20).split(10)
+    with pytest.raises(SharedMemoryFull, match=says):
+        if through == "the slot ring":
+            list(decoded_batches(source, batches, num_workers=1, to=torch.device("cpu")))
+        else:
+            list(pair_batches(load_recipe("maug"), source, batches, "cpu", num_workers=1))
 
 
 def test_a_worker_killed_mid_way_is_named_with_what_to_try():

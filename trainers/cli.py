@@ -321,7 +321,7 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     """
     from degrade.arrow import BuildError
     from degrade.distributed import backend_for, join_torchrun
-    from degrade.workers import WorkerLost
+    from degrade.workers import SharedMemoryFull, WorkerLost
     from degrade.recipe import RecipeError, load_recipe
     from degrade.sources import SourceError
     from degrade.stream import PairStream
@@ -387,7 +387,8 @@ def run(spec: dict, default_recipe: str, load_weights=None, attributes=None, att
     # run training there, a worker killed, a batch with no readable face, weights gone NaN; Ctrl-C,
     # and SIGTERM: the run ends after the step under way, with a checkpoint there (a second one ends
     # it at once).
-    failures = (CheckpointError, CheckpointNotSaved, WorkerLost, SourceError, TrainingDiverged, RunFolderBusy)
+    failures = (CheckpointError, CheckpointNotSaved, WorkerLost, SharedMemoryFull, SourceError, TrainingDiverged,
+                RunFolderBusy)
     with (reported(*failures),
           ends_on_stop_signals(functools.partial(_stopped_training, config.out), finish_first=True) as stop):
         rows = train(trainer, stream, config, device, stop=stop, command={"spec": spec, **options})
