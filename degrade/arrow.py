@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import errno
 import functools
 import importlib.metadata
 import json
@@ -42,7 +41,7 @@ from degrade.distributed import join_torchrun, wait_for_all_ranks
 from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
-from degrade.machine import usable_cores
+from degrade.machine import out_of_space, usable_cores
 from degrade.locks import lock_exclusively
 from degrade.ops import Params, own_op_code
 from degrade.progress import progress_bar
@@ -401,7 +400,7 @@ class _ShardFile:
             yield
         except OSError as error:
             reason = os.strerror(error.errno) if error.errno else str(error)
-            run = "free some space and run" if error.errno == errno.ENOSPC else "run"
+            run = "free some space and run" if out_of_space(error) else "run"
             raise BuildError(f"{self.partial}: {reason}; the shard stays unfinished: {run} the same command again "
                              "to resume the build at it") from error
 

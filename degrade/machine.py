@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -14,3 +15,9 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS and Windows have no affinity call
         return os.cpu_count() or 1
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` is a write that found its disk full or its owner's quota spent (an HPC home
+    folder's, where the datasets cache lives by default): room to make, not a file to mend."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -392,14 +392,15 @@ def test_a_table_file_that_is_not_one_is_named(tmp_path, name, says):
         open_source(str(tmp_path / name))
 
 
+@pytest.mark.parametrize("full", [errno.ENOSPC, errno.EDQUOT], ids=["disk full", "quota spent"])
 def test_a_parquet_table_whose_copy_fills_the_datasets_cache_says_so_rather_than_that_it_is_unreadable(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, full):
     pq.write_table(pa.table({"image": pa.array([b"png"], pa.binary()), "label": [0]}), tmp_path / "faces.parquet")
     from datasets.builder import DatasetGenerationError
 
     def full_cache(*args, **kwargs):
         try:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(full, os.strerror(full))
         except OSError as error:
             raise DatasetGenerationError("An error occurred while generating the dataset") from error
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from torch import nn
 
 from degrade.distributed import backend_for, join_torchrun
 from degrade.locks import lock_exclusively
+from degrade.machine import out_of_space
 from degrade.progress import progress_bar
 from degrade.stream import PairStream
 from degrade.text import counted, differences
@@ -302,7 +302,7 @@ class _Checkpoints:
                 _save(self.last, last)
                 _save(self.out / f"step-{step:07d}.pt", weights)
             except OSError as error:
-                run = "free some space and run" if error.errno == errno.ENOSPC else "run"
+                run = "free some space and run" if out_of_space(error) else "run"
                 if error.filename != str(self.last):
                     then = f"{self.last} holds step {step:,}: {run} the same command again to resume from there"
                 elif self.saved_step is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import errno
 import json
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from degrade.machine import out_of_space
 from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels
 from degrade.text import counted
 
@@ -93,7 +93,7 @@ def open_table(path: Path) -> datasets.Dataset:
         return datasets.Dataset.from_parquet([str(shard) for shard in shards] or str(path))
     except (pa.ArrowException, DatasetGenerationError) as error:  # datasets wraps what Arrow says in the latter
         cause = error.__cause__ or error
-        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:  # the table is whole; the cache's disk is full
+        if out_of_space(cause):  # the table is whole; the cache's disk is full
             raise SourceError(f"{path}: its copy in the datasets cache ({datasets.config.HF_DATASETS_CACHE}) ran out "
                               "of space; free some there, or set HF_DATASETS_CACHE to a folder on a disk with room "
                               "for about the table's size") from None
