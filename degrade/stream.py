@@ -74,6 +74,13 @@ class PairStream:
             raise ValueError(f"PairStream: shuffle_seed {shuffle_seed} is outside [0, {MAX_SEED}]")
         self.recipe, self.source, self.batch_size = recipe, source, batch_size
         self.device = torch.device(device)
+        if self.device.type == "cuda":  # else it failed at the first batch, inside torch
+            if not torch.cuda.is_available():
+                raise ValueError(f"PairStream: device {str(device)!r}, but CUDA is not available here (torch "
+                                 f"{torch.__version__}); use device='cpu'")
+            if (self.device.index or 0) >= torch.cuda.device_count():
+                raise ValueError(f"PairStream: device {str(device)!r}, but this machine has "
+                                 f"{counted(torch.cuda.device_count(), 'CUDA device')}, from cuda:0")
         self.seed, self.shuffle, self.shuffle_seed, self.num_workers = seed, shuffle, shuffle_seed, num_workers
         if rank is None or world_size is None:
             rank, world_size = rank_and_world()

@@ -628,6 +628,18 @@ def test_a_stream_given_a_recipe_name_or_a_source_path_says_how_to_load_them():
         PairStream.from_source(load_recipe("maug"), Path("faces"), batch_size=8)
 
 
+@pytest.mark.parametrize("gpus, device, says", [
+    (0, "cuda:0", r"device 'cuda:0', but CUDA is not available here \(torch .*\); use device='cpu'"),
+    (1, "cuda:1", r"device 'cuda:1', but this machine has 1 CUDA device, from cuda:0"),
+])
+def test_a_stream_for_a_gpu_the_machine_lacks_is_refused_when_it_is_made(monkeypatch, gpus, device, says):
+    """It failed at the first batch with torch's 'torch.cuda.Stream requires CUDA support'."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(ValueError, match="PairStream: " + says):
+        PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8, device=device)
+
+
 @pytest.mark.parametrize("shuffle_seed", [-1, 2 ** 32])
 def test_a_stream_whose_shuffle_seed_is_outside_32_bits_is_refused(shuffle_seed):
     """2 ** 63 - 1 overflowed the epoch order's generator seed."""
