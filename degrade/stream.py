@@ -70,8 +70,9 @@ class PairStream:
             raise TypeError(f"PairStream: source is a path, not a Source; open it first: open_source({str(source)!r})")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"PairStream: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
-        if not 0 <= shuffle_seed <= MAX_SEED:
-            raise ValueError(f"PairStream: shuffle_seed {shuffle_seed} is outside [0, {MAX_SEED}]")
+        for name, value in (("seed", seed), ("shuffle_seed", shuffle_seed)):
+            if value is not None and not 0 <= value <= MAX_SEED:
+                raise ValueError(f"PairStream: {name} {value} is outside [0, {MAX_SEED}]")
         self.recipe, self.source, self.batch_size = recipe, source, batch_size
         self.device = torch.device(device)
         if self.device.type == "cuda":  # else it failed at the first batch, inside torch

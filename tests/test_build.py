@@ -640,11 +640,12 @@ def test_a_stream_for_a_gpu_the_machine_lacks_is_refused_when_it_is_made(monkeyp
         PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8, device=device)
 
 
-@pytest.mark.parametrize("shuffle_seed", [-1, 2 ** 32])
-def test_a_stream_whose_shuffle_seed_is_outside_32_bits_is_refused(shuffle_seed):
-    """2 ** 63 - 1 overflowed the epoch order's generator seed."""
-    with pytest.raises(ValueError, match=f"shuffle_seed {shuffle_seed} is outside \\[0, 4294967295\\]"):
-        PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8, shuffle_seed=shuffle_seed)
+@pytest.mark.parametrize("seed", ["shuffle_seed", "seed"])
+@pytest.mark.parametrize("value", [-1, 2 ** 32])
+def test_a_stream_whose_seeds_are_outside_32_bits_is_refused_when_it_is_made(seed, value):
+    """2 ** 63 - 1 overflowed the epoch order's generator seed; a recipe seed of -1 failed at the first batch."""
+    with pytest.raises(ValueError, match=f"PairStream: {seed} {value} is outside \\[0, 4294967295\\]"):
+        PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8, **{seed: value})
 
 
 @pytest.mark.parametrize("rank, world_size", [(2, 2), (-1, 2), (0, 0)])
