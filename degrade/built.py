@@ -89,6 +89,8 @@ class BuiltPairs:
         self._cells: dict[str, BinaryCells] = {}  # the bytes of each 'hq' and 'lq' cell
         stored = dataset.features.get("attributes")
         self.attribute_names: list[str] = list(stored) if stored else []
+        if isinstance(attribute_columns, str):  # its letters would be taken for the column names
+            raise TypeError(f"{self.folder}: attribute_columns is a str; give a list of names: [{attribute_columns!r}]")
         missing = [name for name in attribute_columns or () if name not in self.attribute_names]
         if missing:
             raise ValueError(f"{self.folder}: the build has no attribute {missing[0]!r}"

@@ -148,6 +148,8 @@ def test_a_build_says_how_many_pairs_no_row_of_the_attributes_table_names(tmp_pa
     with pytest.raises(ValueError, match=re.escape("the build has no attribute 'male'; did you mean 'Male'? (it has "
                                                    "Male, Bald)")):
         BuiltPairs(tmp_path / "ds", ["male"])
+    with pytest.raises(TypeError, match=re.escape("attribute_columns is a str; give a list of names: ['Male']")):
+        PairStream.from_dataset(tmp_path / "ds", "Male", batch_size=8)
 
 
 def test_an_attributes_table_that_names_no_sample_of_the_source_is_refused_before_any_work(tmp_path, lfw_source):
