@@ -68,6 +68,9 @@ class PairStream:
                             f"load_recipe({recipe!r})")
         if isinstance(source, (str, Path)):
             raise TypeError(f"PairStream: source is a path, not a Source; open it first: open_source({str(source)!r})")
+        if isinstance(attributes, (str, Path)):
+            raise TypeError(f"PairStream: attributes is a path, not a table; open it first: "
+                            f"degrade.sources.attributes.Attributes({str(attributes)!r})")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"PairStream: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
         for name, value in (("seed", seed), ("shuffle_seed", shuffle_seed)):

@@ -622,12 +622,16 @@ def test_a_stream_without_a_positive_batch_size_or_with_negative_workers_is_refu
         PairStream.from_source(load_recipe("maug"), open_source("demo"), **options)
 
 
-def test_a_stream_given_a_recipe_name_or_a_source_path_says_how_to_load_them():
-    """A recipe's name failed at the first batch ('str' object has no attribute 'seed')."""
+def test_a_stream_given_a_recipe_name_or_a_source_or_attributes_path_says_how_to_load_them():
+    """A recipe's name failed at the first batch ('str' object has no attribute 'seed'), an attributes
+    path when the stream was made ('str' object has no attribute 'check_names')."""
     with pytest.raises(TypeError, match=re.escape("recipe is a str, not a Recipe; load one first: load_recipe('maug')")):
         PairStream.from_source("maug", open_source("demo"), batch_size=8)
     with pytest.raises(TypeError, match=re.escape("source is a path, not a Source; open it first: open_source('faces')")):
         PairStream.from_source(load_recipe("maug"), Path("faces"), batch_size=8)
+    with pytest.raises(TypeError, match=re.escape("attributes is a path, not a table; open it first: "
+                                                  "degrade.sources.attributes.Attributes('a.tsv')")):
+        PairStream.from_source(load_recipe("catface"), open_source("demo"), batch_size=8, attributes="a.tsv")
 
 
 @pytest.mark.parametrize("gpus, device, says", [
