@@ -66,6 +66,7 @@ def in_shared_memory(item: object) -> object:
 
 
 def _tensors_of(item: object) -> Iterator[torch.Tensor]:
+    """Every tensor inside ``item``: a batch's result, made of dataclasses, tuples, lists and dicts."""
     if isinstance(item, torch.Tensor):
         yield item
     elif dataclasses.is_dataclass(item):
