@@ -7,6 +7,7 @@ import re
 import struct
 import types
 import warnings
+from pathlib import Path
 
 import cv2
 import datasets
@@ -21,7 +22,7 @@ from degrade.loader import decoded_batches
 from degrade.recipe import load_recipe
 from degrade.sources import SourceError, open_source
 from degrade.sources.attributes import Attributes
-from degrade.sources.base import decode_image, decode_raw_pixels, jpeg_components
+from degrade.sources.base import StorageError, decode_image, decode_raw_pixels, jpeg_components
 from degrade.sources.pairs import PairsSource, write_bin
 from degrade.sources.recordio import MAGIC, RecordFile, pack_record, write_insightface_recordio, write_recordio
 from degrade.sources.subset import identities_outside_pairs
@@ -215,6 +216,33 @@ def test_binary_cells_read_each_cell_of_a_chunked_sliced_column_with_nulls_as_it
     assert read[3].dtype == np.uint8 and not read[3].flags.owndata  # a view of the column's buffer
 
 
+@pytest.mark.parametrize("failure", [errno.EIO, errno.ESTALE, errno.EMFILE], ids=["I/O error", "stale mount", "no fds"])
+def test_a_read_that_fails_for_the_storage_stops_the_work_where_one_that_fails_for_the_file_skips_it(
+        tmp_path, lfw_jpegs, monkeypatch, failure):
+    """An NFS mount that dropped mid-build made every face after it a skipped input of a build that finished."""
+    images, _ = lfw_jpegs
+    for name in ("a/0.jpg", "a/1.jpg", "b/0.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(images[0])
+    read_bytes = Path.read_bytes
+
+    def failing(path):
+        if path.name == "1.jpg":
+            raise OSError(failure, os.strerror(failure))
+        if path.parent.name == "b":
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    source = open_source(str(tmp_path))
+    assert source.load(torch.tensor([0, 2])).skipped == [(2, f"{tmp_path / 'b/0.jpg'}: cannot be read "
+                                                             "(No such file or directory)")]
+    says = (f"{tmp_path / 'a/1.jpg'}: cannot be read ({os.strerror(failure)}), a failure of the storage or the system "
+            "rather than of the file: stopped here, not skipping every face after it")
+    with pytest.raises(StorageError, match=re.escape(says)):
+        source.load(torch.tensor([0, 1, 2]))
+
+
 def test_a_table_row_whose_image_file_is_missing_is_skipped_naming_the_row_and_the_file(tmp_path, lfw_jpegs):
     """Images kept by path (an HF Image feature without bytes): a missing file raised FileNotFoundError."""
     images, _ = lfw_jpegs
@@ -224,9 +252,9 @@ def test_a_table_row_whose_image_file_is_missing_is_skipped_naming_the_row_and_t
     pq.write_table(pa.table({"image": column, "label": [0, 1]}), tmp_path / "faces.parquet")
     faces = open_source(str(tmp_path / "faces.parquet")).load(torch.tensor([0, 1]))
     assert faces.key.tolist() == [0] and np.array_equal(faces.hq[0].permute(1, 2, 0).numpy(), decoded(images[0]))
-    assert faces.skipped == [(1, f"{tmp_path / 'faces.parquet'} row 1: its image {tmp_path / 'gone.jpg'} cannot be read "
+    assert faces.skipped == [(1, f"{tmp_path / 'faces.parquet'} row 1: its image {tmp_path / 'gone.jpg'}: cannot be read "
                                  "(No such file or directory)")]
-    with pytest.raises(SourceError, match="row 1: its image .*gone.jpg cannot be read"):
+    with pytest.raises(SourceError, match="row 1: its image .*gone.jpg: cannot be read"):
         open_source(str(tmp_path / "faces.parquet"), strict=True).load(torch.tensor([0, 1]))
 
 

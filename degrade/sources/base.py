@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import math
 
 import cv2
@@ -15,6 +16,29 @@ from degrade.layout import stack_channels_first
 
 class SourceError(ValueError):
     """A source that cannot be read; the message names the file (or record) and the problem."""
+
+
+class StorageError(SourceError):
+    """A read that failed for the storage under the source or for this process (a disk's or a
+    network file system's I/O error, a stale or lost mount, no file descriptors left), not for the
+    sample: never skipped, as every sample after it would be."""
+
+
+# What an OSError's errno says failed when it does not say the file did.
+_STORAGE_FAILURES = frozenset({errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
+                               errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNRESET,
+                               errno.EMFILE, errno.ENFILE})
+
+
+def read_failure(where: str, error: OSError) -> SourceError:
+    """The error for ``error``, met reading ``where`` (a file, a record): a :class:`StorageError`
+    where the storage or the process failed, which stops the work; else a SourceError, which
+    skips the sample (or fails it under ``strict``)."""
+    if error.errno in _STORAGE_FAILURES:
+        return StorageError(f"{where}: cannot be read ({error.strerror}), a failure of the storage or the system "
+                            "rather than of the file: stopped here, not skipping every face after it; run the same "
+                            "command again once it is back (a build resumes where it stopped)")
+    return SourceError(f"{where}: cannot be read ({error.strerror})")
 
 
 @dataclasses.dataclass
@@ -155,7 +179,7 @@ class EncodedSource:
                 data, where = self.read(key)
                 image, made = self.decode(data, where)
             except SourceError as error:
-                if self.strict:
+                if self.strict or isinstance(error, StorageError):
                     raise
                 skipped.append((key, str(error)))
                 continue

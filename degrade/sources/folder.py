@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from degrade.sources.base import EncodedSource, SourceError
+from degrade.sources.base import EncodedSource, SourceError, read_failure
 from degrade.text import counted, first_few
 
 # torchvision ImageFolder's image files, JPEG's other names (.jfif from web downloads), and GIF:
@@ -90,7 +90,7 @@ class FolderSource(EncodedSource):
         try:
             return path.read_bytes(), str(path)
         except OSError as error:
-            raise SourceError(f"{path}: cannot be read ({error.strerror})") from None
+            raise read_failure(str(path), error) from None
 
 
 def _hidden(name: str) -> bool:

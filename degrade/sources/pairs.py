@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from degrade.sources.base import EncodedSource, SourceError
+from degrade.sources.base import EncodedSource, SourceError, read_failure
 
 
 @dataclasses.dataclass
@@ -96,7 +96,10 @@ class PairsSource(EncodedSource):
         path = self.root / self.files[key]
         if not path.is_file():
             raise SourceError(f"{path}: image named in {self.name} is missing")
-        return path.read_bytes(), str(path)
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as error:
+            raise read_failure(str(path), error) from None
 
 
 # What an insightface .bin may name besides plain lists, bytes and bools: NumPy arrays and scalars

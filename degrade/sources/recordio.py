@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from degrade.sources.base import EncodedSource, SourceError
+from degrade.sources.base import EncodedSource, SourceError, read_failure
 from degrade.text import counted
 
 MAGIC = 0xCED7230A
@@ -87,7 +87,10 @@ class RecordFile:
         return {**self.__dict__, "_descriptor": None}
 
     def _read_at(self, index: int, offset: int, length: int) -> bytes:
-        data = os.pread(self._descriptor, length, offset)
+        try:
+            data = os.pread(self._descriptor, length, offset)
+        except OSError as error:
+            raise read_failure(f"{self.rec}: record {index}", error) from None
         if len(data) < length:
             raise SourceError(f"{self.rec}: record {index} is truncated")
         return data

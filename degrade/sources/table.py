@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import torch
 
 from degrade.machine import out_of_space
-from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels
+from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels, read_failure
 from degrade.text import counted
 
 if TYPE_CHECKING:
@@ -366,7 +366,7 @@ class TableSource(EncodedSource):
             try:
                 return Path(path).read_bytes(), path
             except OSError as error:
-                raise SourceError(f"{where}: its image {path} cannot be read ({error.strerror})") from None
+                raise read_failure(f"{where}: its image {path}", error) from None
         return b"", where
 
     def decode(self, data: bytes | np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
