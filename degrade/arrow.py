@@ -41,8 +41,8 @@ from degrade.distributed import join_torchrun, wait_for_all_ranks
 from degrade.engine import PairBatch
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
-from degrade.machine import out_of_space, usable_cores
 from degrade.locks import lock_exclusively
+from degrade.machine import out_of_space, usable_cores
 from degrade.ops import Params, own_op_code
 from degrade.progress import progress_bar
 from degrade.recipe import Recipe
