@@ -293,11 +293,12 @@ class _Checkpoints:
         self.refuse_diverged(step)
         if self.writes:
             config = {**dataclasses.asdict(self.config), "out": str(self.config.out)}
-            last = {"trainer": self.trainer.state_dict(), "optimizer": self.optimizer.state_dict(),
+            trainer = self.trainer.state_dict()
+            last = {"trainer": trainer, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
                     "samples_seen": samples_seen, "config": config, "spec": self.spec, "data": self.data}
-            weights = {"backbone": self.trainer.backbone.state_dict(), "trainer": self.trainer.state_dict(),
-                       "step": step, "spec": self.spec}
+            weights = {"backbone": self.trainer.backbone.state_dict(), "trainer": trainer, "step": step,
+                       "spec": self.spec}
             try:
                 _save(self.last, last)
                 _save(self.out / f"step-{step:07d}.pt", weights)
