@@ -347,13 +347,28 @@ def test_eval_probe_recipes_that_cannot_be_used_are_refused_before_any_work(tmp_
     assert not (tmp_path / "eval").exists()
 
 
-def test_eval_on_pairs_whose_images_are_missing_fails_naming_one(tmp_path, lfw_source):
+def test_eval_on_pairs_whose_images_are_missing_fails_naming_one_and_their_folds(tmp_path, lfw_source):
     (tmp_path / "images").symlink_to(LFW / "images")
     (tmp_path / "pairs.txt").write_text("2\t1\nAaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tNobody\t1\n"
                                         "Aaron_Peirsol\t3\t4\nAaron_Peirsol\t1\tNobody\t2\n")
     result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(tmp_path / "pairs.txt"),
                                        "--device", "cpu"])
-    _fails_naming(result, str(tmp_path / "images" / "Nobody" / "Nobody_0001.jpg"), "2 images of its pairs could not be read")
+    _fails_naming(result, str(tmp_path / "images" / "Nobody" / "Nobody_0001.jpg"),
+                  "2 images of its pairs could not be read, in folds 1, 2 (")
+    assert "--folds" not in result.output  # no two folds are whole
+
+
+def test_eval_on_ten_folds_beside_the_images_of_eight_names_the_folds_that_can_be_evaluated(tmp_path, lfw_source):
+    """The official LFW pairs.txt beside ../shared's images, which leave out folds 9 and 10."""
+    (tmp_path / "images").symlink_to(LFW / "images")
+    whole = "Aaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tAkhmed_Zakayev\t1\n"
+    (tmp_path / "pairs.txt").write_text("4\t1\n" + whole * 2 + "Nobody\t1\t2\nNobody\t1\tAaron_Peirsol\t1\n"
+                                        + whole)
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(tmp_path / "pairs.txt"),
+                                       "--device", "cpu"])
+    _fails_naming(result, str(tmp_path / "images" / "Nobody" / "Nobody_0001.jpg"),
+                  "2 images of its pairs could not be read, in fold 3 (")
+    assert result.output.rstrip().endswith("every image of the other folds is there: --folds 1,2,4 evaluates them")
 
 
 @pytest.mark.parametrize("folds, error", [("3", "has folds 1-2; got '3'"), ("1,3", "has folds 1-2; got '1,3'"),

@@ -157,13 +157,23 @@ class VerificationFaces:
 
 def verification_faces(source, folds: list[int] | None = None) -> VerificationFaces:
     """The faces of ``source.pairs`` (optionally only ``folds``, numbered from 1); a SourceError
-    naming one that cannot be read."""
+    naming one that cannot be read, the folds its pairs lie in, and those whose faces are all
+    there (the official LFW pairs.txt of ten folds beside the images of eight: evaluate those)."""
     pairs = source.pairs
     chosen = torch.ones_like(pairs.same) if not folds else torch.isin(pairs.fold, torch.tensor(folds) - 1)
     keys, rows = torch.cat([pairs.left[chosen], pairs.right[chosen]]).unique(return_inverse=True)
     left, right = rows.chunk(2)
-    return VerificationFaces(_every_face(source, keys, "of its pairs"), left, right, pairs.same[chosen],
-                             pairs.fold[chosen])
+    faces = source.load(keys)
+    if faces.skipped:
+        unread = torch.tensor([key for key, _ in faces.skipped])
+        broken = torch.isin(pairs.left, unread) | torch.isin(pairs.right, unread)
+        broken_folds = set((pairs.fold[chosen & broken] + 1).tolist())
+        whole_folds = sorted(set((pairs.fold[chosen] + 1).tolist()) - broken_folds)
+        where = f", in {'fold' if len(broken_folds) == 1 else 'folds'} {', '.join(map(str, sorted(broken_folds)))}"
+        hint = (f"; every image of the other folds is there: --folds {','.join(map(str, whole_folds))} evaluates them"
+                if len(whole_folds) >= 2 else "")
+        raise _unread(source, faces, "of its pairs", where, hint)
+    return VerificationFaces(faces, left, right, pairs.same[chosen], pairs.fold[chosen])
 
 
 def evaluate_pairs(model: nn.Module, pairs: VerificationFaces, resolutions: list[int],
@@ -192,14 +202,12 @@ def evaluate_pairs(model: nn.Module, pairs: VerificationFaces, resolutions: list
     return results
 
 
-def _every_face(source, keys: torch.Tensor, which: str) -> Faces:
-    """The faces ``keys`` of ``source``; a SourceError naming one that cannot be read (``which``: what
-    they are to the evaluation), as a score over the others would silently be another measurement."""
-    faces = source.load(keys)
-    if faces.skipped:
-        raise SourceError(f"{source.name}: {counted(len(faces.skipped), 'image')} {which} could not be read "
-                          f"({faces.skipped[0][1]})")
-    return faces
+def _unread(source, faces: Faces, which: str, where: str = "", hint: str = "") -> SourceError:
+    """The error for ``faces`` loaded with some skipped, naming the first: a score over the others
+    would silently be another measurement. ``which``: what they are to the evaluation; ``where``:
+    where they lie; ``hint``: what can be evaluated instead."""
+    return SourceError(f"{source.name}: {counted(len(faces.skipped), 'image')} {which} could not be read{where} "
+                       f"({faces.skipped[0][1]}){hint}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +232,9 @@ def identification_faces(source, keys: torch.Tensor) -> IdentificationFaces:
     if bool((source.identities[keys] < 0).any()):
         raise ValueError(f"{source.name}: identification needs faces labelled by identity; these have none (as a "
                          ".bin verification set's: pairs, not people)")
-    faces = _every_face(source, keys, "of its gallery and probes")
+    faces = source.load(keys)
+    if faces.skipped:
+        raise _unread(source, faces, "of its gallery and probes")
     identity = faces.identity
     _, group = torch.unique(identity, return_inverse=True)
     rows = torch.arange(len(identity))
