@@ -6,6 +6,7 @@ import functools
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import torch
@@ -17,6 +18,10 @@ from degrade.ops.base import is_weight
 from degrade.text import first_few
 from trainers.backbones import BACKBONES, INPUT_SIZE, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
+
+if TYPE_CHECKING:  # the sources load when a command runs, not for --help
+    from degrade.sources.pairs import BinSource, PairsSource
+    from degrade.sources.subset import SubsetSource
 
 
 def _numbers(text: str, example: str, param_hint: str) -> list[int]:
@@ -35,7 +40,7 @@ def parse_resolutions(text: str, param_hint: str) -> list[int]:
     return sides
 
 
-def parse_folds(text: str | None, protocol, pairs: str, param_hint: str) -> list[int] | None:
+def parse_folds(text: str | None, protocol: PairsSource | BinSource, pairs: str, param_hint: str) -> list[int] | None:
     """The folds ``text`` names ("7,8"), sorted, each one of the folds of ``protocol`` (the pairs
     source read from ``pairs``); None when ``text`` is empty."""
     if not text:
@@ -51,7 +56,7 @@ UNLABELLED = ("its faces have no identity labels (as a .bin verification set's: 
               "head learns to tell identities apart, so training needs faces labelled by identity")
 
 
-def training_source(source: str, size: int, exclude_pairs: str | None, exclude_folds: str | None):
+def training_source(source: str, size: int, exclude_pairs: str | None, exclude_folds: str | None) -> SubsetSource:
     """The training faces: the source, minus the identities of the excluded folds (default: every
     fold of ``exclude_pairs``), labels renumbered."""
     from degrade.sources import SourceError, open_source

@@ -23,7 +23,9 @@ from degrade.engine import to_float
 from degrade.ops.resize import Resize
 from degrade.progress import progress_bar
 from degrade.recipe import Recipe
+from degrade.sources import Source
 from degrade.sources.base import Faces, SourceError
+from degrade.sources.pairs import BinSource, PairsSource
 from degrade.text import counted
 
 FARS = (1e-2, 1e-3)
@@ -155,7 +157,7 @@ class VerificationFaces:
     fold: torch.Tensor
 
 
-def verification_faces(source, folds: list[int] | None = None) -> VerificationFaces:
+def verification_faces(source: PairsSource | BinSource, folds: list[int] | None = None) -> VerificationFaces:
     """The faces of ``source.pairs`` (optionally only ``folds``, numbered from 1); a SourceError
     naming one that cannot be read, the folds its pairs lie in, and those whose faces are all
     there (the official LFW pairs.txt of ten folds beside the images of eight: evaluate those)."""
@@ -202,7 +204,7 @@ def evaluate_pairs(model: nn.Module, pairs: VerificationFaces, resolutions: list
     return results
 
 
-def _unread(source, faces: Faces, which: str, where: str = "", hint: str = "") -> SourceError:
+def _unread(source: Source, faces: Faces, which: str, where: str = "", hint: str = "") -> SourceError:
     """The error for ``faces`` loaded with some skipped, naming the first: a score over the others
     would silently be another measurement. ``which``: what they are to the evaluation; ``where``:
     where they lie; ``hint``: what can be evaluated instead."""
@@ -223,7 +225,7 @@ class IdentificationFaces:
     probes: torch.Tensor
 
 
-def identification_faces(source, keys: torch.Tensor) -> IdentificationFaces:
+def identification_faces(source: Source, keys: torch.Tensor) -> IdentificationFaces:
     """The samples ``keys`` of ``source`` as a gallery and probes: among the identities with two or
     more images, the first image of each is its gallery entry, its other images are probes
     (identities with one image are left out: they would be gallery entries no probe belongs to).
