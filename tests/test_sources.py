@@ -702,6 +702,21 @@ def test_a_spreadsheets_csv_that_starts_with_a_byte_order_mark_is_read(tmp_path)
     assert attributes.keyed_by == "identity" and attributes.names == ["Male"] and list(attributes.rows) == ["ann"]
 
 
+@pytest.mark.parametrize("table, says", [
+    ("file,M\xe4nnlich\nann.jpg,1\n".encode("latin-1"), "not UTF-8 text (byte 0xe4 at 7 of its first line): save the "
+                                                       "table as a UTF-8 CSV or TSV"),
+    ("file,Male\nJos\xe9.jpg,1\n".encode("latin-1"), "column 'file': CSV conversion error to string: invalid UTF8 "
+                                                    "data: save the table as a UTF-8 CSV or TSV"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8 text (byte 0x89 at 1 of its first line)"),
+])
+def test_an_attributes_file_that_is_not_utf8_text_is_refused_saying_so(tmp_path, table, says):
+    """A spreadsheet's Latin-1 export, or an image given by mistake: was a UnicodeDecodeError traceback."""
+    (tmp_path / "a.csv").write_bytes(table)
+    with pytest.raises(SourceError) as error:
+        Attributes(tmp_path / "a.csv")
+    assert str(error.value).startswith(f"{tmp_path / 'a.csv'}: {says}")
+
+
 @pytest.mark.parametrize("text, says", [("", "the first column must be 'file' or 'identity', got ''"),
                                         ("file\tMale\n", "no rows after the header"),
                                         ("file\tMale\tMale\nann.jpg\t1\t0\n", ":1: two columns are named 'Male'")])

@@ -27,6 +27,7 @@ from degrade.text import did_you_mean, first_few, matchable
 
 
 PROBED_SAMPLES = 1000  # looked up by ``Attributes.check_names``
+SAVE_AS_UTF8 = "save the table as a UTF-8 CSV or TSV"
 
 
 class Attributes:
@@ -42,8 +43,8 @@ class Attributes:
         path = Path(os.path.abspath(path))  # as a build records it
         if not path.is_file():
             raise SourceError(f"{path}: no such attributes file")
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's CSV may start with a BOM
-            first_line = handle.readline()
+        with open(path, "rb") as handle:
+            first_line = _text(path, handle.readline()).removeprefix("\ufeff")  # a spreadsheet's CSV may start with a BOM
         delimiter = "\t" if "\t" in first_line else ","
         header = next(csv.reader([first_line.rstrip("\r\n")], delimiter=delimiter)) or [""]  # [] for an empty file
         if header[0] not in ("file", "identity"):
@@ -57,7 +58,7 @@ class Attributes:
                                     convert_options=pa_csv.ConvertOptions(column_types=types))
         except pa.ArrowInvalid as error:  # a row with another number of fields, a value that is not a number
             message = re.sub(r"In CSV column #(\d+)", lambda found: f"column {header[int(found[1])]!r}", str(error))
-            raise SourceError(f"{path}: {message}") from None
+            raise SourceError(f"{path}: {message}{': ' + SAVE_AS_UTF8 if 'invalid UTF8' in message else ''}") from None
         if table.num_rows == 0:
             raise SourceError(f"{path}: no rows after the header")
         self.path, self.keyed_by, self.names = path, header[0], header[1:]
@@ -127,3 +128,13 @@ class Attributes:
             raise SourceError(f"{self.path}: none of {len(keys)} samples of {source.name}, looked up by {self.keyed_by}, "
                               f"has a row (the table's first {self.keyed_by} is {next(iter(self.rows), '')!r}, the "
                               f"source's {names[0]!r})")
+
+
+def _text(path: Path, line: bytes) -> str:
+    """``line`` of the table at ``path`` decoded as UTF-8, which the table must be: names in another
+    encoding (a spreadsheet's Latin-1 export) would match no file name of the source."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SourceError(f"{path}: not UTF-8 text (byte 0x{line[error.start]:02x} at {error.start + 1} of its first "
+                          f"line): {SAVE_AS_UTF8}") from None
