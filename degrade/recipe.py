@@ -345,7 +345,12 @@ def recipe_data(text: str) -> Any:
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Load and validate a recipe by built-in name or file path; raises :class:`RecipeError`."""
     path = resolve_recipe(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {error.start + 1}); a recipe is a YAML file in UTF-8") from None
+    except OSError as error:
+        raise RecipeError(f"{path}: cannot be read ({error.strerror})") from None
     try:
         data = recipe_data(text)
     except yaml.YAMLError as error:

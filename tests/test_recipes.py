@@ -429,6 +429,20 @@ def test_bad_probability_and_bad_yaml_and_unknown_recipe(tmp_path):
         load_recipe("nope")
 
 
+def test_a_recipe_file_that_is_not_utf8_text_is_refused_and_one_with_a_byte_order_mark_read(tmp_path):
+    """A Latin-1 description, or an image given by mistake, ended in a UnicodeDecodeError traceback."""
+    latin1, image = tmp_path / "latin1.yaml", tmp_path / "image.yaml"
+    latin1.write_bytes('description: "M\xe4nner"\nstages: [{op: jpeg}]\n'.encode("latin-1"))
+    image.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+    for path, byte in ((latin1, 16), (image, 1)):
+        with pytest.raises(RecipeError) as error:
+            load_recipe(path)
+        assert str(error.value) == f"{path}: not UTF-8 text (byte {byte}); a recipe is a YAML file in UTF-8"
+    marked = tmp_path / "marked.yaml"
+    marked.write_bytes("stages: [{op: jpeg, quality: 50}]\n".encode("utf-8-sig"))
+    assert load_recipe(marked).stages[0].options[0].leaves[0].op.quality == [50, 50]
+
+
 def test_a_key_given_twice_in_one_mapping_is_refused_naming_its_line_where_yaml_would_keep_the_last(tmp_path):
     assert ("bad.yaml: not valid YAML: line 4: the key 'quality' is given twice in one mapping"
             in _error(tmp_path, "stages:\n  - op: jpeg\n    quality: [30, 40]\n    quality: [80, 90]\n"))
