@@ -134,6 +134,15 @@ def test_a_truncated_recordio_is_named_with_what_is_missing(tmp_path, lfw_jpegs)
         open_source(str(tmp_path / "train.rec"))
 
 
+def test_a_recordio_whose_index_is_not_text_is_named(tmp_path):
+    """Was a UnicodeDecodeError traceback."""
+    (tmp_path / "train.rec").write_bytes(b"")
+    (tmp_path / "train.idx").write_bytes(b"0\t0\n\xff\xfe\x00")
+    with pytest.raises(SourceError, match=re.escape("train.idx: not a RecordIO index (byte 5 is not text; an index "
+                                                    "is lines of 'index<TAB>offset')")):
+        open_source(str(tmp_path))
+
+
 def test_a_recordio_with_an_empty_index_is_named(tmp_path):
     (tmp_path / "train.rec").write_bytes(b"")
     (tmp_path / "train.idx").write_text("\n")
@@ -458,7 +467,8 @@ def test_lfw_pairs_file_gives_folds_and_pairs_of_keys(lfw_source):
     (b"1\t1\nann\t1\t2\n\nann\tone\tbob\t2\n", "pairs.txt:4: expected image numbers, got 'ann one bob 2'"),
     (b"1\t1\nann\t1\t2\nann\t1\n", "pairs.txt:3: expected 3 (same) or 4 (different) fields, got 2"),
     (b"1\t2\nann\t1\t2\nann\t1\tbob\t2\n", "header promises 1 folds of 2x2 pairs, found 2 pairs"),
-    (b"\xff\xd8\xff\xe0 a JPEG named .txt", "pairs.txt: not a text file"),
+    (b"\xff\xd8\xff\xe0 a JPEG named .txt", "pairs.txt: not UTF-8 text (byte 1); expected an LFW-style pairs file"),
+    ("1\t1\nJos\xe9\t1\t2\nann\t1\tbob\t2\n".encode("latin-1"), "pairs.txt: not UTF-8 text (byte 8)"),
 ])
 def test_a_pairs_file_that_is_not_one_is_refused_naming_its_line(tmp_path, text, says):
     (tmp_path / "pairs.txt").write_bytes(text)

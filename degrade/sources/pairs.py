@@ -25,9 +25,9 @@ def parse_pairs_file(path: Path) -> tuple[list[tuple[str, int, str, int, bool, i
     """Read an LFW View-2 style file: a ``folds<TAB>n`` line, then per fold n same and n different
     pairs. Errors name the file's line."""
     try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise SourceError(f"{path}: not a text file; expected an LFW-style pairs file") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SourceError(f"{path}: not UTF-8 text (byte {error.start + 1}); expected an LFW-style pairs file") from None
     lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     header_number, header = lines[0] if lines else (1, [])
     try:

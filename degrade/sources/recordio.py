@@ -50,7 +50,12 @@ class RecordFile:
     def __init__(self, rec: Path, idx: Path) -> None:
         self.rec, self.idx = rec, idx
         indices, offsets = [], []
-        for number, line in enumerate(idx.read_text().splitlines(), start=1):
+        try:
+            lines = idx.read_text(encoding="ascii").splitlines()
+        except UnicodeDecodeError as error:
+            raise SourceError(f"{idx}: not a RecordIO index (byte {error.start + 1} is not text; an index is lines of "
+                              "'index<TAB>offset')") from None
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
