@@ -588,6 +588,26 @@ def test_a_folder_source_orders_identities_and_files_by_name_and_keeps_only_imag
     assert torch.equal(source.load(torch.tensor([3])).hq[0], torch.from_numpy(face[:, :, ::-1].copy()).permute(2, 0, 1))
 
 
+def test_file_names_that_are_not_utf8_are_read_and_named_with_escapes_in_a_build(tmp_path, face):
+    """A Latin-1 name (an old archive unpacked as its bytes) ended the scan in a UnicodeEncodeError traceback."""
+    image = cv2.imencode(".png", face)[1].tobytes()
+    for name in (b"faces/Jos\xe9/Jos\xe9_0001.png", b"faces/ann/caf\xe9.png", b"faces/ann/ann.png"):
+        os.makedirs(os.path.dirname(tmp_path / os.fsdecode(name)), exist_ok=True)
+        (tmp_path / os.fsdecode(name)).write_bytes(image)
+    with pytest.warns(UserWarning, match=re.escape("2 file names not UTF-8 (Jos\\xe9/Jos\\xe9_0001.png, ann/caf\\xe9.png): "
+                                                   "read, and named with \\x escapes in the file and identity_name "
+                                                   "columns")):
+        source = open_source(str(tmp_path / "faces"))
+    assert [source.sample_name(key) for key in range(3)] == ["Jos\\xe9/Jos\\xe9_0001.png", "ann/ann.png", "ann/caf\\xe9.png"]
+    assert source.identity_names == ["Jos\\xe9", "ann"]
+    faces = source.load(torch.arange(3))
+    assert not faces.skipped and bool((faces.hq == faces.hq[0]).all())
+    build_dataset(load_recipe("maug"), source, tmp_path / "built", progress=False)
+    built = open_dataset(tmp_path / "built")
+    assert built["file"] == ["Jos\\xe9/Jos\\xe9_0001.png", "ann/ann.png", "ann/caf\\xe9.png"]
+    assert built["identity_name"] == ["Jos\\xe9", "ann", "ann"]
+
+
 def test_identity_folders_that_look_like_a_datasets_splits_are_named_in_a_warning(tmp_path, face):
     """faces/train/<identity>/ given as faces/ trained a classifier of two identities, train and val."""
     image = cv2.imencode(".png", face)[1].tobytes()
