@@ -69,6 +69,16 @@ def test_weights_under_a_usual_key_with_ddp_prefixes_load_exactly(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
 
 
+def test_a_runs_last_checkpoint_gives_the_backbone_its_step_files_hold(tmp_path):
+    """--init runs/x/last.pt and NAME=BACKBONE:last.pt were refused: 'holds no backbone weights'."""
+    result = CliRunner().invoke(main, ["train", "lrfr", "--source", "demo:4", "--steps", "1", "-b", "4", "-j", "0",
+                                       "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    last, step = backbone_state(tmp_path / "run" / "last.pt"), backbone_state(tmp_path / "run" / "step-0000001.pt")
+    assert list(last) == list(step) == list(build_backbone("mobilefacenet").state_dict())
+    assert all(torch.equal(last[name], step[name]) for name in step)
+
+
 def test_a_checkpoint_is_read_without_running_what_it_names(tmp_path):
     marker = tmp_path / "ran"
     state = build_backbone("mobilefacenet").state_dict()

@@ -70,8 +70,13 @@ def _refuse_non_finite(path: str | Path, state: Mapping[str, object]) -> None:
 
 def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The backbone weights in a checkpoint file: a bare state dict, or one under a usual key
-    (``backbone``, ``net_state_dict``, ``state_dict``, ``model``), ``module.`` prefixes dropped."""
+    (``backbone``, ``net_state_dict``, ``state_dict``, ``model``), ``module.`` prefixes dropped;
+    of a degrade run's ``last.pt``, its trainer's backbone (what its step files hold as ``backbone``)."""
     loaded = read_checkpoint(path)
+    run_state = isinstance(loaded, dict) and "spec" in loaded and isinstance(loaded.get("trainer"), dict)
+    if run_state and "backbone" not in loaded:
+        loaded = {name.removeprefix("backbone."): tensor for name, tensor in loaded["trainer"].items()
+                  if name.startswith("backbone.")}
     for key in ("backbone", "net_state_dict", "state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
