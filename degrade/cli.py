@@ -385,10 +385,10 @@ def inspect_command(folder: str, grid: str | None, count: int, verify: bool, num
 @click.option("--train", "train_backbone", default=None, metavar="BACKBONE",
               help="Instead: stream pairs into training steps of this backbone (e.g. iresnet50) and report the "
                    "share of step time spent waiting for data.")
-@click.option("--precision", default="bf16", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
-              help="Autocast of the --train steps.")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Autocast of the --train steps (default: bf16 on a GPU, fp32 on a CPU).")
 def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs: int, workers: int | None,
-                  rounds: int, end_to_end: bool, train_backbone: str | None, precision: str) -> None:
+                  rounds: int, end_to_end: bool, train_backbone: str | None, precision: str | None) -> None:
     """Time the engine and a plain per-image OpenCV loop on the same pairs; print both and their ratio.
 
     Also prints each stage's rate alone, the engine's and the OpenCV loop's, and the engine's peak
