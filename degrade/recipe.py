@@ -304,17 +304,19 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def resolve_recipe(name_or_path: str | Path) -> Path:
-    """A built-in recipe name or a path to a YAML file -> the file's path."""
+    """A built-in recipe name or a path to a YAML file -> the file's path. A built-in name is one
+    even where a file or folder of that name lies in the current folder (a build's ``--out
+    maug``, which made the next ``--recipe maug`` look for a recipe file there); ``./maug`` is the file."""
+    known = builtin_recipes()
+    if str(name_or_path) in known:
+        return known[str(name_or_path)]
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise RecipeError(f"{path}: no such recipe file")
+            raise RecipeError(f"{path}: {'a folder, not a recipe file' if path.is_dir() else 'no such recipe file'}")
         return path
-    known = builtin_recipes()
-    if str(name_or_path) not in known:
-        raise RecipeError(f"unknown recipe {str(name_or_path)!r}{did_you_mean(str(name_or_path), known)} (built-in "
-                          f"recipes: {', '.join(sorted(known))}; or give a path to a .yaml file)")
-    return known[str(name_or_path)]
+    raise RecipeError(f"unknown recipe {str(name_or_path)!r}{did_you_mean(str(name_or_path), known)} (built-in "
+                      f"recipes: {', '.join(sorted(known))}; or give a path to a .yaml file)")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -429,6 +429,18 @@ def test_bad_probability_and_bad_yaml_and_unknown_recipe(tmp_path):
         load_recipe("nope")
 
 
+def test_a_built_in_name_is_the_built_in_recipe_whatever_lies_in_the_current_folder(tmp_path, monkeypatch):
+    """`degrade build --recipe maug --out maug`, run again to resume, said 'maug: no such recipe file'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "maug").mkdir()
+    (tmp_path / "catface").write_text("not a recipe")
+    assert load_recipe("maug").name == "maug" and load_recipe("catface").name == "catface"
+    with pytest.raises(RecipeError, match="^maug: a folder, not a recipe file$"):
+        load_recipe("./maug")
+    with pytest.raises(RecipeError, match="^nope.yaml: no such recipe file$"):
+        load_recipe("nope.yaml")
+
+
 def test_a_recipe_file_that_is_not_utf8_text_is_refused_and_one_with_a_byte_order_mark_read(tmp_path):
     """A Latin-1 description, or an image given by mistake, ended in a UnicodeDecodeError traceback."""
     latin1, image = tmp_path / "latin1.yaml", tmp_path / "image.yaml"
