@@ -49,7 +49,7 @@ from degrade.recipe import Recipe
 from degrade.sources import Faces, Source, SourceError
 from degrade.sources.attributes import Attributes
 from degrade.sources.table import load_saved, read_json, stream_rows
-from degrade.text import counted, differences, every
+from degrade.text import counted, differences, every, readable
 
 if TYPE_CHECKING:
     import datasets
@@ -262,6 +262,9 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
     if batch_size < 1 or shard_size < 1 or (limit is not None and limit < 1):
         raise BuildError(f"batch_size, shard_size and limit must be >= 1, got {batch_size}, {shard_size} and {limit}")
     out = Path(out)
+    if readable(out) != str(out):
+        raise BuildError(f"{readable(out)}: not a UTF-8 path (the bytes written as \\x escapes); Arrow writes only to "
+                         "paths in UTF-8: choose another --out")
     seed = recipe.seed if seed is None else seed
     total = len(source) if limit is None else min(limit, len(source))
     if total <= 0:

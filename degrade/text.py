@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import unicodedata
 from collections.abc import Iterable
 
@@ -34,6 +35,13 @@ def matchable(name: str) -> str:
     a folder copied from macOS names 'Zoë' decomposed (e followed by a combining diaeresis), a
     spreadsheet or a pairs file composed; the two look alike and compare unequal as written."""
     return name if name.isascii() else unicodedata.normalize("NFC", name)
+
+
+def readable(name: str | os.PathLike) -> str:
+    """A file or folder name as the file system gave it (bytes that are not UTF-8 held as surrogates,
+    as Python decodes them), as text every output can hold: those bytes written as \\x escapes,
+    ``Jos\\xe9`` for a Latin-1 name. Arrow's string columns and paths, and JSON, take UTF-8 only."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 # Fields whose values are too long for a message, named by a phrase where two settings differ in them.

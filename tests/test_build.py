@@ -172,6 +172,14 @@ def test_a_build_folder_that_is_not_there_or_not_a_folder_is_named_as_such(tmp_p
         open_dataset(tmp_path / "pairs.arrow")
 
 
+def test_a_build_folder_whose_path_is_not_utf8_is_refused_before_it_is_made(tmp_path):
+    """Arrow takes UTF-8 paths only: a Latin-1 --out ended in a UnicodeEncodeError traceback after its folder was made."""
+    out = tmp_path / os.fsdecode(b"caf\xe9")
+    with pytest.raises(BuildError, match=re.escape(f"{tmp_path}/caf\\xe9: not a UTF-8 path")):
+        build_dataset(load_recipe("maug"), open_source("demo:1"), out, progress=False)
+    assert not out.exists()
+
+
 def test_a_second_build_of_a_folder_at_once_stops_at_the_shard_the_first_is_writing_and_leaves_it_be(tmp_path):
     """A job started twice: the second emptied the first's shard file under it."""
     def build(out: Path):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from degrade.sources.base import EncodedSource, SourceError, read_failure
-from degrade.text import counted, first_few
+from degrade.text import counted, first_few, readable
 
 # torchvision ImageFolder's image files, JPEG's other names (.jfif from web downloads), and GIF:
 # older face sets come as PGM (ORL) or PPM (FERET).
@@ -52,12 +52,12 @@ class FolderSource(EncodedSource):
         for folder in sorted(entry.name for entry in entries if entry.is_dir()):
             files = sorted(_images_within(root / folder, other_suffixes))
             if files:
-                self.identity_names.append(_readable(folder))
+                self.identity_names.append(readable(folder))
                 counts.append(len(files))
                 names += [os.fsencode(f"{folder}/{file}") for file in files]
                 subfolders += len({file.split("/", 1)[0] for file in files if "/" in file})
             else:
-                imageless.append(_readable(folder))
+                imageless.append(readable(folder))
         notes = _not_read(root, other_suffixes, loose_images)
         if imageless and names:
             notes.append(f"{counted(len(imageless), 'folder')} with no image not taken as identities "
@@ -71,7 +71,7 @@ class FolderSource(EncodedSource):
                          f"{subfolders:,} folders of images: if those are "
                          f"the identities, give the folder that holds them as the source "
                          f"({root / self.identity_names[0]})")
-        not_utf8 = [_readable(os.fsdecode(name)) for name in names if not _is_utf8(name)]
+        not_utf8 = [readable(os.fsdecode(name)) for name in names if not _is_utf8(name)]
         if not_utf8:
             notes.append(f"{counted(len(not_utf8), 'file name')} not UTF-8 ({first_few(not_utf8)}): read, and named with "
                          "\\x escapes in the file and identity_name columns")
@@ -99,13 +99,6 @@ class FolderSource(EncodedSource):
             return (self.root / os.fsdecode(self._path_bytes(key))).read_bytes(), where
         except OSError as error:
             raise read_failure(where, error) from None
-
-
-def _readable(name: str) -> str:
-    """A name as the file system gave it (bytes that are not UTF-8 held as surrogates, as Python
-    decodes them), as text every output can hold: those bytes written as \\x escapes, so
-    ``Jos\\xe9`` for a Latin-1 name. Arrow's string columns and JSON take UTF-8 only."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _is_utf8(name: bytes) -> bool:
