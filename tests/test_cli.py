@@ -410,10 +410,12 @@ def test_under_torchrun_a_warning_is_written_by_rank_0_alone(monkeypatch, capsys
     assert capsys.readouterr().err == says
 
 
-def test_a_source_file_of_a_kind_degrade_does_not_read_is_named_as_such(tmp_path):
-    (tmp_path / "faces.zip").write_bytes(b"PK")
-    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / "faces.zip")])
-    assert result.exit_code == 1 and f"{tmp_path / 'faces.zip'}: not a kind of source degrade reads" in result.output
+@pytest.mark.parametrize("name, unpack", [("faces.zip", True), ("shard-000.TAR.GZ", True), ("faces.jpg", False)])
+def test_a_source_file_of_a_kind_degrade_does_not_read_is_named_as_such_and_an_archive_to_unpack(tmp_path, name, unpack):
+    (tmp_path / name).write_bytes(b"PK")
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--source", str(tmp_path / name)])
+    assert result.exit_code == 1 and f"{tmp_path / name}: not a kind of source degrade reads" in result.output
+    assert ("; an archive: unpack it and give its folder" in result.output) == unpack
 
 
 @pytest.mark.parametrize("sizes", [dict(batch_size=0), dict(shard_size=0), dict(limit=0)])

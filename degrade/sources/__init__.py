@@ -42,6 +42,10 @@ class Source(Protocol):
         ...
 
 
+# Files a dataset is often downloaded as (WebDataset's shards are tar files), read once unpacked.
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+
+
 def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
     """The source named by ``spec`` (see the module docstring)."""
     if spec == "demo" or spec.startswith("demo:"):
@@ -78,8 +82,9 @@ def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
 
         return PairsSource(path, size, strict)
     if path.is_file():
+        archive = "; an archive: unpack it and give its folder" if path.name.lower().endswith(ARCHIVES) else ""
         raise SourceError(f"{path}: not a kind of source degrade reads (a folder of identity sub-folders, an insightface "
-                          ".rec, a .parquet or .arrow table, an LFW-style pairs .txt or a .bin verification set)")
+                          f".rec, a .parquet or .arrow table, an LFW-style pairs .txt or a .bin verification set){archive}")
     from degrade.sources.folder import FolderSource
 
     return FolderSource(path, size, strict)
