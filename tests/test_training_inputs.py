@@ -79,6 +79,20 @@ def test_a_runs_last_checkpoint_gives_the_backbone_its_step_files_hold(tmp_path)
     assert all(torch.equal(last[name], step[name]) for name in step)
 
 
+def test_a_run_whose_last_checkpoint_was_cut_short_since_says_what_to_do(tmp_path):
+    """Was torch's paragraph on miniz errors, and no word of what to do."""
+    command = ["train", "lrfr", "--source", "demo:4", "--steps", "2", "-b", "4", "-j", "0", "--device", "cpu",
+               "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(main, [*command, "--max-steps", "1"]).exit_code == 0
+    last = tmp_path / "run" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    result = CliRunner().invoke(main, command)
+    _fails_naming(result, str(last), "not a PyTorch checkpoint (RuntimeError: PytorchStreamReader failed reading zip "
+                                     "archive: failed finding central directory). A run writes it whole or not at all, "
+                                     "so it was damaged since (a copy cut short?): put the run's last.pt back, or give "
+                                     "this command a new --out")
+
+
 def test_a_checkpoint_is_read_without_running_what_it_names(tmp_path):
     marker = tmp_path / "ran"
     state = build_backbone("mobilefacenet").state_dict()

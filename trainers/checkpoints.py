@@ -42,9 +42,10 @@ def read_checkpoint(path: str | Path) -> object:
                 f"{path}: holds Python objects other than tensors and plain values ({unsupported[1]}), which are not "
                 f"loaded, as unpickling them could run code from the file; if you trust it, save its weights alone, "
                 f"e.g. torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')") from None
-        # The weights-only unpickler wraps its finding ("Unsupported operand 123") in paragraphs of advice.
+        # The weights-only unpickler wraps its finding ("Unsupported operand 123") in paragraphs of advice,
+        # and the zip reader its ("failed finding central directory", a file cut short) in one.
         finding = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", str(error), re.DOTALL)
-        message = finding[1] if finding else str(error)
+        message = finding[1] if finding else str(error).split(". This is an internal miniz error")[0]
         kind = type(error).__name__
         detail = f"{kind}: {message}" if message else f"{kind}, at {Path(path).stat().st_size} bytes"
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({detail})") from None

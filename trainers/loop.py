@@ -255,7 +255,11 @@ class _Checkpoints:
         naming what differs."""
         if not self.last.exists():
             return 0, 0
-        state = training_checkpoint(self.last)
+        try:
+            state = training_checkpoint(self.last)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}. A run writes it whole or not at all, so it was damaged since (a copy cut "
+                                  "short?): put the run's last.pt back, or give this command a new --out") from None
         changed = _run_differences(state, self.spec, self.data, self.config)
         if changed:
             raise CheckpointError(f"{self.last}: saved by a run of another command ({changed}); run that command "
