@@ -71,12 +71,6 @@ class FolderSource(EncodedSource):
                          f"{subfolders:,} folders of images: if those are "
                          f"the identities, give the folder that holds them as the source "
                          f"({root / self.identity_names[0]})")
-        not_utf8 = [readable(os.fsdecode(name)) for name in names if not _is_utf8(name)]
-        if not_utf8:
-            notes.append(f"{counted(len(not_utf8), 'file name')} not UTF-8 ({first_few(not_utf8)}): read, and named with "
-                         "\\x escapes in the file and identity_name columns")
-        if notes:
-            warnings.warn(f"{root}: " + "; ".join(notes), stacklevel=2)
         self.identities = torch.from_numpy(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
         # The relative paths as the file system's bytes, joined, and where each ends, not a list of Paths: forked
         # decoding workers copy the pages of the Python objects they touch (reference counts).
@@ -84,6 +78,12 @@ class FolderSource(EncodedSource):
         # them all, and scanned in 0.46 against 1.47 s.
         self._names = b"".join(names)
         self._ends = np.cumsum([len(name) for name in names])
+        if not _is_utf8(self._names):  # one check of them all (25 ms for 200,000 names one by one)
+            not_utf8 = [self.sample_name(key) for key, name in enumerate(names) if not _is_utf8(name)]
+            notes.append(f"{counted(len(not_utf8), 'file name')} not UTF-8 ({first_few(not_utf8)}): read, and named with "
+                         "\\x escapes in the file and identity_name columns")
+        if notes:
+            warnings.warn(f"{root}: " + "; ".join(notes), stacklevel=2)
 
     def _path_bytes(self, key: int) -> bytes:
         """The file system's bytes of the path of sample ``key`` within the root."""
