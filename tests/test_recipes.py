@@ -152,6 +152,8 @@ def test_an_ops_size_other_than_the_recipes_is_refused_as_every_op_takes_the_rec
      "pass images.detach()"),
     (torch.rand(2, 3, 112, 112), torch.arange(3), "one integer key per image, got keys of shape (3,)"),
     (torch.rand(2, 3, 112, 112), torch.tensor([0.0, 1.0]), "one integer key per image, got keys of shape (2,) (torch.float32)"),
+    (torch.rand(2, 3, 112, 112), None, "one integer key per image, got NoneType keys (Could not infer dtype"),
+    (torch.rand(2, 3, 112, 112), ["a", "b"], "one integer key per image, got list keys ("),
     (torch.full((2, 3, 112, 112), 200.0), torch.arange(2), "expects images in [0, 1], got values in [200, 200]; divide 0-255"),
     (torch.full((2, 3, 112, 112), -0.9), torch.arange(2), "expects images in [0, 1], got values in [-0.9, -0.9]"),
     (torch.rand(2, 3, 112, 112).index_put_((torch.tensor([1]),) * 4, torch.tensor(float("nan"))), torch.arange(2),

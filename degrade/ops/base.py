@@ -122,7 +122,11 @@ def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owne
     NaN or, clamped, black. (Checking costs one host wait, on these entry points only: the engine's
     own faces come from :func:`degrade.engine.to_float`.)"""
     check_images(images, owner)
-    keys = torch.as_tensor(keys)
+    try:
+        keys = torch.as_tensor(keys)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{owner}: expects one integer key per image, got {type(keys).__name__} keys "
+                         f"({error})") from None
     if keys.shape != images.shape[:1] or keys.is_floating_point():
         raise ValueError(f"{owner}: expects one integer key per image, got keys of shape {tuple(keys.shape)} "
                          f"({keys.dtype}) for {len(images)} images")
