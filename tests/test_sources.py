@@ -183,6 +183,30 @@ def test_a_hub_download_of_parquet_shards_is_read_as_one_table_of_its_train_spli
     assert len(open_source(str(tmp_path / "hub" / "data"))) == 10
 
 
+def test_a_saved_dataset_dictionary_is_read_as_its_train_split(tmp_path, lfw_jpegs):
+    # what `load_dataset(...).save_to_disk(...)` writes: dataset_dict.json and a folder per split;
+    # it was taken for a folder of identity folders named train and test, and held no images
+    images, labels = lfw_jpegs
+    table = image_table(images, labels)
+    datasets.DatasetDict({"train": table.select(range(8)), "test": table.select(range(8, 12))}).save_to_disk(
+        str(tmp_path / "splits"))
+    source = open_source(str(tmp_path / "splits"))
+    assert len(source) == 8
+    faces = source.load(torch.tensor([7]))
+    assert np.array_equal(faces.hq[0].permute(1, 2, 0).numpy(), decoded(images[7]))
+    assert source.identity_name(int(faces.identity[0])) == str(labels[7])
+
+
+def test_a_saved_dataset_dictionary_without_a_train_split_is_refused_naming_its_splits(tmp_path, lfw_jpegs):
+    images, labels = lfw_jpegs
+    datasets.DatasetDict({"validation": image_table(images, labels)}).save_to_disk(str(tmp_path / "splits"))
+    with pytest.raises(SourceError, match=re.escape(
+            f"splits: a dataset dictionary without a 'train' split (it has validation); give the folder of the split "
+            f"to read, e.g. {tmp_path / 'splits' / 'validation'}")):
+        open_source(str(tmp_path / "splits"))
+    assert len(open_source(str(tmp_path / "splits" / "validation"))) == len(images)
+
+
 def test_parquet_shards_of_other_splits_alone_are_refused_naming_them(tmp_path):
     for name in ("test-00000-of-00001", "validation-00000-of-00001"):
         pq.write_table(pa.table({"image": [b""], "label": [0]}), tmp_path / f"{name}.parquet")

@@ -2,9 +2,10 @@
 
 * ``demo`` or ``demo:IDENTITIES``: built-in synthetic faces, 10 per identity (100 identities by default);
 * a folder with ``train.rec`` / ``train.idx``, or a ``.rec`` file: insightface RecordIO;
-* a dataset folder saved with ``save_to_disk``, a ``.parquet`` or an ``.arrow`` file, or a folder of
-  ``.parquet`` shards (a Hugging Face Hub download: in it or in its ``data/``): a table (a degrade
-  build's HQ faces, a raw build's read with nothing to decode);
+* a dataset folder saved with ``save_to_disk`` (of a ``DatasetDict``: its train split), a
+  ``.parquet`` or an ``.arrow`` file, or a folder of ``.parquet`` shards (a Hugging Face Hub
+  download: in it or in its ``data/``): a table (a degrade build's HQ faces, a raw build's read
+  with nothing to decode);
 * a ``pairs.txt``-style file: the images of an LFW-style verification protocol;
 * a ``.bin`` file: an insightface verification set;
 * any other folder: identity sub-folders of images (at any depth inside each).
@@ -64,7 +65,7 @@ def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
         from degrade.sources.recordio import RecordIOSource
 
         return RecordIOSource(path, size, strict)
-    if path.suffix in (".parquet", ".arrow") or (path / "state.json").is_file():
+    if path.suffix in (".parquet", ".arrow") or any((path / name).is_file() for name in ("state.json", "dataset_dict.json")):
         from degrade.sources.table import TableSource
 
         return TableSource(path, size, strict)

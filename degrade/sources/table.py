@@ -74,13 +74,10 @@ def open_table(path: Path) -> datasets.Dataset:
     import datasets
     from datasets.builder import DatasetGenerationError  # older versions define it there, newer import it there
 
+    if (path / "dataset_dict.json").is_file():
+        path = train_split(path)
     if (path / "state.json").is_file():
-        loaded = _opened_build(path) if (path / "degrade.json").is_file() else load_saved(path)
-        if isinstance(loaded, datasets.DatasetDict):
-            if "train" not in loaded:
-                raise SourceError(f"{path}: a dataset dictionary without a 'train' split ({', '.join(loaded)})")
-            loaded = loaded["train"]
-        return loaded
+        return _opened_build(path) if (path / "degrade.json").is_file() else load_saved(path)
     shards = parquet_shards(path) if path.is_dir() else []
     if path.is_dir() and not shards:
         raise SourceError(f"{path}: not a finished dataset folder (no state.json)")
@@ -101,6 +98,21 @@ def open_table(path: Path) -> datasets.Dataset:
         raise SourceError(f"{path}: not a readable {kind} ({cause})") from None
 
 
+def train_split(folder: Path) -> Path:
+    """The folder of the 'train' split of a ``DatasetDict`` saved with ``save_to_disk`` (what
+    ``load_dataset(...).save_to_disk`` writes: ``dataset_dict.json`` and a folder per split)."""
+    listed = read_json(folder / "dataset_dict.json")
+    splits = listed.get("splits") if isinstance(listed, dict) else None
+    if not isinstance(splits, list):
+        raise SourceError(f"{folder / 'dataset_dict.json'}: not the split list of a saved dataset dictionary")
+    if not splits:
+        raise SourceError(f"{folder}: a dataset dictionary of no splits")
+    if "train" not in splits:
+        raise SourceError(f"{folder}: a dataset dictionary without a 'train' split (it has {', '.join(map(str, splits))}); "
+                          f"give the folder of the split to read, e.g. {folder / str(splits[0])}")
+    return folder / "train"
+
+
 def _opened_build(folder: Path) -> datasets.Dataset:
     """A degrade build, opened as :func:`degrade.arrow.open_dataset` opens one: it also finds a shard
     cut short between two record batches, which reads as a table of fewer rows."""
@@ -112,7 +124,7 @@ def _opened_build(folder: Path) -> datasets.Dataset:
         raise SourceError(str(error)) from None
 
 
-def load_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
+def load_saved(folder: Path) -> datasets.Dataset:
     """``datasets.load_from_disk`` of a ``save_to_disk`` folder; a SourceError naming the first of its
     Arrow files that is missing or cannot be read (Arrow's own message names none), its state.json
     or dataset_info.json where that cannot be read, or the folder where it holds no rows."""
