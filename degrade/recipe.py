@@ -241,6 +241,14 @@ class Recipe:
         return self.apply(images, params), params
 
 
+def _mapping_expected(entry: object) -> str:
+    """What a recipe says of a stage or option that is not a mapping; a bare op name gets the mapping
+    it stands for."""
+    if isinstance(entry, str):
+        return f"expected a mapping, got the text {entry!r}; an op is written {{op: {entry}}}"
+    return f"expected a mapping, got {entry!r}"
+
+
 def leaf_params(params: Params, leaf: Leaf) -> Params:
     """One op's params out of a recipe's flat dict: '<leaf path>.<field>' -> {field: value}."""
     prefix = leaf.path + "."
@@ -421,7 +429,7 @@ class _RecipeParser:
         label = entry.get("name") or entry.get("op") or "one_of" if isinstance(entry, dict) else "?"
         where = f"stage {number} ({label})"
         if not isinstance(entry, dict):
-            raise self.fail(where, "expected a mapping")
+            raise self.fail(where, _mapping_expected(entry))
         p = entry.get("p", 1.0)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise self.fail(where, f"field 'p': expected a probability in [0, 1], got {p!r}")
@@ -451,7 +459,7 @@ class _RecipeParser:
     def option(self, option: Any, where: str, default_name: str, group: str, split: str) -> Option:
         """An option of the one-of group ``group``: one op, or a chain of them under 'stages'."""
         if not isinstance(option, dict):
-            raise self.fail(where, "expected a mapping")
+            raise self.fail(where, _mapping_expected(option))
         if split == "key" and "weight" in option:
             raise self.fail(where, "field 'weight': split: key takes the options in turn by key, in equal shares; "
                                    "weights go with split: random")

@@ -261,6 +261,10 @@ def _error(tmp_path, text: str) -> str:
     ("stages: [{op: jpeg}]\nstage: [{op: erase}]\n1: one\n", "bad.yaml: top level: unknown field(s) 1, stage (a recipe's "
                                                              "fields: name, description, seed, size, stages)"),
     ("description: [1, 2]\nstages: [{op: jpeg}]\n", "bad.yaml: field 'description': expected one line of text, got [1, 2]"),
+    ("stages:\n  - jpeg\n", "bad.yaml: stage 1 (?): expected a mapping, got the text 'jpeg'; an op is written {op: jpeg}"),
+    ("stages:\n  - one_of: [jpeg, {op: erase}]\n",
+     "stage 1 (one_of), option 1: expected a mapping, got the text 'jpeg'; an op is written {op: jpeg}"),
+    ("stages: [3]\n", "bad.yaml: stage 1 (?): expected a mapping, got 3"),
 ])
 def test_a_recipe_that_is_not_a_mapping_of_its_fields_is_refused_naming_them(tmp_path, text, says):
     assert says in _error(tmp_path, text)
