@@ -13,6 +13,7 @@ import cv2
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -181,6 +182,35 @@ def test_a_hub_download_of_parquet_shards_is_read_as_one_table_of_its_train_spli
     assert all(np.array_equal(faces.hq[i].permute(1, 2, 0).numpy(), decoded(images[k])) for i, k in enumerate([6, 7, 9]))
     assert [source.identity_name(int(i)) for i in faces.identity] == [str(labels[k]) for k in (6, 7, 9)]
     assert len(open_source(str(tmp_path / "hub" / "data"))) == 10
+
+
+def test_the_hubs_parquet_conversion_of_a_dataset_is_read_as_its_train_split(tmp_path, lfw_jpegs):
+    # the Hub's refs/convert/parquet layout, CONFIG/SPLIT/0000.parquet: it was taken for identity folders
+    images, labels = lfw_jpegs
+    table = image_table(images, labels)
+    for split, rows in [("train", range(0, 9)), ("test", range(9, 12))]:
+        (tmp_path / "default" / split).mkdir(parents=True)
+        table.select(rows).to_parquet(str(tmp_path / "default" / split / "0000.parquet"))
+    source = open_source(str(tmp_path / "default"))
+    assert len(source) == 9
+    assert np.array_equal(source.load(torch.tensor([8])).hq[0].permute(1, 2, 0).numpy(), decoded(images[8]))
+
+
+@pytest.mark.parametrize("write", ["ipc_file", "feather"])
+def test_an_arrow_ipc_file_is_refused_saying_how_to_convert_it(tmp_path, write):
+    # `datasets` reads .arrow files in the stream format; the IPC file format failed with Arrow's
+    # "Expected to read 1330795073 metadata bytes"
+    table = pa.table({"image": [b"x"], "label": [0]})
+    path = tmp_path / ("faces.arrow" if write == "ipc_file" else "faces.feather")
+    if write == "ipc_file":
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    else:
+        feather.write_feather(table, str(path))
+    with pytest.raises(SourceError, match=re.escape(
+            f"{path}: an Arrow IPC (Feather) file, where degrade reads Arrow in the stream format `datasets` writes, "
+            f"and Parquet: convert it, e.g. pyarrow.parquet.write_table(pyarrow.feather.read_table('{path}'), ")):
+        open_source(str(path))
 
 
 def test_a_saved_dataset_dictionary_is_read_as_its_train_split(tmp_path, lfw_jpegs):

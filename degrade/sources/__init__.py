@@ -4,8 +4,8 @@
 * a folder with ``train.rec`` / ``train.idx``, or a ``.rec`` file: insightface RecordIO;
 * a dataset folder saved with ``save_to_disk`` (of a ``DatasetDict``: its train split), a
   ``.parquet`` or an ``.arrow`` file, or a folder of ``.parquet`` shards (a Hugging Face Hub
-  download: in it or in its ``data/``): a table (a degrade build's HQ faces, a raw build's read
-  with nothing to decode);
+  download: in it, its ``data/`` or its ``train/``): a table (a degrade build's HQ faces, a raw
+  build's read with nothing to decode);
 * a ``pairs.txt``-style file: the images of an LFW-style verification protocol;
 * a ``.bin`` file: an insightface verification set;
 * any other folder: identity sub-folders of images (at any depth inside each).
@@ -43,6 +43,9 @@ class Source(Protocol):
         ...
 
 
+# Files read as one table. An .arrow file is the stream format `datasets` writes; a .feather file (the
+# IPC file format) is taken only to say how to convert it.
+TABLE_FILES = (".parquet", ".arrow", ".feather")
 # Files a dataset is often downloaded as (WebDataset's shards are tar files), read once unpacked.
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
@@ -65,7 +68,7 @@ def open_source(spec: str, size: int = 112, strict: bool = False) -> Source:
         from degrade.sources.recordio import RecordIOSource
 
         return RecordIOSource(path, size, strict)
-    if path.suffix in (".parquet", ".arrow") or any((path / name).is_file() for name in ("state.json", "dataset_dict.json")):
+    if path.suffix in TABLE_FILES or any((path / name).is_file() for name in ("state.json", "dataset_dict.json")):
         from degrade.sources.table import TableSource
 
         return TableSource(path, size, strict)

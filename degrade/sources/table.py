@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import torch
 
 from degrade.machine import out_of_space
+from degrade.sources import TABLE_FILES
 from degrade.sources.base import EncodedSource, SourceError, decode_raw_pixels, read_failure
 from degrade.text import counted
 
@@ -29,16 +30,29 @@ IMAGE_COLUMNS = ("image", "img", "face", "hq", "jpg", "jpeg", "png", "webp")
 LABEL_COLUMNS = ("label", "identity_name", "identity", "labels", "id", "cls")
 
 
+# Arrow's IPC file format (Feather v2) begins with these bytes; the stream format does not.
+_ARROW_FILE_MAGIC = b"ARROW1"
+
+
+def _is_arrow_ipc_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(_ARROW_FILE_MAGIC)) == _ARROW_FILE_MAGIC
+    except OSError as error:
+        raise read_failure(str(path), error) from None
+
+
 # The Hub names a split's shards SPLIT-00000-of-00004.parquet.
 _HUB_SHARD = re.compile(r"(?P<split>.+)-\d+-of-\d+\.parquet")
 
 
 def parquet_shards(folder: Path) -> list[Path]:
     """The ``.parquet`` files of a folder that holds a table in shards, as a download of a Hugging
-    Face Hub dataset does: in the folder itself or in its ``data/`` folder, in name order. Where the
-    names say which split each holds (``train-00000-of-00004.parquet``), the train split's alone.
+    Face Hub dataset does: in the folder itself, in its ``data/`` folder, or in its ``train/`` folder
+    (the Hub's Parquet conversion of a dataset: ``CONFIG/train/0000.parquet``), in name order. Where
+    the names say which split each holds (``train-00000-of-00004.parquet``), the train split's alone.
     Empty when there are none."""
-    for where in (folder, folder / "data"):
+    for where in (folder, folder / "data", folder / "train"):
         shards = sorted(where.glob("*.parquet"))
         named = [_HUB_SHARD.fullmatch(shard.name) for shard in shards]
         splits = sorted({match["split"] for match in named if match}) if all(named) else []
@@ -81,8 +95,12 @@ def open_table(path: Path) -> datasets.Dataset:
     shards = parquet_shards(path) if path.is_dir() else []
     if path.is_dir() and not shards:
         raise SourceError(f"{path}: not a finished dataset folder (no state.json)")
-    if not shards and path.suffix not in (".parquet", ".arrow"):
+    if not shards and path.suffix not in TABLE_FILES:
         raise SourceError(f"{path}: expected a dataset folder, a .parquet or an .arrow file")
+    if path.suffix == ".feather" or (path.suffix == ".arrow" and _is_arrow_ipc_file(path)):
+        raise SourceError(f"{path}: an Arrow IPC (Feather) file, where degrade reads Arrow in the stream format "
+                          "`datasets` writes, and Parquet: convert it, e.g. pyarrow.parquet.write_table("
+                          f"pyarrow.feather.read_table({str(path)!r}), 'faces.parquet')")
     _check_same_columns(shards)
     try:
         if path.suffix == ".arrow":
