@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+from collections.abc import Sequence
 
 import cv2
 import torch
 
 from degrade.ops import Params
+from degrade.ops.base import checked_keys
 from degrade.recipe import Recipe
 from degrade.sources import Faces, Source
 
@@ -90,12 +92,19 @@ def chunks(count: int, device: torch.device) -> list[slice]:
     return [slice(start, start + step) for start in range(0, max(1, count), step)]
 
 
-def degrade_uint8(recipe: Recipe, hq: torch.Tensor, keys: torch.Tensor,
+def degrade_uint8(recipe: Recipe, hq: torch.Tensor, keys: torch.Tensor | Sequence[int],
                   seed: int | None = None) -> tuple[torch.Tensor, Params]:
     """uint8 (N, 3, S, S) faces and their (N,) keys -> uint8 LQ (N, 3, S', S') and the params.
 
     On a CPU the batch runs through the recipe in chunks of ``CPU_CHUNK`` samples. An empty batch
-    (every input of it skipped) gives an empty LQ."""
+    (every input of it skipped) gives an empty LQ. Float faces are refused: read as 0-255 values
+    they came out black."""
+    if hq.dim() != 4 or hq.shape[1] != 3 or hq.dtype != torch.uint8:
+        hint = ("; for float faces in [0, 1] call the recipe itself" if hq.is_floating_point() else
+                "; for (N, H, W, 3) faces pass hq.permute(0, 3, 1, 2)" if hq.dim() == 4 and hq.shape[-1] == 3 else "")
+        raise ValueError(f"degrade_uint8 (recipe {recipe.name!r}): expects uint8 (N, 3, H, W) faces, got "
+                         f"{tuple(hq.shape)} {hq.dtype}{hint}")
+    keys = checked_keys(keys, len(hq), f"degrade_uint8 (recipe {recipe.name!r})").to(hq.device)
     params = recipe.sample(keys, seed)
     if len(hq) == 0:
         return hq.new_zeros(0, hq.shape[1], recipe.output_size, recipe.output_size), params

@@ -1,5 +1,8 @@
 """The engine's conversions between uint8 faces and the float images the ops work on."""
 
+import re
+
+import pytest
 import torch
 
 from degrade.engine import degrade_uint8, to_float, to_uint8
@@ -41,3 +44,24 @@ def test_the_engines_pairs_are_ordinary_tensors_that_training_code_can_use():
     (to_float(lq) * weight).sum().backward()  # saved for backward: refused for inference tensors
     assert torch.isclose(weight.grad, to_float(lq).sum(), rtol=1e-5)
     lq.add_(1)  # in place: refused for inference tensors outside inference mode
+
+
+def test_degrade_uint8_takes_keys_as_a_list_and_gives_the_recipes_own_lq():
+    hq = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8)
+    recipe = load_recipe("mixed")
+    lq, _ = degrade_uint8(recipe, hq, [4, 5, 6])
+    assert torch.equal(lq, to_uint8(recipe(to_float(hq), torch.tensor([4, 5, 6]))[0]))
+
+
+@pytest.mark.parametrize("faces, keys, says", [
+    # float faces in [0, 1] were read as 0-255 values: LQ of mean 2 out of 255, without a word
+    (torch.rand(2, 3, 112, 112), torch.arange(2), "expects uint8 (N, 3, H, W) faces, got (2, 3, 112, 112) torch.float32; "
+                                                  "for float faces in [0, 1] call the recipe itself"),
+    (torch.zeros(2, 112, 112, 3, dtype=torch.uint8), torch.arange(2),
+     "expects uint8 (N, 3, H, W) faces, got (2, 112, 112, 3) torch.uint8; for (N, H, W, 3) faces pass hq.permute(0, 3, 1, 2)"),
+    (torch.zeros(2, 3, 112, 112, dtype=torch.uint8), torch.arange(3),
+     "expects one integer key per image, got keys of shape (3,) (torch.int64) for 2 images"),
+])
+def test_degrade_uint8_refuses_faces_or_keys_it_cannot_degrade(faces, keys, says):
+    with pytest.raises(ValueError, match=re.escape(f"degrade_uint8 (recipe 'maug'): {says}")):
+        degrade_uint8(load_recipe("maug"), faces, keys)

@@ -122,14 +122,7 @@ def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owne
     NaN or, clamped, black. (Checking costs one host wait, on these entry points only: the engine's
     own faces come from :func:`degrade.engine.to_float`.)"""
     check_images(images, owner)
-    try:
-        keys = torch.as_tensor(keys)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{owner}: expects one integer key per image, got {type(keys).__name__} keys "
-                         f"({error})") from None
-    if keys.shape != images.shape[:1] or keys.is_floating_point():
-        raise ValueError(f"{owner}: expects one integer key per image, got keys of shape {tuple(keys.shape)} "
-                         f"({keys.dtype}) for {len(images)} images")
+    keys = checked_keys(keys, len(images), owner)
     if images.numel():
         low, high = torch.stack(torch.aminmax(images)).tolist()  # one host wait; NaN where any value is NaN
         if math.isnan(low):
@@ -137,6 +130,20 @@ def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owne
         if low < -0.5 or high > 1.5:
             raise ValueError(f"{owner}: expects images in [0, 1], got values in [{low:g}, {high:g}]"
                              + ("; divide 0-255 values by 255" if high > 1.5 else ""))
+    return keys
+
+
+def checked_keys(keys: torch.Tensor | Sequence[int], count: int, owner: str) -> torch.Tensor:
+    """``keys`` as an (N,) integer tensor, refused unless it holds one integer key for each of
+    ``count`` images."""
+    try:
+        keys = torch.as_tensor(keys)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{owner}: expects one integer key per image, got {type(keys).__name__} keys "
+                         f"({error})") from None
+    if keys.shape != (count,) or keys.is_floating_point():
+        raise ValueError(f"{owner}: expects one integer key per image, got keys of shape {tuple(keys.shape)} "
+                         f"({keys.dtype}) for {count} images")
     return keys
 
 
