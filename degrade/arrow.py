@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from degrade.distributed import join_torchrun, wait_for_all_ranks
-from degrade.engine import PairBatch
+from degrade.engine import PairBatch, checked_arguments
 from degrade.layout import channels_last
 from degrade.loader import pair_batches
 from degrade.locks import lock_exclusively
@@ -257,6 +257,7 @@ def build_dataset(recipe: Recipe, source: Source, out: str | Path, *, seed: int 
                   image_format: str = "png", attributes: Attributes | None = None,
                   progress: bool = True) -> BuildSummary:
     """Degrade the first ``limit`` samples of ``source`` with ``recipe`` into an Arrow dataset at ``out``."""
+    checked_arguments("build_dataset", recipe, source, device, attributes)
     if image_format not in FORMATS:
         raise BuildError(f"unknown format {image_format!r}; use one of {', '.join(FORMATS)}")
     if batch_size < 1 or shard_size < 1 or (limit is not None and limit < 1):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from degrade.machine import usable_cores
+from degrade.machine import missing_cuda, usable_cores
 from degrade.text import counted
 
 
@@ -40,8 +40,9 @@ def _resolve_device(name: str) -> str:
         raise click.BadParameter(f"expected cpu, cuda, cuda:N or auto, got {name!r}", param_hint="--device")
     if device.type == "cpu":
         return name
-    if not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
+    missing = missing_cuda(device)
+    if missing:
+        raise click.BadParameter(f"{name}: {missing}; use --device cpu", param_hint="--device")
     count = torch.cuda.device_count()
     if device.index is None and "LOCAL_RANK" in os.environ:
         local_rank = int(os.environ["LOCAL_RANK"])
@@ -51,8 +52,6 @@ def _resolve_device(name: str) -> str:
                                      "GPU they share (--device cuda:0; a build can, DDP training cannot)",
                                      param_hint="--device")
         device = torch.device("cuda", local_rank)
-    elif (device.index or 0) >= count:
-        raise click.BadParameter(f"{name}: this machine has {count} CUDA devices, from cuda:0", param_hint="--device")
     if device.index is not None:  # a plain `cuda` is the current device already
         torch.cuda.set_device(device)
     return str(device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import torch
@@ -129,6 +130,29 @@ def degrade_faces(recipe: Recipe, faces: Faces, device: str | torch.device = "cp
     keys = faces.key.to(device, non_blocking=True)
     lq, params = degrade_uint8(recipe, hq, keys, seed)
     return PairBatch(key=keys, identity=faces.identity.to(device), hq=hq, lq=lq, params=params)
+
+
+def checked_arguments(owner: str, recipe: Recipe | None, source: object, device: str | torch.device,
+                      attributes: object = None) -> torch.device:
+    """``device`` as a torch device, after refusing what a Python caller of ``owner`` (a stream, a
+    build) may hand it that would fail only at the first batch, deep inside: a recipe's name
+    instead of a Recipe, a path instead of a source or an attributes table, a CUDA device this
+    process cannot use."""
+    from degrade.machine import missing_cuda
+
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise TypeError(f"{owner}: recipe is a {type(recipe).__name__}, not a Recipe; load one first: "
+                        f"load_recipe({recipe!r})")
+    if isinstance(source, (str, Path)):
+        raise TypeError(f"{owner}: source is a path, not a Source; open it first: open_source({str(source)!r})")
+    if isinstance(attributes, (str, Path)):
+        raise TypeError(f"{owner}: attributes is a path, not a table; open it first: "
+                        f"degrade.sources.attributes.Attributes({str(attributes)!r})")
+    chosen = torch.device(device)
+    missing = missing_cuda(chosen) if chosen.type == "cuda" else None
+    if missing:
+        raise ValueError(f"{owner}: device {str(device)!r}, but {missing}; use device='cpu'")
+    return chosen
 
 
 def make_pairs(recipe: Recipe, source: Source, keys: torch.Tensor, device: str | torch.device = "cpu",

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from degrade.distributed import launched_ranks, rank_and_world
-from degrade.engine import PairBatch
+from degrade.engine import PairBatch, checked_arguments
 from degrade.keyed import MAX_SEED, epoch_seed
 from degrade.loader import decoded_batches, pair_batches
 from degrade.recipe import Recipe
@@ -63,28 +63,13 @@ class PairStream:
                  seed: int | None = None, shuffle: bool = True, shuffle_seed: int = 0, num_workers: int = 0,
                  rank: int | None = None, world_size: int | None = None, degrade_on_the_fly: bool = True,
                  attributes=None) -> None:
-        if recipe is not None and not isinstance(recipe, Recipe):
-            raise TypeError(f"PairStream: recipe is a {type(recipe).__name__}, not a Recipe; load one first: "
-                            f"load_recipe({recipe!r})")
-        if isinstance(source, (str, Path)):
-            raise TypeError(f"PairStream: source is a path, not a Source; open it first: open_source({str(source)!r})")
-        if isinstance(attributes, (str, Path)):
-            raise TypeError(f"PairStream: attributes is a path, not a table; open it first: "
-                            f"degrade.sources.attributes.Attributes({str(attributes)!r})")
+        self.device = checked_arguments("PairStream", recipe, source, device, attributes)
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"PairStream: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
         for name, value in (("seed", seed), ("shuffle_seed", shuffle_seed)):
             if value is not None and not 0 <= value <= MAX_SEED:
                 raise ValueError(f"PairStream: {name} {value} is outside [0, {MAX_SEED}]")
         self.recipe, self.source, self.batch_size = recipe, source, batch_size
-        self.device = torch.device(device)
-        if self.device.type == "cuda":  # else it failed at the first batch, inside torch
-            if not torch.cuda.is_available():
-                raise ValueError(f"PairStream: device {str(device)!r}, but CUDA is not available here (torch "
-                                 f"{torch.__version__}); use device='cpu'")
-            if (self.device.index or 0) >= torch.cuda.device_count():
-                raise ValueError(f"PairStream: device {str(device)!r}, but this machine has "
-                                 f"{counted(torch.cuda.device_count(), 'CUDA device')}, from cuda:0")
         self.seed, self.shuffle, self.shuffle_seed, self.num_workers = seed, shuffle, shuffle_seed, num_workers
         if rank is None or world_size is None:
             rank, world_size = rank_and_world()

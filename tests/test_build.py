@@ -654,6 +654,23 @@ def test_a_stream_for_a_gpu_the_machine_lacks_is_refused_when_it_is_made(monkeyp
         PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=8, device=device)
 
 
+def test_build_dataset_given_a_recipe_name_a_source_path_or_a_missing_gpu_says_so_before_it_starts(
+        tmp_path, monkeypatch):
+    """They failed inside: 'str' object has no attribute 'seed' / 'name'; torch's 'Torch not
+    compiled with CUDA enabled' after the progress bar had started and the folder was made."""
+    with pytest.raises(TypeError, match=re.escape("build_dataset: recipe is a str, not a Recipe; load one first: "
+                                                  "load_recipe('maug')")):
+        build_dataset("maug", open_source("demo"), tmp_path / "a")
+    with pytest.raises(TypeError, match=re.escape("build_dataset: source is a path, not a Source; open it first: "
+                                                  "open_source('demo')")):
+        build_dataset(load_recipe("maug"), "demo", tmp_path / "b")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"build_dataset: device 'cuda', but CUDA is not available here \(torch .*\); "
+                                         r"use device='cpu'"):
+        build_dataset(load_recipe("maug"), open_source("demo"), tmp_path / "c", device="cuda")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("seed", ["shuffle_seed", "seed"])
 @pytest.mark.parametrize("value", [-1, 2 ** 32])
 def test_a_stream_whose_seeds_are_outside_32_bits_is_refused_when_it_is_made(seed, value):

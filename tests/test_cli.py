@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -338,6 +339,18 @@ def test_training_decodes_in_as_many_workers_as_a_build_unless_told(monkeypatch,
 def test_a_device_other_than_cpu_or_cuda_is_a_usage_error_before_any_work(tmp_path, device, says, command):
     result = CliRunner().invoke(main, [*command, "--out", str(tmp_path / "out"), "--device", device])
     assert result.exit_code == 2 and says in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("gpus, device, says", [
+    (0, "cuda", r"cuda: CUDA is not available here \(torch .*\); use --device cpu"),
+    (1, "cuda:1", r"cuda:1: this machine has 1 CUDA device, from cuda:0; use --device cpu"),
+])
+def test_a_cuda_device_the_machine_lacks_is_a_usage_error_before_any_work(monkeypatch, tmp_path, gpus, device, says):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    result = CliRunner().invoke(main, ["build", "--recipe", "maug", "--out", str(tmp_path / "out"), "--device", device])
+    assert result.exit_code == 2 and re.search(says, " ".join(result.output.split()))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("asked, local_rank, device", [
