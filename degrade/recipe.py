@@ -34,6 +34,7 @@ tensors named ``<stage path>.<field>``, plus ``<stage>.applied`` and, for one-of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import re
 import zlib
@@ -46,8 +47,8 @@ import yaml
 
 from degrade.keyed import MAX_SEED, KeyedRandom
 from degrade.ops import ConfigError, Op, Params, op_class
-from degrade.ops.base import PART_NAME, check_images, checked_batch, is_weight
-from degrade.text import did_you_mean
+from degrade.ops.base import PART_NAME, check_images, checked_batch, checked_keys, is_weight
+from degrade.text import did_you_mean, first_few
 
 # The fields that shape a recipe, and why one is refused where it would have no effect.
 MISPLACED = {
@@ -156,6 +157,24 @@ class Recipe:
         """(N,) side of each native-size LQ inside its canvas, or None when LQ keeps the input size."""
         return params[f"{self._last_leaf.path}.side"] if self.makes_native_size else None
 
+    @functools.cached_property
+    def param_names(self) -> frozenset[str]:
+        """The names of the params :meth:`sample` draws, which :meth:`apply` reads."""
+        return frozenset(self.sample(torch.zeros(1, dtype=torch.int64)))
+
+    def _check_params(self, params: Params, count: int) -> None:
+        """Refuse params that are not this recipe's for ``count`` images: drawn by another recipe,
+        or for other samples (they failed inside, with a KeyError or a size mismatch)."""
+        owner = f"recipe {self.name!r}"
+        missing = sorted(self.param_names - params.keys())
+        if missing:
+            raise ValueError(f"{owner}: params without {first_few(missing)}, which this recipe draws: were they drawn "
+                             "by another recipe? Draw them with recipe.sample(keys)")
+        drawn = len(params[f"{self.stages[0].name}.applied"])  # a recipe's params are drawn, and sliced, together
+        if drawn != count:
+            raise ValueError(f"{owner}: params of {drawn} samples for {count} images; give the params of the "
+                             "images' own keys")
+
     def ran(self, params: Params) -> dict[str, torch.Tensor]:
         """Which samples each op runs on, from its stage's ``applied`` and one-of ``choice`` params:
         {leaf path: (N,) bool}. Every op draws params for every sample; only these are used."""
@@ -179,12 +198,12 @@ class Recipe:
             leaves += option.leaves
         return leaves
 
-    def sample(self, keys: torch.Tensor, seed: int | None = None) -> Params:
+    def sample(self, keys: torch.Tensor | Sequence[int], seed: int | None = None) -> Params:
         """All params of samples ``keys`` ((N,) int64): a flat dict of (N,) tensors."""
         seed = self.seed if seed is None else seed
         if not 0 <= seed <= MAX_SEED:
             raise ValueError(f"recipe {self.name!r}: seed {seed} is outside [0, {MAX_SEED}]")
-        keys = keys.to(torch.int64)
+        keys = checked_keys(keys, None, f"recipe {self.name!r}").to(torch.int64)
         params: Params = {}
         # a stage's own draws (applied, choice) from a stream no op's path can name (see the module docstring)
         streams = [name for stage in self.stages
@@ -214,6 +233,7 @@ class Recipe:
         ``images`` is never written to; the tensors made on the way are, where a stage changes
         some rows only (see ``_apply_chain``)."""
         check_images(images, f"recipe {self.name!r}")
+        self._check_params(params, len(images))
         if len(images) == 0:  # nothing to degrade (some ops' FFTs refuse an empty batch)
             return images.clone()
         ran = self.ran(params)

@@ -173,6 +173,25 @@ def test_a_recipe_takes_keys_as_a_list_and_an_empty_batch(faces):
     assert empty.shape == (0, 3, 112, 112) and all(len(value) == 0 for value in params.values())
 
 
+def test_a_recipe_draws_params_for_keys_given_as_a_list_and_replays_them():
+    recipe, images = load_recipe("mixed"), torch.rand(3, 3, 112, 112)
+    assert torch.equal(recipe.apply(images, recipe.sample([4, 5, 6])), recipe(images, torch.tensor([4, 5, 6]))[0])
+    with pytest.raises(ValueError, match=re.escape("recipe 'mixed': expects one integer key per image, got keys of "
+                                                   "shape (1,) (torch.float32)")):
+        recipe.sample([0.5])
+
+
+def test_a_recipe_refuses_params_of_another_recipe_or_of_other_samples():
+    # they failed inside apply: KeyError 'turbulence.applied', or a size mismatch of tensors
+    recipe, images = load_recipe("mixed"), torch.rand(3, 3, 112, 112)
+    with pytest.raises(ValueError, match=re.escape("recipe 'mixed': params without erase.applied, erase.fill, "
+                                                   "erase.height, ..., which this recipe draws: were they drawn by "
+                                                   "another recipe? Draw them with recipe.sample(keys)")):
+        recipe.apply(images, load_recipe("maug").sample(torch.arange(3)))
+    with pytest.raises(ValueError, match=re.escape("recipe 'mixed': params of 3 samples for 2 images")):
+        recipe.apply(images[:2], recipe.sample(torch.arange(3)))
+
+
 def test_catface_splits_consecutive_keys_in_half_and_the_seed_shifts_the_split():
     keys, catface = torch.arange(10, 74), load_recipe("catface")
     assert torch.equal(catface.sample(keys)["capture.choice"], keys % 2)  # seed 0: even keys turbulence

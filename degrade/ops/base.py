@@ -133,17 +133,18 @@ def checked_batch(images: torch.Tensor, keys: torch.Tensor | Sequence[int], owne
     return keys
 
 
-def checked_keys(keys: torch.Tensor | Sequence[int], count: int, owner: str) -> torch.Tensor:
+def checked_keys(keys: torch.Tensor | Sequence[int], count: int | None, owner: str) -> torch.Tensor:
     """``keys`` as an (N,) integer tensor, refused unless it holds one integer key for each of
-    ``count`` images."""
+    ``count`` images (None: any number)."""
     try:
         keys = torch.as_tensor(keys)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(f"{owner}: expects one integer key per image, got {type(keys).__name__} keys "
                          f"({error})") from None
-    if keys.shape != (count,) or keys.is_floating_point():
+    if keys.dim() != 1 or (count is not None and len(keys) != count) or keys.is_floating_point():
+        images = "" if count is None else f" for {count} images"
         raise ValueError(f"{owner}: expects one integer key per image, got keys of shape {tuple(keys.shape)} "
-                         f"({keys.dtype}) for {count} images")
+                         f"({keys.dtype}){images}")
     return keys
 
 
