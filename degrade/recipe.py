@@ -367,6 +367,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# PyYAML follows YAML 1.1, where a float's exponent needs a dot before it and a sign (1.0e-3): it
+# read 1e-3, 2e1 and 1.5e3 as text, which a numeric field then refused. YAML 1.2 reads them as numbers.
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                       re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                       list("-+0123456789"))
+
+
 def recipe_data(text: str) -> Any:
     """The data of a recipe's YAML ``text``; a yaml.YAMLError where it is not YAML, or gives a key twice."""
     return yaml.load(text, Loader=_UniqueKeyLoader)

@@ -489,6 +489,15 @@ def test_a_key_given_twice_in_one_mapping_is_refused_naming_its_line_where_yaml_
     assert load_recipe(merged).stages[1].options[0].leaves[0].op.quality == [80, 90]
 
 
+def test_numbers_in_exponent_notation_are_read_as_numbers(tmp_path):
+    # PyYAML (YAML 1.1) read 1e1 and 2e-1 as text: "expected a number or a [low, high] pair, got ['1e1', ...]"
+    recipe = tmp_path / "exponents.yaml"
+    recipe.write_text("stages:\n  - {op: gaussian_blur, sigma: [2e-1, 1.5e0]}\n  - {op: jpeg, quality: [1e1, 9E+1]}\n"
+                      "  - {op: erase, p: 5e-1}\n")
+    blur, jpeg, erase = (stage.options[0].leaves[0].op for stage in load_recipe(recipe).stages)
+    assert blur.sigma == [0.2, 1.5] and jpeg.quality == [10, 90] and load_recipe(recipe).stages[2].p == 0.5
+
+
 def test_native_size_must_be_the_last_stage(tmp_path):
     message = _error(tmp_path, """
         stages:
