@@ -7,7 +7,10 @@ or never reach its learning rate."""
 
 import fcntl
 import os
+import re
+from types import SimpleNamespace
 
+import click
 import datasets
 import pytest
 import torch
@@ -19,7 +22,7 @@ from degrade.recipe import load_recipe
 from degrade.sources import open_source
 from trainers.backbones import build_backbone
 from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
-from trainers.cli import training_source
+from trainers.cli import parse_folds, training_source
 
 from .conftest import LFW, OpensAFile, damage_cell
 
@@ -397,12 +400,26 @@ def test_eval_on_ten_folds_beside_the_images_of_eight_names_the_folds_that_can_b
 
 @pytest.mark.parametrize("folds, error", [("3", "has folds 1-2; got '3'"), ("1,3", "has folds 1-2; got '1,3'"),
                                           ("0,1", "has folds 1-2; got '0,1'"), ("seven", "numbers like 7,8"),
-                                          ("1,,2", "numbers like 7,8, got '1,,2'"),
+                                          ("1,,2", "numbers like 7,8 or 1-8, got '1,,2'"),
                                           ("2", "k-fold accuracy needs two or more folds; got '2'")])
 def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pairs, folds, error):
     result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
                                        "--folds", folds, "--device", "cpu"])
     _fails_naming(result, "--folds", error)
+
+
+@pytest.mark.parametrize("folds, chosen", [("1-8", [1, 2, 3, 4, 5, 6, 7, 8]), ("7,8", [7, 8]), (" 2-4 , 9", [2, 3, 4, 9]),
+                                           ("8,1-2,2", [1, 2, 8]), ("5-5", [5])])
+def test_folds_are_named_by_numbers_and_ranges(folds, chosen):
+    assert parse_folds(folds, SimpleNamespace(folds=10), "pairs.txt", "--folds") == chosen
+
+
+@pytest.mark.parametrize("folds, error", [("8-1", "expected numbers like 7,8 or 1-8, got '8-1'"),
+                                          ("1-", "expected numbers like 7,8 or 1-8, got '1-'"),
+                                          ("1-11", "pairs.txt has folds 1-10; got '1-11'")])
+def test_fold_ranges_that_are_backwards_open_or_too_long_are_refused(folds, error):
+    with pytest.raises(click.BadParameter, match=re.escape(error)):
+        parse_folds(folds, SimpleNamespace(folds=10), "pairs.txt", "--folds")
 
 
 @pytest.mark.parametrize("resolutions, error", [("14,200", "200 px is above the 112 px of the faces of"),

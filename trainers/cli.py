@@ -24,12 +24,22 @@ if TYPE_CHECKING:  # the sources load when a command runs, not for --help
     from degrade.sources.subset import SubsetSource
 
 
-def _numbers(text: str, example: str, param_hint: str) -> list[int]:
-    """The distinct integers of a comma-separated list, sorted."""
+def _numbers(text: str, example: str, param_hint: str, ranges: bool = False) -> list[int]:
+    """The distinct integers of a comma-separated list, sorted; with ``ranges``, parts may be
+    ranges, both ends included ("1-8")."""
+    numbers = set()
     try:
-        return sorted({int(part) for part in text.split(",")})
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            if ranges and first and dash:
+                if int(first) > int(last):
+                    raise ValueError
+                numbers.update(range(int(first), int(last) + 1))
+            else:
+                numbers.add(int(part))
     except ValueError:
         raise click.BadParameter(f"expected numbers like {example}, got {text!r}", param_hint=param_hint) from None
+    return sorted(numbers)
 
 
 def parse_resolutions(text: str, param_hint: str) -> list[int]:
@@ -41,11 +51,11 @@ def parse_resolutions(text: str, param_hint: str) -> list[int]:
 
 
 def parse_folds(text: str | None, protocol: PairsSource | BinSource, pairs: str, param_hint: str) -> list[int] | None:
-    """The folds ``text`` names ("7,8"), sorted, each one of the folds of ``protocol`` (the pairs
+    """The folds ``text`` names ("7,8", "1-8"), sorted, each one of the folds of ``protocol`` (the pairs
     source read from ``pairs``); None when ``text`` is empty."""
     if not text:
         return None
-    folds = _numbers(text, "7,8", param_hint)
+    folds = _numbers(text, "7,8 or 1-8", param_hint, ranges=True)
     if not set(folds) <= set(range(1, protocol.folds + 1)):
         raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}; got {text!r}", param_hint=param_hint)
     return folds
@@ -108,7 +118,7 @@ def common_training_options(command):
         click.option("--exclude-pairs", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="A pairs.txt whose identities (in --exclude-folds) are left out of training."),
         click.option("--exclude-folds", default=None,
-                     help="Folds of --exclude-pairs to leave out, e.g. 7,8 (default: all its folds)."),
+                     help="Folds of --exclude-pairs to leave out, e.g. 7,8 or 1-8 (default: all its folds)."),
         click.option("--backbone", default="mobilefacenet", show_default=True, type=click.Choice(sorted(BACKBONES)),
                      help="IResNet-18/50/100 (insightface's layout) or the 128-D MobileFaceNet."),
         click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -470,7 +480,7 @@ def open_model(text: str, selection: str | None) -> tuple[str, torch.nn.Module]:
               help="BTNet models: route probes to branches this way (default: as trained).")
 @click.option("--pairs", required=True, type=click.Path(dir_okay=False, exists=True),
               help="LFW-style pairs.txt (images in an images/ folder beside it) or an insightface .bin.")
-@click.option("--folds", default=None, help="Only these folds of the pairs file, e.g. 7,8 (default: all).")
+@click.option("--folds", default=None, help="Only these folds of the pairs file, e.g. 7,8 or 1-8 (default: all).")
 @click.option("--resolutions", default="7,14,20,112", show_default=True, help="Probe sides in pixels.")
 @click.option("--recipe", "-r", "probe_recipe", default=None, metavar="NAME|FILE",
               help="Also degrade every probe with this recipe (e.g. catface, lgaf) before reducing it to each "
