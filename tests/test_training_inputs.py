@@ -23,6 +23,7 @@ from degrade.sources import open_source
 from trainers.backbones import build_backbone
 from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
 from trainers.cli import parse_folds, training_source
+from trainers.evaluate import _as_ranges
 
 from .conftest import LFW, OpensAFile, damage_cell
 
@@ -412,6 +413,13 @@ def test_eval_folds_outside_the_protocol_or_a_single_fold_are_refused(small_pair
                                            ("8,1-2,2", [1, 2, 8]), ("5-5", [5])])
 def test_folds_are_named_by_numbers_and_ranges(folds, chosen):
     assert parse_folds(folds, SimpleNamespace(folds=10), "pairs.txt", "--folds") == chosen
+
+
+@pytest.mark.parametrize("folds, written", [([1, 2, 3, 4, 5, 6, 7, 8], "1-8"), ([1, 2, 4], "1,2,4"),
+                                            ([1, 3, 4, 5, 9], "1,3-5,9")])
+def test_the_folds_evals_hint_names_are_written_as_folds_reads_them(folds, written):
+    assert _as_ranges(folds) == written
+    assert parse_folds(written, SimpleNamespace(folds=10), "pairs.txt", "--folds") == folds
 
 
 @pytest.mark.parametrize("folds, error", [("8-1", "expected numbers like 7,8 or 1-8, got '8-1'"),

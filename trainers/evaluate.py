@@ -157,6 +157,17 @@ class VerificationFaces:
     fold: torch.Tensor
 
 
+def _as_ranges(numbers: list[int]) -> str:
+    """Sorted distinct integers as --folds takes them, runs of three or more as ranges: '1-8', '1,2,4'."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) >= 3 else ",".join(map(str, run)) for run in runs)
+
+
 def verification_faces(source: PairsSource | BinSource, folds: list[int] | None = None) -> VerificationFaces:
     """The faces of ``source.pairs`` (optionally only ``folds``, numbered from 1); a SourceError
     naming one that cannot be read, the folds its pairs lie in, and those whose faces are all
@@ -172,7 +183,7 @@ def verification_faces(source: PairsSource | BinSource, folds: list[int] | None 
         broken_folds = set((pairs.fold[chosen & broken] + 1).tolist())
         whole_folds = sorted(set((pairs.fold[chosen] + 1).tolist()) - broken_folds)
         where = f", in {'fold' if len(broken_folds) == 1 else 'folds'} {', '.join(map(str, sorted(broken_folds)))}"
-        hint = (f"; every image of the other folds is there: --folds {','.join(map(str, whole_folds))} evaluates them"
+        hint = (f"; every image of the other folds is there: --folds {_as_ranges(whole_folds)} evaluates them"
                 if len(whole_folds) >= 2 else "")
         raise _unread(source, faces, "of its pairs", where, hint)
     return VerificationFaces(faces, left, right, pairs.same[chosen], pairs.fold[chosen])
