@@ -23,7 +23,7 @@ from degrade.sources import open_source
 from trainers.backbones import build_backbone
 from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
 from trainers.cli import parse_folds, training_source
-from trainers.evaluate import _as_ranges
+from trainers.evaluate import as_ranges
 
 from .conftest import LFW, OpensAFile, damage_cell
 
@@ -418,7 +418,7 @@ def test_folds_are_named_by_numbers_and_ranges(folds, chosen):
 @pytest.mark.parametrize("folds, written", [([1, 2, 3, 4, 5, 6, 7, 8], "1-8"), ([1, 2, 4], "1,2,4"),
                                             ([1, 3, 4, 5, 9], "1,3-5,9")])
 def test_the_folds_evals_hint_names_are_written_as_folds_reads_them(folds, written):
-    assert _as_ranges(folds) == written
+    assert as_ranges(folds) == written
     assert parse_folds(written, SimpleNamespace(folds=10), "pairs.txt", "--folds") == folds
 
 

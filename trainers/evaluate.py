@@ -157,7 +157,7 @@ class VerificationFaces:
     fold: torch.Tensor
 
 
-def _as_ranges(numbers: list[int]) -> str:
+def as_ranges(numbers: list[int]) -> str:
     """Sorted distinct integers as --folds takes them, runs of three or more as ranges: '1-8', '1,2,4'."""
     runs: list[list[int]] = []
     for number in numbers:
@@ -183,7 +183,7 @@ def verification_faces(source: PairsSource | BinSource, folds: list[int] | None 
         broken_folds = set((pairs.fold[chosen & broken] + 1).tolist())
         whole_folds = sorted(set((pairs.fold[chosen] + 1).tolist()) - broken_folds)
         where = f", in {'fold' if len(broken_folds) == 1 else 'folds'} {', '.join(map(str, sorted(broken_folds)))}"
-        hint = (f"; every image of the other folds is there: --folds {_as_ranges(whole_folds)} evaluates them"
+        hint = (f"; every image of the other folds is there: --folds {as_ranges(whole_folds)} evaluates them"
                 if len(whole_folds) >= 2 else "")
         raise _unread(source, faces, "of its pairs", where, hint)
     return VerificationFaces(faces, left, right, pairs.same[chosen], pairs.fold[chosen])
