@@ -532,6 +532,8 @@ class _RecipeParser:
         except TypeError as error:
             raise self.fail(where, f"bad configuration: {error}") from None
         self.check_draws(op, where)
+        if not type(op).__module__.startswith("degrade."):
+            self.check_own_apply(op, where)
         leaf_name = self.named(entry, where, cls.name)
         return Leaf(path=path_prefix + (leaf_name if used is None else _unique(leaf_name, used)), op=op)
 
@@ -564,6 +566,34 @@ class _RecipeParser:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise self.fail(where, f"op {op.name!r} draws {field!r} as {shape} for 2 samples; a param is one "
                                        "bool, integer or float per sample, (N,)")
+
+    def check_own_apply(self, op: Op, where: str) -> None:
+        """Fail on an op of your own whose ``apply``, run on two faces of the recipe's size, does not
+        give what the chain needs: new float images of their dtype and size (unless the op changes
+        the size), finite and in [0, 1]. Each of these went into a build without a word: a 100 px LQ
+        of 112 px faces, uint8 values made white, NaN made black."""
+        images = torch.rand(2, 3, self.size, self.size, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+        given = images.clone()
+        try:
+            out = op.apply(images, op.draw(KeyedRandom(0, torch.arange(2), 0)))
+        except Exception as error:
+            raise self.fail(where, f"op {op.name!r} fails on two faces of {self.size} px: "
+                                   f"{type(error).__name__}: {error}") from None
+        if not isinstance(out, torch.Tensor) or out.dtype != images.dtype:
+            got = out.dtype if isinstance(out, torch.Tensor) else type(out).__name__
+            raise self.fail(where, f"op {op.name!r} returns {got} for float32 images; an op returns float images "
+                                   "of the dtype it is given, in [0, 1]")
+        if out.shape != images.shape and not op.changes_size:
+            raise self.fail(where, f"op {op.name!r} returns {tuple(out.shape)} for {tuple(images.shape)} images; an op "
+                                   "returns images of the size it is given")
+        if not torch.equal(images, given):
+            raise self.fail(where, f"op {op.name!r} writes into the images it is given; return new ones "
+                                   "(images.mul(w) rather than images.mul_(w))")
+        if not bool(out.isfinite().all()) or float(out.min()) < -0.01 or float(out.max()) > 1.01:
+            values = "NaN or infinite values" if not bool(out.isfinite().all()) else \
+                f"values in [{float(out.min()):g}, {float(out.max()):g}]"
+            raise self.fail(where, f"op {op.name!r} returns {values} for images in [0, 1]; an op returns images "
+                                   "in [0, 1] (clamp them)")
 
     def check_native_size_last(self, stages: list[Stage]) -> None:
         """An op whose output keeps its native size (BTNet's resize) must come last: nothing after it

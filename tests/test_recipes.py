@@ -536,6 +536,54 @@ class DrawsPairs(Vignette):
 
 class NotAnOp:
     name = "plain"
+
+
+@dataclasses.dataclass
+class Crops(Vignette):
+    name = "crops"
+
+    def apply(self, images, params):
+        return images[..., :100, :100]
+
+
+@dataclasses.dataclass
+class MakesBytes(Vignette):
+    name = "bytes"
+
+    def apply(self, images, params):
+        return (images * 255).to(torch.uint8)
+
+
+@dataclasses.dataclass
+class DividesByZero(Vignette):
+    name = "zero"
+
+    def apply(self, images, params):
+        return images / 0
+
+
+@dataclasses.dataclass
+class Brightens(Vignette):
+    name = "brighter"
+
+    def apply(self, images, params):
+        return images * 2
+
+
+@dataclasses.dataclass
+class WritesInPlace(Vignette):
+    name = "in_place"
+
+    def apply(self, images, params):
+        return images.mul_(0.5)
+
+
+@dataclasses.dataclass
+class Fails(Vignette):
+    name = "fails"
+
+    def apply(self, images, params):
+        return images * params["strenght"]
 '''
 
 
@@ -624,6 +672,17 @@ def test_a_build_whose_own_op_cannot_be_imported_here_is_named_by_inspect_and_by
     ("my_ops:NotAnOp", "my_ops has no Op dataclass named 'NotAnOp'"),
     ("my_ops:TakesJpegsName", "its `name` must be letters, digits, '_' or '-', and not a built-in op's"),
     ("my_ops:DrawsPairs", "op 'pairs' draws 'centre' as (2, 2) for 2 samples; a param is one bool, integer or float"),
+    # each of these went into a build without a word: a 100 px LQ, white, black, clipped, or the caller's images changed
+    ("my_ops:Crops", "op 'crops' returns (2, 3, 100, 100) for (2, 3, 112, 112) images; an op returns images of the "
+                     "size it is given"),
+    ("my_ops:MakesBytes", "op 'bytes' returns torch.uint8 for float32 images; an op returns float images of the dtype "
+                          "it is given, in [0, 1]"),
+    ("my_ops:DividesByZero", "op 'zero' returns NaN or infinite values for images in [0, 1]; an op returns images in "
+                             "[0, 1] (clamp them)"),
+    ("my_ops:Brightens", "op 'brighter' returns values in [0.2"),
+    ("my_ops:WritesInPlace", "op 'in_place' writes into the images it is given; return new ones (images.mul(w) rather "
+                             "than images.mul_(w))"),
+    ("my_ops:Fails", "op 'fails' fails on two faces of 112 px: KeyError: 'strenght'"),
 ])
 def test_an_op_of_your_own_that_cannot_be_used_is_refused_naming_it(tmp_path, own_ops, op, says):
     message = _error(tmp_path, f"stages:\n  - {{op: '{op}'}}\n")
