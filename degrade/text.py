@@ -18,6 +18,18 @@ def first_few(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
+def as_ranges(numbers: list[int]) -> str:
+    """Sorted distinct integers as a command's --folds takes them, runs of three or more as ranges:
+    '1-8', '1,2,4'."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) >= 3 else ",".join(map(str, run)) for run in runs)
+
+
 def every(number: int, noun: str) -> str:
     """All of ``number`` things, as a sentence's subject: 'the only input', 'every one of the 2 inputs'."""
     return f"the only {noun}" if number == 1 else f"every one of the {counted(number, noun)}"

@@ -20,10 +20,10 @@ from degrade.arrow import build_dataset
 from degrade.cli import main
 from degrade.recipe import load_recipe
 from degrade.sources import open_source
+from degrade.text import as_ranges
 from trainers.backbones import build_backbone
 from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
 from trainers.cli import parse_folds, training_source
-from trainers.evaluate import as_ranges
 
 from .conftest import LFW, OpensAFile, damage_cell
 
@@ -642,6 +642,13 @@ def test_catface_stage2_options_its_stage1_model_decides_are_refused(tmp_path, c
                                        "--device", "cpu", "--out", str(tmp_path / "run")])
     _fails_naming(result, "", says.replace("STAGE1", named["STAGE1"]).replace("STAGE2", named["STAGE2"]))
     assert not (tmp_path / "run").exists()
+
+
+def test_excluded_folds_that_leave_no_face_to_train_on_are_refused_saying_so(small_pairs):
+    """It said 'training on 0 faces', then 'no full batch of 8 from 0 samples; use a smaller batch size'."""
+    with pytest.raises(click.BadParameter, match=re.escape(
+            f"{small_pairs}: every face of {small_pairs} is of an identity in its folds 1,2, so none is left to train on")):
+        training_source(str(small_pairs), 112, str(small_pairs), None)
 
 
 def test_training_says_how_many_faces_the_excluded_folds_left_out_even_none(tmp_path, small_pairs):

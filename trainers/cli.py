@@ -15,7 +15,7 @@ from degrade.cli import (device_option, ends_on_stop_signals, first_rank, given,
                          seed_option, source_option)
 from degrade.keyed import MAX_SEED
 from degrade.ops.base import is_weight
-from degrade.text import first_few
+from degrade.text import as_ranges, first_few
 from trainers.backbones import BACKBONES, INPUT_SIZE, build_backbone
 from trainers.checkpoints import CheckpointError, load_backbone_weights, training_checkpoint
 
@@ -88,6 +88,10 @@ def training_source(source: str, size: int, exclude_pairs: str | None, exclude_f
         folds = (parse_folds(exclude_folds, protocol, exclude_pairs, "--exclude-folds")
                  or list(range(1, protocol.folds + 1)))
         keys = identities_outside_pairs(faces, protocol, folds)
+        if len(keys) == 0:
+            raise click.BadParameter(f"{exclude_pairs}: every face of {faces.name} is of an identity in its "
+                                     f"{'folds' if len(folds) > 1 else 'fold'} {as_ranges(folds)}, so none is left "
+                                     "to train on", param_hint="--exclude-pairs")
     return SubsetSource(faces, keys)
 
 

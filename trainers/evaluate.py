@@ -26,7 +26,7 @@ from degrade.recipe import Recipe
 from degrade.sources import Source
 from degrade.sources.base import Faces, SourceError
 from degrade.sources.pairs import BinSource, PairsSource
-from degrade.text import counted
+from degrade.text import as_ranges, counted
 
 FARS = (1e-2, 1e-3)
 
@@ -155,17 +155,6 @@ class VerificationFaces:
     right: torch.Tensor
     same: torch.Tensor
     fold: torch.Tensor
-
-
-def as_ranges(numbers: list[int]) -> str:
-    """Sorted distinct integers as --folds takes them, runs of three or more as ranges: '1-8', '1,2,4'."""
-    runs: list[list[int]] = []
-    for number in numbers:
-        if runs and number == runs[-1][-1] + 1:
-            runs[-1].append(number)
-        else:
-            runs.append([number])
-    return ",".join(f"{run[0]}-{run[-1]}" if len(run) >= 3 else ",".join(map(str, run)) for run in runs)
 
 
 def verification_faces(source: PairsSource | BinSource, folds: list[int] | None = None) -> VerificationFaces:
