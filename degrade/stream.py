@@ -84,6 +84,8 @@ class PairStream:
         self.degrade_on_the_fly = degrade_on_the_fly
         self.attributes = attributes
         self.epoch, self.start_step = 0, 0
+        if len(source) == 0:
+            raise ValueError(f"{source.name}: no samples to stream")
         if len(self) == 0:
             ranks = f" for each of {self.world_size} ranks" if self.world_size > 1 else ""
             raise ValueError(f"{source.name}: no full batch of {batch_size}{ranks} from "

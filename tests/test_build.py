@@ -29,6 +29,7 @@ from degrade.recipe import load_recipe
 from degrade.sources import open_source
 from degrade.sources.attributes import Attributes
 from degrade.sources.base import SourceError
+from degrade.sources.subset import SubsetSource
 from degrade.stream import PairStream, prefetched
 
 from .conftest import LFW, damage_cell
@@ -613,6 +614,9 @@ def test_a_source_too_small_for_one_batch_per_rank_is_refused():
         PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=600, world_size=2, rank=0)
     with pytest.raises(ValueError, match="demo: no full batch of 1001 from 1,000 samples; use a smaller batch size"):
         PairStream.from_source(load_recipe("maug"), open_source("demo"), batch_size=1001)
+    empty = SubsetSource(open_source("demo"), torch.arange(0))
+    with pytest.raises(ValueError, match=re.escape(f"{empty.name}: no samples to stream")):  # not "a smaller batch"
+        PairStream.from_source(load_recipe("maug"), empty, batch_size=1)
 
 
 @pytest.mark.parametrize("workers", [0, 1])
