@@ -105,6 +105,9 @@ class PairStream:
         attributes batches carry, in that order; None: all, []: none)."""
         from degrade.built import BuiltPairs
 
+        if options.get("attributes") is not None:
+            raise ValueError(f"PairStream.from_dataset: attributes= joins a table to pairs made on the fly; a build's "
+                             f"pairs carry the attributes {folder} was built with (attribute_columns= picks them)")
         pairs = BuiltPairs(folder, attribute_columns)
         return cls(pairs.recipe, pairs, degrade_on_the_fly=False, **options)
 
