@@ -105,9 +105,11 @@ class PairStream:
         attributes batches carry, in that order; None: all, []: none)."""
         from degrade.built import BuiltPairs
 
-        if options.get("attributes") is not None:
-            raise ValueError(f"PairStream.from_dataset: attributes= joins a table to pairs made on the fly; a build's "
-                             f"pairs carry the attributes {folder} was built with (attribute_columns= picks them)")
+        unused = [f"{name}=" for name in ("seed", "attributes") if options.get(name) is not None]
+        if unused:
+            raise ValueError(f"PairStream.from_dataset: {' and '.join(unused)} would have no effect: a build's pairs "
+                             f"are read as {folder} holds them, drawn with its seed and carrying the attributes it was "
+                             "built with (attribute_columns= picks them)")
         pairs = BuiltPairs(folder, attribute_columns)
         return cls(pairs.recipe, pairs, degrade_on_the_fly=False, **options)
 

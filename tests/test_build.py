@@ -646,14 +646,17 @@ def test_a_stream_given_a_recipe_name_or_a_source_or_attributes_path_says_how_to
         PairStream.from_source(load_recipe("catface"), open_source("demo"), batch_size=8, attributes="a.tsv")
 
 
-def test_a_stream_read_from_a_build_refuses_an_attributes_table_of_its_own(tmp_path):
+def test_a_stream_read_from_a_build_refuses_a_seed_or_an_attributes_table_of_its_own(tmp_path):
     """It failed at the first batch: 'BuiltPairs' object has no attribute 'identities'."""
     build_dataset(load_recipe("maug"), open_source("demo:2"), tmp_path / "ds", progress=False)
     table = tmp_path / "a.tsv"
     table.write_text("identity\tage\n0\t30\n")
-    with pytest.raises(ValueError, match=re.escape("attributes= joins a table to pairs made on the fly; a build's pairs "
-                                                   f"carry the attributes {tmp_path / 'ds'} was built with")):
+    with pytest.raises(ValueError, match=re.escape(f"attributes= would have no effect: a build's pairs are read as "
+                                                   f"{tmp_path / 'ds'} holds them, drawn with its seed and carrying the "
+                                                   "attributes it was built with")):
         PairStream.from_dataset(tmp_path / "ds", batch_size=4, attributes=Attributes(table))
+    with pytest.raises(ValueError, match=re.escape("PairStream.from_dataset: seed= would have no effect")):
+        PairStream.from_dataset(tmp_path / "ds", batch_size=4, seed=3)
 
 
 @pytest.mark.parametrize("gpus, device, says", [
