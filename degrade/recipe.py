@@ -589,9 +589,9 @@ class _RecipeParser:
         if not torch.equal(images, given):
             raise self.fail(where, f"op {op.name!r} writes into the images it is given; return new ones "
                                    "(images.mul(w) rather than images.mul_(w))")
-        if not bool(out.isfinite().all()) or float(out.min()) < -0.01 or float(out.max()) > 1.01:
-            values = "NaN or infinite values" if not bool(out.isfinite().all()) else \
-                f"values in [{float(out.min()):g}, {float(out.max()):g}]"
+        low, high = torch.stack(torch.aminmax(out)).tolist()  # NaN where any value is NaN
+        if not (-0.01 <= low and high <= 1.01):
+            values = "NaN or infinite values" if not bool(out.isfinite().all()) else f"values in [{low:g}, {high:g}]"
             raise self.fail(where, f"op {op.name!r} returns {values} for images in [0, 1]; an op returns images "
                                    "in [0, 1] (clamp them)")
 
