@@ -424,7 +424,8 @@ def test_the_folds_evals_hint_names_are_written_as_folds_reads_them(folds, writt
 
 @pytest.mark.parametrize("folds, error", [("8-1", "expected numbers like 7,8 or 1-8, got '8-1'"),
                                           ("1-", "expected numbers like 7,8 or 1-8, got '1-'"),
-                                          ("1-11", "pairs.txt has folds 1-10; got '1-11'")])
+                                          ("1-11", "pairs.txt has folds 1-10; got '1-11'"),
+                                          ("1-8000000000", "pairs.txt has folds 1-10; got '1-8000000000'")])
 def test_fold_ranges_that_are_backwards_open_or_too_long_are_refused(folds, error):
     with pytest.raises(click.BadParameter, match=re.escape(error)):
         parse_folds(folds, SimpleNamespace(folds=10), "pairs.txt", "--folds")

@@ -24,17 +24,18 @@ if TYPE_CHECKING:  # the sources load when a command runs, not for --help
     from degrade.sources.subset import SubsetSource
 
 
-def _numbers(text: str, example: str, param_hint: str, ranges: bool = False) -> list[int]:
-    """The distinct integers of a comma-separated list, sorted; with ``ranges``, parts may be
-    ranges, both ends included ("1-8")."""
+def _numbers(text: str, example: str, param_hint: str, ranges_up_to: int | None = None) -> list[int]:
+    """The distinct integers of a comma-separated list, sorted; with ``ranges_up_to``, parts may be
+    ranges, both ends included ("1-8"), of which numbers above it are cut to the one after it
+    (a typed 1-80000000 names 80,000,000 folds)."""
     numbers = set()
     try:
         for part in text.split(","):
             first, dash, last = part.strip().partition("-")
-            if ranges and first and dash:
+            if ranges_up_to is not None and first and dash:
                 if int(first) > int(last):
                     raise ValueError
-                numbers.update(range(int(first), int(last) + 1))
+                numbers.update(range(int(first), min(int(last), ranges_up_to + 1) + 1))
             else:
                 numbers.add(int(part))
     except ValueError:
@@ -55,7 +56,7 @@ def parse_folds(text: str | None, protocol: PairsSource | BinSource, pairs: str,
     source read from ``pairs``); None when ``text`` is empty."""
     if not text:
         return None
-    folds = _numbers(text, "7,8 or 1-8", param_hint, ranges=True)
+    folds = _numbers(text, "7,8 or 1-8", param_hint, ranges_up_to=protocol.folds)
     if not set(folds) <= set(range(1, protocol.folds + 1)):
         raise click.BadParameter(f"{pairs} has folds 1-{protocol.folds}; got {text!r}", param_hint=param_hint)
     return folds
