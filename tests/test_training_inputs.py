@@ -23,6 +23,7 @@ from degrade.sources import open_source
 from degrade.text import as_ranges
 from trainers.backbones import build_backbone
 from trainers.checkpoints import CheckpointError, backbone_state, load_backbone_weights, training_checkpoint
+from trainers import evaluate
 from trainers.cli import parse_folds, training_source
 
 from .conftest import LFW, OpensAFile, damage_cell
@@ -373,6 +374,21 @@ def test_eval_probe_recipes_that_cannot_be_used_are_refused_before_any_work(tmp_
                                        "--device", "cpu", "--out", str(tmp_path / "eval")])
     _fails_naming(result, names, says)
     assert not (tmp_path / "eval").exists()
+
+
+def test_eval_stopped_during_its_work_leaves_no_empty_output_folder(tmp_path, small_pairs, monkeypatch):
+    """Ctrl-C left the --out folder it had made, empty."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_pairs", interrupted)
+    result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
+                                       "--resolutions", "112", "--device", "cpu", "--out", str(tmp_path / "new")])
+    assert result.exit_code == 1 and not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made stays, as does anything in it
+    CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
+                              "--resolutions", "112", "--device", "cpu", "--out", str(tmp_path / "kept")])
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_eval_on_pairs_whose_images_are_missing_fails_naming_one_and_their_folds(tmp_path, lfw_source):
