@@ -377,14 +377,15 @@ def test_eval_probe_recipes_that_cannot_be_used_are_refused_before_any_work(tmp_
 
 
 def test_eval_stopped_during_its_work_leaves_no_empty_output_folder(tmp_path, small_pairs, monkeypatch):
-    """Ctrl-C left the --out folder it had made, empty."""
+    """Ctrl-C ended it with click's 'Aborted!' and exit code 1, leaving the --out folder it had made, empty."""
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluate, "evaluate_pairs", interrupted)
     result = CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
                                        "--resolutions", "112", "--device", "cpu", "--out", str(tmp_path / "new")])
-    assert result.exit_code == 1 and not (tmp_path / "new").exists()
+    assert result.exit_code == 130 and "eval interrupted: no results written" in result.output
+    assert not (tmp_path / "new").exists()
     (tmp_path / "kept").mkdir()  # a folder the user made stays, as does anything in it
     CliRunner().invoke(main, ["eval", "--model", "x=mobilefacenet", "--pairs", str(small_pairs),
                               "--resolutions", "112", "--device", "cpu", "--out", str(tmp_path / "kept")])

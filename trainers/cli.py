@@ -548,21 +548,23 @@ def eval_command(models: tuple[str, ...], selection: str | None, pairs: str, fol
         with reported():  # made once every input is checked, and before the evaluation, not after it
             Path(out).mkdir(parents=True, exist_ok=True)
     runs = {}
-    try:
-        for name, model in opened:
-            results = evaluate_pairs(model, pairs_faces, sides, device, progress=f"{name}: verification",
-                                     degraded_by=degraded_by)
-            if gallery_faces is not None:
-                results["identification"] = identification(model, gallery_faces, sides, device,
-                                                           progress=f"{name}: identification", degraded_by=degraded_by)
-            if degraded_by is not None:
-                results["probe_recipe"] = degraded_by.describe()
-            runs[name] = results
-            click.echo(format_table(name, results))
-    except BaseException:  # Ctrl-C or a failure: the folder this run made holds nothing, so it goes
-        if made_out and not any(Path(out).iterdir()):
-            Path(out).rmdir()
-        raise
+    with ends_on_stop_signals(lambda how: f"eval {how}: no results written"):
+        try:
+            for name, model in opened:
+                results = evaluate_pairs(model, pairs_faces, sides, device, progress=f"{name}: verification",
+                                         degraded_by=degraded_by)
+                if gallery_faces is not None:
+                    results["identification"] = identification(model, gallery_faces, sides, device,
+                                                               progress=f"{name}: identification",
+                                                               degraded_by=degraded_by)
+                if degraded_by is not None:
+                    results["probe_recipe"] = degraded_by.describe()
+                runs[name] = results
+                click.echo(format_table(name, results))
+        except BaseException:  # Ctrl-C, SIGTERM or a failure: the folder this run made holds nothing, so it goes
+            if made_out and not any(Path(out).iterdir()):
+                Path(out).rmdir()
+            raise
     if out:
         with reported():
             write_results(runs, Path(out) / "results.json")
