@@ -32,6 +32,7 @@ from degrade.machine import usable_cores
 from degrade.recipe import Recipe, leaf_params, load_recipe
 from degrade.sources import Faces, Source, SourceError
 from degrade.text import counted, every
+from degrade.workers import leave_stop_signals_to_parent
 
 # Pairs per task of the OpenCV loop, whose params are drawn for a task at once, as the engine's are for
 # a batch: the keyed draws take about 70 tensor ops a call, 27 us per pair of `mixed_no_turbulence` in
@@ -111,6 +112,7 @@ _worker_state: dict = {}
 
 def _init_engine_worker(recipe_source: str, hq: torch.Tensor) -> None:
     prepare_cpu_worker()
+    leave_stop_signals_to_parent()
     _worker_state.update(recipe=load_recipe(recipe_source), hq=hq)
 
 
@@ -194,6 +196,7 @@ def _time_opencv_stages(recipe: Recipe, pool: np.ndarray) -> dict[str, float]:
 
 
 def _init_worker(recipe_text_source: str, pool: np.ndarray) -> None:
+    leave_stop_signals_to_parent()
     torch.set_num_threads(1)
     _worker_state["recipe"] = load_recipe(recipe_text_source)
     _worker_state["pool"] = pool
@@ -240,6 +243,7 @@ def _opencv_build_chunk(bounds: tuple[int, int]) -> list[tuple[int, int, bytes, 
 def _init_build_worker(recipe_source: str, source_spec: str, image_format: str) -> None:
     from degrade.sources import open_source
 
+    leave_stop_signals_to_parent()
     torch.set_num_threads(1)
     recipe = load_recipe(recipe_source)
     with warnings.catch_warnings():  # what the source leaves out: said once, by the process that started this one

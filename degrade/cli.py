@@ -356,7 +356,8 @@ def inspect_command(folder: str, grid: str | None, count: int, verify: bool, num
     if given("num_workers") and not verify:
         raise click.UsageError("--num-workers would have no effect: its processes decode the faces for --verify, which "
                                "is not given")
-    with reported(BuildError, SourceError, WorkerLost, SharedMemoryFull):
+    with reported(BuildError, SourceError, WorkerLost, SharedMemoryFull), \
+            ends_on_stop_signals(lambda how: f"inspect {how}"):
         click.echo(describe_dataset(folder))
         if grid:
             write_dataset_grid(folder, grid, count)
@@ -425,7 +426,7 @@ def bench_command(recipe: str, source: str, device: str, batch_size: int, pairs:
         if loaded.makes_native_size:
             raise click.BadParameter(f"recipe {loaded.name!r} makes native-size LQ faces; --train times LRFR steps, "
                                      "which take LQ faces at the input size", param_hint="--recipe")
-    with reported(SourceError, BuildError, WorkerLost, SharedMemoryFull):
+    with reported(SourceError, BuildError, WorkerLost, SharedMemoryFull), ends_on_stop_signals(lambda how: f"bench {how}"):
         if train_backbone:
             click.echo(run_train_bench(recipe, faces, train_backbone, device, batch_size, pairs, workers, precision))
         elif end_to_end:

@@ -214,6 +214,16 @@ def _small_tensors_inline(tensor: torch.Tensor):
         return reduce_tensor(tensor)
 
 
+def leave_stop_signals_to_parent() -> None:
+    """In a worker process: ignore Ctrl-C, which a terminal sends to every process of the command
+    and which the parent handles, and end quietly on SIGTERM, with which the parent's shutdown
+    stops a worker. A forked worker otherwise keeps the parent's handlers: a `degrade bench` pool
+    worker raised the command's stop exception inside a lock of the pool's queue and the bench hung
+    in the pool's shutdown."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
 def prepare_worker(worker_id: int) -> None:
     """A DataLoader ``worker_init_fn``, run before a decoding worker's first batch: one torch thread,
     malloc keeping freed blocks (the demo source draws a batch of 256 faces in 1.7 against 6.6 ms
@@ -226,7 +236,6 @@ def prepare_worker(worker_id: int) -> None:
     ignoring it, a worker is told to stop by that shutdown, and ends at once."""
     prepare_cpu_worker()
     ForkingPickler.register(torch.Tensor, _small_tensors_inline)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    leave_stop_signals_to_parent()
     sys.excepthook = _unless_the_consumer_left
     threading.Thread(target=_exit_with, args=(os.getppid(),), name="exit with parent", daemon=True).start()

@@ -2,6 +2,7 @@
 
 import multiprocessing
 import re
+import signal
 
 import cv2
 import numpy as np
@@ -9,11 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from degrade.bench import _init_worker, _one_opencv_thread
+from degrade.bench import _init_build_worker, _init_engine_worker, _init_worker, _one_opencv_thread
 from degrade.cli import main
 from degrade.engine import to_uint8
 from degrade.opencv_reference import degrade_one, replay_plan
 from degrade.recipe import leaf_params, load_recipe, parse_recipe
+from degrade.workers import _exit_quietly
 
 
 @pytest.mark.parametrize("stage", [
@@ -84,6 +86,22 @@ def test_each_process_of_the_opencv_loop_runs_one_thread_of_opencv_and_of_torch(
             1, initializer=_init_worker, initargs=("maug", faces)) as pool:
         assert pool.apply(_threads) == (1, 1)
     assert cv2.getNumThreads() == threads
+
+
+def _stop_signals() -> tuple[bool, bool]:
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is _exit_quietly
+
+
+@pytest.mark.parametrize("initializer, initargs", [
+    (_init_worker, ("maug", np.zeros((1, 112, 112, 3), np.uint8))),
+    (_init_engine_worker, ("maug", torch.zeros(1, 3, 112, 112, dtype=torch.uint8))),
+    (_init_build_worker, ("maug", "demo:2", "raw")),
+])
+def test_the_bench_pools_processes_leave_ctrl_c_to_the_command_and_end_quietly_on_sigterm(initializer, initargs):
+    """They kept the command's handlers: one raised its stop exception inside a lock of the pool's
+    queue, and `degrade bench --build` hung in the pool's shutdown after SIGTERM."""
+    with multiprocessing.get_context("fork").Pool(1, initializer=initializer, initargs=initargs) as pool:
+        assert pool.apply(_stop_signals) == (True, True)
 
 
 def test_bench_prints_both_best_rates_their_ratio_and_each_round():
