@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from degrade.machine import missing_cuda
 from degrade.ops import Params
 from degrade.ops.base import checked_keys
 from degrade.recipe import Recipe
@@ -138,8 +139,6 @@ def checked_arguments(owner: str, recipe: Recipe | None, source: object, device:
     build) may hand it that would fail only at the first batch, deep inside: a recipe's name
     instead of a Recipe, a path instead of a source or an attributes table, a CUDA device this
     process cannot use."""
-    from degrade.machine import missing_cuda
-
     if recipe is not None and not isinstance(recipe, Recipe):
         raise TypeError(f"{owner}: recipe is a {type(recipe).__name__}, not a Recipe; load one first: "
                         f"load_recipe({recipe!r})")
